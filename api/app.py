@@ -1,0 +1,69 @@
+"""The FastAPI application factory: one process, one DuckDB writer."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from api.errors import install_error_handlers
+from api.routes import admin, consent, health, leads
+from api.security import BodySizeLimit, RateLimiter
+from ingest.db import Database
+from ingest.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; the database is opened at start-up, not at import."""
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        database = Database.open(settings.attribution_db_path)
+        app.state.database = database
+        enabled = settings.destinations_enabled()
+        log.info(
+            "service started",
+            extra={
+                "database": str(settings.attribution_db_path),
+                "destinations_enabled": enabled,
+                "require_consent": settings.require_consent,
+            },
+        )
+        for name, on in enabled.items():
+            if not on:
+                log.warning(
+                    "destination not configured: deliveries to it are recorded as disabled",
+                    extra={"destination": name},
+                )
+        try:
+            yield
+        finally:
+            database.close()
+            log.info("service stopped")
+
+    app = FastAPI(
+        title="Attribution ingest",
+        summary="Leads, consent, Stripe and forwarding, tied together by one event_id.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.rate_limiter = RateLimiter(settings.attribution_rate_limit_per_minute)
+    install_error_handlers(app)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=list(settings.attribution_allowed_origins),
+        allow_methods=["POST", "GET", "OPTIONS"],
+        allow_headers=["Content-Type"],
+        max_age=600,
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.attribution_max_body_bytes)
+    for router in (health.router, leads.router, consent.router, admin.router):
+        app.include_router(router)
+    return app

@@ -1,0 +1,81 @@
+"""Map validation and domain errors to clear 4xx answers whose message names the field."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ingest.db import DatabaseLocked
+from ingest.errors import Conflict, DomainError, InvalidField, NotConfigured, NotFound
+from ingest.writer import WriterStopped
+
+_DOMAIN_STATUS: dict[type[DomainError], tuple[int, str]] = {
+    InvalidField: (status.HTTP_422_UNPROCESSABLE_CONTENT, "invalid_request"),
+    Conflict: (status.HTTP_409_CONFLICT, "conflict"),
+    NotFound: (status.HTTP_404_NOT_FOUND, "not_found"),
+    NotConfigured: (status.HTTP_503_SERVICE_UNAVAILABLE, "not_configured"),
+}
+
+
+def _error(
+    code: int, error: str, message: str, headers: Mapping[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    return JSONResponse({"error": error, "message": message, **extra}, status_code=code, headers=headers)
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    parts = [str(part) for part in loc[1:]] if loc and loc[0] == "body" else [str(part) for part in loc]
+    return ".".join(parts) or "body"
+
+
+async def _validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    if any(error["type"] == "json_invalid" for error in errors):
+        return _error(status.HTTP_400_BAD_REQUEST, "malformed_json", "request body is not valid JSON")
+    fields = [{"field": _field_name(tuple(error["loc"])), "message": error["msg"]} for error in errors]
+    message = "; ".join(f"{item['field']}: {item['message']}" for item in fields)
+    return _error(status.HTTP_422_UNPROCESSABLE_CONTENT, "invalid_request", message, errors=fields)
+
+
+async def _domain(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DomainError)
+    code, error = next(
+        (value for kind, value in _DOMAIN_STATUS.items() if isinstance(exc, kind)),
+        (status.HTTP_400_BAD_REQUEST, "bad_request"),
+    )
+    if isinstance(exc, InvalidField):
+        return _error(code, error, str(exc), errors=[{"field": exc.field, "message": exc.message}])
+    return _error(code, error, str(exc))
+
+
+async def _http(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    slug = {
+        401: "unauthorized",
+        403: "forbidden",
+        404: "not_found",
+        405: "method_not_allowed",
+        429: "rate_limited",
+    }
+    return _error(
+        exc.status_code, slug.get(exc.status_code, "http_error"), str(exc.detail), headers=exc.headers
+    )
+
+
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    return _error(status.HTTP_503_SERVICE_UNAVAILABLE, "unavailable", str(exc), headers={"Retry-After": "5"})
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers on the app."""
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(DomainError, _domain)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(WriterStopped, _unavailable)
+    app.add_exception_handler(DatabaseLocked, _unavailable)

@@ -1,0 +1,27 @@
+"""Admin endpoints (Bearer ATTRIBUTION_ADMIN_TOKEN)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from api.deps import AdminOnly, DatabaseDep
+from ingest import store
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[AdminOnly])
+
+
+@router.get("/status")
+async def admin_status(database: DatabaseDep) -> dict[str, Any]:
+    """Row counts, deliveries by status and the writer's group-commit counters."""
+    counts = database.read(store.table_counts)
+    return {
+        "database": str(database.path),
+        "tables": counts,
+        "deliveries_by_status": database.read(store.deliveries_by_status),
+        "writer": {
+            "batches_committed": database.writer.batches_committed,
+            "jobs_committed": database.writer.jobs_committed,
+        },
+    }

@@ -1,0 +1,144 @@
+"""Browser-facing safety: body size limit, client address, per-IP rate limit and the admin token."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import math
+import time
+
+from fastapi import HTTPException, Request, status
+from limits import RateLimitItemPerMinute
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ingest.settings import Settings
+
+
+class BodyTooLarge(Exception):
+    """The request body is over ATTRIBUTION_MAX_BODY_BYTES."""
+
+
+class BodySizeLimit:
+    """ASGI middleware answering 413 for bodies over the limit, whether Content-Length is sent or not."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await self._refuse(send)
+                return
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            if not started:
+                await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        body = json.dumps(
+            {"error": "payload_too_large", "message": f"request body is over {self.max_bytes} bytes"}
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status.HTTP_413_CONTENT_TOO_LARGE,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def client_ip(request: Request, settings: Settings) -> str | None:
+    """The caller's address; X-Forwarded-For is believed only as far as it was added by trusted proxies."""
+    peer = request.client.host if request.client else None
+    if peer is None or not settings.trusted_proxy_networks:
+        return peer
+    forwarded = [
+        part.strip() for part in request.headers.get("x-forwarded-for", "").split(",") if part.strip()
+    ]
+    client = peer
+    # Walk from the nearest hop outwards while each hop is a trusted proxy vouching for the one before it.
+    for hop in reversed(forwarded):
+        if not _is_trusted(client, settings):
+            break
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            break  # a garbled entry: keep the last address a trusted proxy reported
+        client = hop
+    return client
+
+
+def _is_trusted(address: str, settings: Settings) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in settings.trusted_proxy_networks)
+
+
+class RateLimiter:
+    """Moving-window limit of requests per client IP and minute; 0 turns it off."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._item = RateLimitItemPerMinute(max(per_minute, 1))
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    def check(self, key: str) -> None:
+        """Count one request for `key`; over the limit raise 429 with Retry-After."""
+        if self.per_minute <= 0 or self._limiter.hit(self._item, key):
+            return
+        reset_at, _ = self._limiter.get_window_stats(self._item, key)
+        retry_after = max(1, math.ceil(reset_at - time.time()))
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            detail=f"rate limit of {self.per_minute} requests a minute reached; retry in {retry_after} s",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+
+def check_admin_token(settings: Settings, authorization: str | None) -> None:
+    """Refuse unless the Bearer token equals ATTRIBUTION_ADMIN_TOKEN (admin is off when it is unset)."""
+    expected = settings.attribution_admin_token
+    if expected is None:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, detail="admin endpoints are off: set ATTRIBUTION_ADMIN_TOKEN"
+        )
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        token.strip().encode(), expected.get_secret_value().encode()
+    ):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            detail="admin token missing or wrong",
+            headers={"WWW-Authenticate": "Bearer"},
+        )

@@ -1,0 +1,133 @@
+"""Request and response shapes of the HTTP API, with the validation a browser's input needs."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+from uuid import UUID
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, field_validator
+
+
+def _blank_to_none(value: object) -> object:
+    if isinstance(value, str):
+        value = value.strip()
+        return value or None
+    return value
+
+
+ShortText = Annotated[str | None, BeforeValidator(_blank_to_none), Field(max_length=200)]
+UrlText = Annotated[str | None, BeforeValidator(_blank_to_none), Field(max_length=2048)]
+_GA_CLIENT_ID = re.compile(r"^(?:GA\d\.\d+\.)?(\d{1,20}\.\d{1,20})$")
+
+
+class ConsentMethod(StrEnum):
+    """How the visitor gave (or refused) consent."""
+
+    MODAL = "modal"
+    CHECKBOX = "checkbox"
+    IMPLIED = "implied"
+
+
+class ConsentFields(BaseModel):
+    """The consent decision a browser sends with a lead or on its own."""
+
+    model_config = ConfigDict(str_strip_whitespace=True)
+
+    marketing_consent: StrictBool
+    analytics_consent: StrictBool
+    consent_method: ConsentMethod
+    consent_version: str = Field(min_length=1, max_length=32)
+
+
+class LeadIn(ConsentFields):
+    """Step-1 of the checkout: who the buyer is, where they came from, and what they consented to."""
+
+    event_id: UUID | None = None
+    user_session_id: UUID | None = None
+    full_name: str = Field(min_length=1, max_length=200)
+    email: str = Field(min_length=3, max_length=254)
+    phone: ShortText = None
+    utm_source: ShortText = None
+    utm_medium: ShortText = None
+    utm_campaign: ShortText = None
+    utm_content: ShortText = None
+    utm_term: ShortText = None
+    landing_page: UrlText = None
+    referrer: UrlText = None
+    ga_client_id: ShortText = None
+    lead_created_at: datetime | None = None
+    checkout_started_at: datetime | None = None
+
+    @field_validator("email")
+    @classmethod
+    def _valid_email(cls, value: str) -> str:
+        try:
+            return validate_email(value, check_deliverability=False).normalized
+        except EmailNotValidError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("ga_client_id")
+    @classmethod
+    def _ga_client_id(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        match = _GA_CLIENT_ID.match(value)
+        if not match:
+            raise ValueError("expected GA's client id, '<number>.<number>' or the _ga cookie value")
+        return match.group(1)
+
+
+class ConsentIn(ConsentFields):
+    """A consent decision from the consent modal, with or without a lead yet."""
+
+    user_session_id: UUID
+    event_id: UUID | None = None
+
+
+DeliveryStatus = Literal["delivered", "queued", "suppressed", "disabled", "failed"]
+
+
+class DestinationOutcome(BaseModel):
+    """Where one destination's delivery for this lead stands."""
+
+    status: DeliveryStatus
+    subscriber_id: str | None = None
+    contact_id: str | None = None
+    reason: str | None = None
+
+
+class LeadOut(BaseModel):
+    """The answer to lead capture, sent after the lead and its deliveries are committed."""
+
+    success: bool = True
+    event_id: UUID
+    user_session_id: UUID
+    duplicate: bool
+    consent_version_current: bool
+    mailerlite: DestinationOutcome
+    crm: DestinationOutcome
+
+
+class ConsentRecord(BaseModel):
+    """One row of the consent ledger, as recorded."""
+
+    user_session_id: UUID
+    event_id: UUID | None
+    marketing_consent: bool
+    analytics_consent: bool
+    consent_method: ConsentMethod
+    consent_version: str
+    consent_version_current: bool
+    recorded_at: datetime
+    suppressed_deliveries: int
+
+
+class ConsentOut(BaseModel):
+    """The answer to a consent decision."""
+
+    recorded: bool = True
+    consent: ConsentRecord

@@ -1,0 +1,126 @@
+"""One settings object for the whole toolkit, read from the environment and `.env`."""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+CommaList = Annotated[tuple[str, ...], NoDecode]
+
+
+class SettingsError(Exception):
+    """A configuration value is missing or invalid; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    """Every variable in CONTRACT.md, typed; field names are the environment names, lower-cased."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    attribution_db_path: Path = Path("data/attribution.duckdb")
+    attribution_replica_path: Path = Path("data/attribution.replica.duckdb")
+    attribution_replica_seconds: float = Field(5.0, gt=0)
+    attribution_admin_token: SecretStr | None = None
+    attribution_api_url: str = "http://127.0.0.1:8000"
+    attribution_allowed_origins: CommaList = ()
+    attribution_trusted_proxies: CommaList = ()
+    attribution_max_body_bytes: int = Field(65536, ge=1024)
+    attribution_rate_limit_per_minute: int = Field(120, ge=0)
+    attribution_inline_delivery_ms: int = Field(1500, ge=0)
+    attribution_default_phone_region: str = Field("PT", pattern=r"^[A-Z]{2}$")
+    attribution_demo: bool = False
+    attribution_log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+
+    stripe_secret_key: SecretStr | None = None
+    stripe_webhook_secret: SecretStr | None = None
+    stripe_api_base: str = "https://api.stripe.com"
+
+    product_id: str = Field("cafe-com-vendas-ticket", min_length=1, max_length=100)
+    product_name: str = Field("Café com Vendas - Lisbon 2025", min_length=1, max_length=200)
+    product_price_cents: int | None = Field(None, gt=0)
+    product_currency: str = Field("eur", pattern=r"^[a-z]{3}$")
+
+    mailerlite_api_key: SecretStr | None = None
+    mailerlite_base_url: str = "https://connect.mailerlite.com"
+    mailerlite_group_id: str | None = None
+
+    crm_webhook_url: str | None = None
+    crm_api_token: SecretStr | None = None
+    crm_signing_secret: SecretStr | None = None
+    crm_enable_lead_capture: bool = True
+
+    sgtm_endpoint: str | None = None
+    sgtm_measurement_id: str | None = None
+    sgtm_api_secret: SecretStr | None = None
+
+    consent_version: str = Field("1.0", min_length=1, max_length=32)
+    require_consent: bool = True
+
+    dlq_max_retries: int = Field(5, ge=0, le=50)
+    dlq_backoff_multiplier: float = Field(2.0, ge=1)
+    dlq_backoff_base_seconds: float = Field(1.0, gt=0)
+
+    @field_validator("attribution_allowed_origins", "attribution_trusted_proxies", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("attribution_trusted_proxies")
+    @classmethod
+    def _check_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)
+        return value
+
+    @field_validator(
+        "attribution_admin_token",
+        "stripe_secret_key",
+        "stripe_webhook_secret",
+        "mailerlite_api_key",
+        "crm_api_token",
+        "crm_signing_secret",
+        "sgtm_api_secret",
+        mode="before",
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator(
+        "mailerlite_group_id", "crm_webhook_url", "sgtm_endpoint", "sgtm_measurement_id", mode="before"
+    )
+    @classmethod
+    def _blank_text_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @cached_property
+    def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """The trusted proxies as networks, so single addresses and CIDR ranges both work."""
+        return tuple(ipaddress.ip_network(item, strict=False) for item in self.attribution_trusted_proxies)
+
+    def destinations_enabled(self) -> dict[str, bool]:
+        """Which forwarding destinations are configured; an unconfigured one is off."""
+        return {
+            "mailerlite": self.mailerlite_api_key is not None,
+            "crm": self.crm_webhook_url is not None,
+            "sgtm": self.sgtm_endpoint is not None,
+        }
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings, turning a validation failure into one message that names each bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = str(error["loc"][0]).upper() if error["loc"] else "settings"
+            problems.append(f"{name}: {error['msg']}")
+        raise SettingsError("invalid configuration: " + "; ".join(problems)) from None
