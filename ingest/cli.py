@@ -38,7 +38,15 @@ def serve(
     console.print(
         f"API on http://{host}:{port}  ·  docs http://{host}:{port}/docs  ·  database {settings.attribution_db_path}"
     )
-    uvicorn.run("api.app:create_app", factory=True, host=host, port=port, log_config=None, access_log=False)
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        proxy_headers=False,
+    )
 
 
 @db_app.command("migrate")
@@ -58,3 +66,7 @@ def db_migrate() -> None:
         console.print(f"applied {len(applied)} migration(s): {', '.join(applied)}")
     else:
         console.print("database is up to date")
+
+
+if __name__ == "__main__":
+    app()

@@ -19,8 +19,8 @@ def _blank_to_none(value: object) -> object:
     return value
 
 
-ShortText = Annotated[str | None, BeforeValidator(_blank_to_none), Field(max_length=200)]
-UrlText = Annotated[str | None, BeforeValidator(_blank_to_none), Field(max_length=2048)]
+ShortText = Annotated[Annotated[str, Field(max_length=200)] | None, BeforeValidator(_blank_to_none)]
+UrlText = Annotated[Annotated[str, Field(max_length=2048)] | None, BeforeValidator(_blank_to_none)]
 _GA_CLIENT_ID = re.compile(r"^(?:GA\d\.\d+\.)?(\d{1,20}\.\d{1,20})$")
 
 
