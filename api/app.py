@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from api.errors import install_error_handlers
-from api.routes import admin, consent, health, leads
+from api.routes import admin, consent, health, leads, payments, stripe_admin, webhooks
 from api.security import BodySizeLimit, RateLimiter
 from ingest.db import Database
 from ingest.settings import Settings, load_settings
@@ -64,6 +64,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_age=600,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.attribution_max_body_bytes)
-    for router in (health.router, leads.router, consent.router, admin.router):
+    for router in (
+        health.router,
+        leads.router,
+        consent.router,
+        admin.router,
+        payments.router,
+        webhooks.router,
+        stripe_admin.router,
+    ):
         app.include_router(router)
     return app

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from ingest.cli_stripe import sync_app
 from ingest.db import DatabaseLocked, connect, migrate
 from ingest.logs import configure_logging
 from ingest.settings import Settings, SettingsError, load_settings
@@ -14,6 +15,7 @@ from ingest.settings import Settings, SettingsError, load_settings
 app = typer.Typer(help="Attribution ingest and reconciliation toolkit.", no_args_is_help=True)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(sync_app, name="sync")
 console = Console(stderr=True)
 
 

@@ -84,21 +84,23 @@ def insert_events(conn: duckdb.DuckDBPyConnection, rows: Sequence[Row]) -> None:
         conn.execute(f"insert into stripe_events ({columns}) select {columns} from {view}")  # noqa: S608
 
 
-def mark_events_processed(
-    conn: duckdb.DuckDBPyConnection, stripe_event_ids: Sequence[str], now: datetime
+def settle_event(
+    conn: duckdb.DuckDBPyConnection,
+    stripe_event_id: str,
+    status: str,
+    duplicate_of: str | None,
+    now: datetime,
 ) -> None:
-    """Record that stored events (earlier failures) are now processed; their last error is kept as history."""
-    if not stripe_event_ids:
-        return
+    """Settle a stored event that had failed before; its last error is kept as history."""
     conn.execute(
-        "update stripe_events set status = 'processed', processed_at = ?, "
-        "processing_attempts = processing_attempts + 1 where stripe_event_id in (select unnest(?))",
-        [now, list(stripe_event_ids)],
+        "update stripe_events set status = ?, duplicate_of = ?, processed_at = ?, "
+        "processing_attempts = processing_attempts + 1 where stripe_event_id = ?",
+        [status, duplicate_of, now, stripe_event_id],
     )
 
 
-def record_event_failure(conn: duckdb.DuckDBPyConnection, row: Row, error: str) -> None:
-    """Store a failed event, or count one more failed attempt on it; a processed event keeps its status."""
+def record_event_failure(conn: duckdb.DuckDBPyConnection, row: Row) -> None:
+    """Store a failed event with its error, or count one more failed attempt; a settled event keeps its status."""
     values = [_text(row[column]) for column in EVENT_COLUMNS]
     conn.execute(
         f"insert into stripe_events ({', '.join(EVENT_COLUMNS)}) values ({', '.join('?' for _ in EVENT_COLUMNS)}) "  # noqa: S608
@@ -108,7 +110,6 @@ def record_event_failure(conn: duckdb.DuckDBPyConnection, row: Row, error: str) 
         "error = excluded.error, processing_attempts = stripe_events.processing_attempts + 1",
         values,
     )
-    del error  # the error text is already in row["error"]; the parameter documents the call site
 
 
 def event_status_counts(conn: duckdb.DuckDBPyConnection) -> dict[str, int]:

@@ -1,0 +1,46 @@
+"""Admin: backfill Stripe events that webhooks missed (Bearer ATTRIBUTION_ADMIN_TOKEN)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, status
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+
+from api.deps import AdminOnly, DatabaseDep, SettingsDep
+from ingest.payments import StripeUnavailable, stripe_client
+from ingest.stripe_sync import SyncReport, sync_stripe_events
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[AdminOnly])
+
+
+class StripeSyncIn(BaseModel):
+    """Optional start of the window; default: where the last sync left off, at most 30 days back."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    since: datetime | None = None
+
+
+@router.post(
+    "/sync/stripe",
+    response_model=SyncReport,
+    responses={
+        409: {"description": "a sync is already running"},
+        502: {"description": "Stripe could not be reached"},
+        503: {"description": "Stripe is not configured"},
+    },
+)
+def sync_stripe(
+    settings: SettingsDep, database: DatabaseDep, body: StripeSyncIn | None = None
+) -> SyncReport | JSONResponse:
+    """List recent Stripe events and process the ones not yet settled; answer the counts."""
+    try:
+        return sync_stripe_events(
+            settings, database, stripe_client(settings), since=body.since if body else None
+        )
+    except StripeUnavailable as exc:
+        return JSONResponse(
+            {"error": "stripe_unavailable", "message": str(exc)}, status_code=status.HTTP_502_BAD_GATEWAY
+        )
