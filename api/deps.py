@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
@@ -12,12 +13,12 @@ from ingest.db import Database, utcnow
 from ingest.settings import Settings
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def _database(request: Request) -> Database:
+async def _database(request: Request) -> Database:
     database: Database = request.app.state.database
     return database
 
@@ -26,7 +27,16 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 DatabaseDep = Annotated[Database, Depends(_database)]
 
 
-def _context(request: Request, settings: SettingsDep) -> RequestContext:
+@dataclass(frozen=True)
+class BrowserCall:
+    """What a browser-facing route needs: settings, database and the server's stamp of the caller."""
+
+    settings: Settings
+    database: Database
+    context: RequestContext
+
+
+def _stamp(request: Request, settings: Settings) -> RequestContext:
     user_agent = request.headers.get("user-agent")
     return RequestContext(
         received_at=utcnow(),
@@ -35,17 +45,34 @@ def _context(request: Request, settings: SettingsDep) -> RequestContext:
     )
 
 
-ContextDep = Annotated[RequestContext, Depends(_context)]
-
-
-def _rate_limit(request: Request, context: ContextDep) -> None:
+def _check_rate(request: Request, context: RequestContext) -> None:
     limiter: RateLimiter = request.app.state.rate_limiter
     limiter.check(context.ip or "unknown")
 
 
-def _admin(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
+async def _browser_call(request: Request) -> BrowserCall:
+    # One dependency rather than a chain: FastAPI's per-dependency cost is visible on the lead-capture hot path.
+    settings: Settings = request.app.state.settings
+    context = _stamp(request, settings)
+    _check_rate(request, context)
+    return BrowserCall(settings=settings, database=request.app.state.database, context=context)
+
+
+async def _context(request: Request, settings: SettingsDep) -> RequestContext:
+    return _stamp(request, settings)
+
+
+async def _rate_limit(request: Request, settings: SettingsDep) -> None:
+    _check_rate(request, _stamp(request, settings))
+
+
+BrowserCallDep = Annotated[BrowserCall, Depends(_browser_call)]
+ContextDep = Annotated[RequestContext, Depends(_context)]
+RateLimited = Depends(_rate_limit)
+
+
+async def _admin(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
     check_admin_token(settings, authorization)
 
 
-RateLimited = Depends(_rate_limit)
 AdminOnly = Depends(_admin)

@@ -102,6 +102,11 @@ def _outcome(
     return DestinationOutcome(status=shown, reason=reason, **extra)
 
 
+def inline_delivery_ids(plan: LeadPlan) -> list[UUID]:
+    """The MailerLite and CRM deliveries lead capture waits for, so its answer can carry their ids."""
+    return [d.delivery_id for d in plan.deliveries if d.kind in LEAD_KINDS and d.status == PENDING]
+
+
 def lead_answer(plan: LeadPlan, *, duplicate: bool, conn: duckdb.DuckDBPyConnection | None = None) -> LeadOut:
     """The API answer for a stored lead: from the plan when new, from the stored rows for a repeat."""
     if conn is None:
@@ -132,22 +137,30 @@ def capture_leads(
     conn: duckdb.DuckDBPyConnection, plans: Sequence[LeadPlan]
 ) -> list[LeadCaptured | DomainError]:
     """Writer batch handler: insert new leads with their ledger and outbox rows; repeats insert nothing."""
-    stored = store.find_lead_identities(conn, {plan.event_id for plan in plans})
-    results: list[LeadCaptured | DomainError] = []
-    new: list[LeadPlan] = []
+    first: dict[UUID, LeadPlan] = {}
     for plan in plans:
-        email = plan.lead["email"].casefold()
-        known = stored.get(plan.event_id)
-        if known is None:
-            stored[plan.event_id] = (plan.lead["email"], plan.lead["user_session_id"])
-            new.append(plan)
-            results.append(LeadCaptured(plan, duplicate=False))
-        elif known[0].casefold() == email:
-            stored_plan = LeadPlan(lead=plan.lead | {"user_session_id": known[1]}, consent=plan.consent)
-            results.append(LeadCaptured(stored_plan, duplicate=True))
-        else:
-            results.append(Conflict(f"event_id {plan.event_id} already belongs to a lead with another email"))
+        first.setdefault(plan.event_id, plan)
+    # A batch inserts optimistically: in DuckDB a plain insert costs a fraction of an insert-or-ignore. If one of its
+    # event_ids is already stored the insert raises, the writer rolls the batch back and retries each job alone,
+    # and a lone job looks its event_id up first.
+    stored: dict[UUID, tuple[str, UUID]] = {}
+    if len(plans) == 1 and (known := store.lead_identity(conn, plans[0].event_id)) is not None:
+        stored[plans[0].event_id] = known
+    new = [plan for event_id, plan in first.items() if event_id not in stored]
     store.insert_rows(conn, "leads", [plan.lead for plan in new])
     store.insert_rows(conn, "consent_ledger", [plan.consent for plan in new])
     store.insert_rows(conn, "deliveries", [d.as_row() for plan in new for d in plan.deliveries])
+    results: list[LeadCaptured | DomainError] = []
+    for plan in plans:
+        owner = first[plan.event_id].lead
+        email, user_session_id = stored.get(plan.event_id, (owner["email"], owner["user_session_id"]))
+        if plan.event_id not in stored and plan is first[plan.event_id]:
+            results.append(LeadCaptured(plan, duplicate=False))
+        elif email.casefold() == plan.lead["email"].casefold():
+            stored_plan = LeadPlan(
+                lead=plan.lead | {"user_session_id": user_session_id}, consent=plan.consent
+            )
+            results.append(LeadCaptured(stored_plan, duplicate=True))
+        else:
+            results.append(Conflict(f"event_id {plan.event_id} already belongs to a lead with another email"))
     return results

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import duckdb
-import pyarrow as pa
 
 LEAD_COLUMNS = (
     "event_id", "user_session_id", "full_name", "email", "phone",
@@ -35,30 +34,28 @@ def _text(value: Any) -> Any:
     return str(value) if isinstance(value, UUID) else value
 
 
+def _insert_sql(table: str) -> str:
+    # Each column arrives as one list parameter and is unnested in step with the others: one statement, and
+    # DuckDB converts the parameters up front instead of calling back into Python while it scans.
+    columns = _TABLE_COLUMNS[table]  # a fixed allow-list: table and column names never come from input
+    unnested = ", ".join("unnest(?)" for _ in columns)
+    return f"insert into {table} ({', '.join(columns)}) select {unnested}"
+
+
+def _column_lists(table: str, rows: Sequence[Row]) -> list[list[Any]]:
+    return [[_text(row[column]) for row in rows] for column in _TABLE_COLUMNS[table]]
+
+
 def insert_rows(conn: duckdb.DuckDBPyConnection, table: str, rows: Sequence[Row]) -> None:
     """Append rows to one of the ingest tables in a single vectorised statement."""
-    if not rows:
-        return
-    columns = _TABLE_COLUMNS[table]  # a fixed allow-list: table and column names never come from input
-    batch = pa.table({column: [_text(row[column]) for row in rows] for column in columns})
-    view = f"_{table}_batch"
-    conn.register(view, batch)
-    try:
-        conn.execute(f"insert into {table} ({', '.join(columns)}) select {', '.join(columns)} from {view}")  # noqa: S608
-    finally:
-        conn.unregister(view)
+    if rows:
+        conn.execute(_insert_sql(table), _column_lists(table, rows))
 
 
-def find_lead_identities(
-    conn: duckdb.DuckDBPyConnection, event_ids: Iterable[UUID]
-) -> dict[UUID, tuple[str, UUID]]:
-    """Email and user_session_id of the stored leads among `event_ids`."""
-    ids = [str(event_id) for event_id in event_ids]
-    rows = conn.execute(
-        "select event_id, email, user_session_id from leads where event_id in (select unnest(?::uuid[]))",
-        [ids],
-    ).fetchall()
-    return {row[0]: (row[1], row[2]) for row in rows}
+def lead_identity(conn: duckdb.DuckDBPyConnection, event_id: UUID) -> tuple[str, UUID] | None:
+    """Email and user_session_id of a stored lead (a point lookup on the primary key)."""
+    row = conn.execute("select email, user_session_id from leads where event_id = ?", [event_id]).fetchone()
+    return (row[0], row[1]) if row else None
 
 
 def get_lead(conn: duckdb.DuckDBPyConnection, event_id: UUID) -> dict[str, Any] | None:

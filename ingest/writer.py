@@ -9,7 +9,7 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import duckdb
@@ -34,7 +34,24 @@ class WriterStopped(Exception):
 class _Job:
     handler: BatchHandler[Any, Any]
     item: Any
-    done: Future[Any] = field(default_factory=Future)
+    done: Future[Any] | asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop | None = None
+
+    def take(self) -> bool:
+        """Whether the job still wants doing; once taken, a thread-side future can no longer be cancelled."""
+        if isinstance(self.done, Future):
+            return self.done.set_running_or_notify_cancel()
+        return not self.done.cancelled()
+
+
+def _settle(outcomes: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    for future, outcome in outcomes:
+        if future.done():
+            continue  # the caller gave up after its job was taken
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
 
 
 _STOP = object()
@@ -71,15 +88,21 @@ class Writer:
 
     def submit_nowait(self, handler: BatchHandler[I, R], item: I) -> Future[R]:
         """Queue one item and return the future answered once its transaction has committed."""
-        if not self.running:
-            raise WriterStopped("the database writer is not running")
-        job = _Job(handler, item)
-        self._queue.put(job)
-        return cast(Future[R], job.done)
+        future: Future[R] = Future()
+        self._put(_Job(handler, item, future))
+        return future
 
     async def submit(self, handler: BatchHandler[I, R], item: I) -> R:
         """Queue one item and wait, without blocking the event loop, until it is committed."""
-        return await asyncio.wrap_future(self.submit_nowait(handler, item))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        self._put(_Job(handler, item, future, loop))
+        return await future
+
+    def _put(self, job: _Job) -> None:
+        if not self.running:
+            raise WriterStopped("the database writer is not running")
+        self._queue.put(job)
 
     def submit_sync(self, handler: BatchHandler[I, R], item: I) -> R:
         """Queue one item and block until it is committed (CLI and worker threads)."""
@@ -102,7 +125,7 @@ class Writer:
                     break
                 taken.append(cast(_Job, nxt))
             # A job whose caller gave up before it started is dropped; once running it can't be cancelled.
-            jobs = [job for job in taken if job.done.set_running_or_notify_cancel()]
+            jobs = [job for job in taken if job.take()]
             if jobs:
                 self._run_batch(jobs)
 
@@ -121,7 +144,7 @@ class Writer:
             self._rollback()
             if len(jobs) == 1:
                 log.warning("write failed", extra={"error": repr(exc)})
-                jobs[0].done.set_exception(exc)
+                self._answer([(jobs[0], exc)])
                 return
             # One bad job must not sink its batch-mates: retry each in its own transaction.
             for job in jobs:
@@ -129,11 +152,21 @@ class Writer:
             return
         self.batches_committed += 1
         self.jobs_committed += len(jobs)
-        for job, result in outcomes:
-            if isinstance(result, DomainError):
-                job.done.set_exception(result)
+        self._answer(outcomes)
+
+    def _answer(self, outcomes: list[tuple[_Job, Any]]) -> None:
+        # One wake-up per event loop for the whole batch, not one per job: the hand-off is on the hot path.
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
+        for job, outcome in outcomes:
+            if job.loop is not None:
+                by_loop.setdefault(job.loop, []).append((cast(asyncio.Future[Any], job.done), outcome))
+            elif isinstance(outcome, BaseException):
+                job.done.set_exception(outcome)
             else:
-                job.done.set_result(result)
+                job.done.set_result(outcome)
+        for loop, settled in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop closed while its jobs were in flight
+                loop.call_soon_threadsafe(_settle, settled)
 
     def _rollback(self) -> None:
         # The failed statement may already have ended the transaction.

@@ -6,7 +6,7 @@ import logging
 
 from fastapi import APIRouter
 
-from api.deps import ContextDep, DatabaseDep, RateLimited, SettingsDep
+from api.deps import BrowserCallDep
 from ingest.consent import consent_row, record_consents
 from ingest.models import ConsentIn, ConsentOut
 
@@ -14,20 +14,18 @@ router = APIRouter(tags=["consent"])
 log = logging.getLogger(__name__)
 
 
-@router.post("/v1/consent", dependencies=[RateLimited])
-async def post_consent(
-    consent_in: ConsentIn, settings: SettingsDep, database: DatabaseDep, context: ContextDep
-) -> ConsentOut:
+@router.post("/v1/consent")
+async def post_consent(consent_in: ConsentIn, call: BrowserCallDep) -> ConsentOut:
     """Append a consent decision to the ledger; a withdrawal suppresses deliveries not yet sent."""
     row = consent_row(
-        settings,
+        call.settings,
         consent_in,
         user_session_id=consent_in.user_session_id,
         event_id=consent_in.event_id,
         source="consent",
-        context=context,
+        context=call.context,
     )
-    record = await database.writer.submit(record_consents, row)
+    record = await call.database.writer.submit(record_consents, row)
     log.info(
         "consent recorded",
         extra={

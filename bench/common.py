@@ -1,0 +1,136 @@
+"""Benchmark plumbing: servers as subprocesses on loopback, wrk runs, medians, machine facts."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(base_url: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """Poll /readyz until the server answers 200."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{base_url} did not become ready")
+
+
+@contextmanager
+def server(args: list[str], env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run `python -m <args>` with a --port appended; yield its base URL; stop it cleanly."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", *args, "--port", str(port)],
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base_url, process)
+        yield base_url
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def echo_server() -> Any:
+    """The bare FastAPI echo baseline, served by uvicorn like our API (one worker, no access log)."""
+    return server(["uvicorn", "bench.echo_app:app", "--no-access-log", "--log-level", "warning"])
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def _ms(text: str) -> float:
+    match = re.match(r"([\d.]+)(us|ms|s)", text)
+    if not match:
+        raise ValueError(f"unreadable wrk latency {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def run_wrk(url: str, script: Path, *, connections: int = 32, seconds: int = 10, threads: int = 2) -> dict[str, float]:
+    """One wrk run: requests/s, latency percentiles in ms, completed and non-2xx counts."""
+    output = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    done = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    latency = {p: _ms(v) for p, v in re.findall(r"^\s+(50|90|99)%\s+(\S+)", output, re.MULTILINE)}
+    return {
+        "rps": rps,
+        "p50_ms": latency["50"],
+        "p90_ms": latency["90"],
+        "p99_ms": latency["99"],
+        "completed": done,
+        "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
+        "socket_errors": sum(int(n) for n in errors.groups()) if errors else 0,
+    }
+
+
+def median_of(runs: list[dict[str, float]], key: str) -> float:
+    """Median of one measure over repeated runs."""
+    return float(statistics.median(run[key] for run in runs))
+
+
+def machine() -> str:
+    """A one-line description of this machine."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, {platform.system()}"
+
+
+def save(name: str, result: dict[str, Any]) -> Path:
+    """Write a result as JSON under bench/results, stamped with date and machine."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result = {"date": datetime.now(UTC).strftime("%Y-%m-%d"), "machine": machine(), **result}
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
