@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/attribution demo
+	$(BIN)/attribution serve
 
 serve: $(STAMP)
 	$(BIN)/attribution serve

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ApiProcess
+
+
+def attribution(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ingest.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_db_migrate_is_safe_to_repeat(tmp_path: Path) -> None:
+    env = {"ATTRIBUTION_DB_PATH": str(tmp_path / "sub" / "cli.duckdb")}
+    first = attribution("db", "migrate", env=env)
+    assert first.returncode == 0, first.stderr
+    assert "001_initial.sql" in first.stderr
+    again = attribution("db", "migrate", env=env)
+    assert again.returncode == 0
+    assert "up to date" in again.stderr
+
+
+def test_bad_setting_stops_with_the_variable_named(tmp_path: Path) -> None:
+    result = attribution(
+        "db", "migrate", env={"ATTRIBUTION_DB_PATH": str(tmp_path / "x.duckdb"), "REQUIRE_CONSENT": "perhaps"}
+    )
+    assert result.returncode == 2
+    assert "REQUIRE_CONSENT" in result.stderr
+    assert not (tmp_path / "x.duckdb").exists()
+
+
+def test_migrate_while_the_api_runs_explains_the_lock(tmp_path: Path) -> None:
+    env = {"ATTRIBUTION_DB_PATH": str(tmp_path / "live.duckdb")}
+    api = ApiProcess(env)
+    api.start()
+    try:
+        result = attribution("db", "migrate", env=env)
+    finally:
+        api.stop()
+    assert result.returncode == 1
+    assert "another process" in result.stderr
