@@ -84,7 +84,9 @@ def _ms(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def run_wrk(url: str, script: Path, *, connections: int = 32, seconds: int = 10, threads: int = 2) -> dict[str, float]:
+def run_wrk(
+    url: str, script: Path, *, connections: int = 32, seconds: int = 10, threads: int = 2
+) -> dict[str, float]:
     """One wrk run: requests/s, latency percentiles in ms, completed and non-2xx counts."""
     output = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],

@@ -29,10 +29,16 @@ def main() -> None:
     echo_runs, api_runs = [], []
     for round_number in range(1, args.rounds + 1):
         with echo_server() as url:
-            echo_runs.append(run_wrk(f"{url}/v1/leads", SCRIPT, connections=args.connections, seconds=args.seconds))
+            echo_runs.append(
+                run_wrk(f"{url}/v1/leads", SCRIPT, connections=args.connections, seconds=args.seconds)
+            )
         with tempfile.TemporaryDirectory() as tmp:
             db_path = Path(tmp) / "bench.duckdb"
-            env = {"ATTRIBUTION_DB_PATH": str(db_path), "ATTRIBUTION_RATE_LIMIT_PER_MINUTE": "0", "ATTRIBUTION_LOG_LEVEL": "WARNING"}
+            env = {
+                "ATTRIBUTION_DB_PATH": str(db_path),
+                "ATTRIBUTION_RATE_LIMIT_PER_MINUTE": "0",
+                "ATTRIBUTION_LOG_LEVEL": "WARNING",
+            }
             with server(["ingest.cli", "serve"], env) as url:
                 run = run_wrk(f"{url}/v1/leads", SCRIPT, connections=args.connections, seconds=args.seconds)
             conn = duckdb.connect(str(db_path), read_only=True)
@@ -48,10 +54,19 @@ def main() -> None:
         )
     echo_rps, api_rps = median_of(echo_runs, "rps"), median_of(api_runs, "rps")
     result = {
-        "command": "python -m bench.leads " + f"--rounds {args.rounds} --seconds {args.seconds} --connections {args.connections}",
+        "command": "python -m bench.leads "
+        + f"--rounds {args.rounds} --seconds {args.seconds} --connections {args.connections}",
         "connections": args.connections,
-        "echo": {"rps_median": echo_rps, "p50_ms": median_of(echo_runs, "p50_ms"), "p99_ms": median_of(echo_runs, "p99_ms")},
-        "api": {"rps_median": api_rps, "p50_ms": median_of(api_runs, "p50_ms"), "p99_ms": median_of(api_runs, "p99_ms")},
+        "echo": {
+            "rps_median": echo_rps,
+            "p50_ms": median_of(echo_runs, "p50_ms"),
+            "p99_ms": median_of(echo_runs, "p99_ms"),
+        },
+        "api": {
+            "rps_median": api_rps,
+            "p50_ms": median_of(api_runs, "p50_ms"),
+            "p99_ms": median_of(api_runs, "p99_ms"),
+        },
         "ratio": api_rps / echo_rps,
         "target_ratio": 0.75,
         "every_acknowledged_lead_committed": all(run["all_acknowledged_committed"] for run in api_runs),
