@@ -211,9 +211,7 @@ class Checkout:
                 raise NotFound(f"no lead with event_id {event_id}")
             if lead["payment_intent_id"]:
                 return _answer(self._call(self.client.v1.payment_intents.retrieve, lead["payment_intent_id"]))
-            consent = self.database.read(
-                lambda conn: stripe_store.consent_in_force(conn, [(event_id, lead["user_session_id"])])
-            ).get(event_id)
+            consent = self.database.read(lambda conn: stripe_store.consent_in_force(conn, event_id))
             params: dict[str, Any] = {
                 "amount": price,
                 "currency": self.settings.product_currency,

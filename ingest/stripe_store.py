@@ -1,20 +1,18 @@
 """Every SQL statement of the Stripe side (payments, stripe_events, the sync cursor, lead payment state).
 
-The connection is always passed in. Batches are written through registered Arrow tables, so a writer batch of
-hundreds of events costs a handful of statements; table and column names come only from the constants here.
+The connection is always passed in. A writer batch of events costs a fixed handful of statements (each column
+travels as one list parameter); table and column names come only from the constants here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import duckdb
-import pyarrow as pa
 
 EVENT_COLUMNS = (
     "stripe_event_id", "event_type", "object_id", "stripe_created_at", "received_at", "source", "payload",
@@ -34,54 +32,52 @@ def _text(value: Any) -> Any:
     return str(value) if isinstance(value, UUID) else value
 
 
-@contextmanager
-def _batch(
-    conn: duckdb.DuckDBPyConnection, name: str, columns: Sequence[str], rows: Sequence[Row]
-) -> Iterator[str]:
-    """Register `rows` as a view for one statement; `name` and `columns` are constants of this module."""
-    table = pa.table({column: [_text(row[column]) for row in rows] for column in columns})
-    view = f"_{name}_batch"
-    conn.register(view, table)
-    try:
-        yield view
-    finally:
-        conn.unregister(view)
+def _column_lists(columns: Sequence[str], rows: Sequence[Row]) -> list[list[Any]]:
+    return [[_text(row[column]) for row in rows] for column in columns]
+
+
+def _unnested(columns: Sequence[str]) -> str:
+    # One list parameter per column, unnested in step: a whole batch in one statement, converted up front.
+    return ", ".join("unnest(?)" for _ in columns)
 
 
 # --- stripe_events -----------------------------------------------------------------------------------------
 
 
-def event_statuses(conn: duckdb.DuckDBPyConnection, stripe_event_ids: Iterable[str]) -> dict[str, str]:
-    """Status of the stored events among `stripe_event_ids`."""
-    ids = list(set(stripe_event_ids))
-    if not ids:
-        return {}
-    rows = conn.execute(
-        "select stripe_event_id, status from stripe_events where stripe_event_id in (select unnest(?))", [ids]
-    ).fetchall()
-    return {row[0]: row[1] for row in rows}
+@dataclass(frozen=True)
+class EventLookup:
+    """What is stored about a batch of incoming events."""
+
+    statuses: dict[str, str]  # stripe_event_id → status, for the ids already stored
+    processed_changes: dict[str, str]  # change_key → the stripe_event_id that processed that change
 
 
-def processed_change_keys(conn: duckdb.DuckDBPyConnection, change_keys: Iterable[str]) -> dict[str, str]:
-    """For each change already processed among `change_keys`, the Stripe event that processed it."""
-    keys = list(set(change_keys))
-    if not keys:
-        return {}
+def lookup_events(
+    conn: duckdb.DuckDBPyConnection, stripe_event_ids: Iterable[str], change_keys: Iterable[str]
+) -> EventLookup:
+    """The stored status of these event ids, and which of these changes were already processed (one scan)."""
+    ids, keys = list(set(stripe_event_ids)), list(set(change_keys))
     rows = conn.execute(
-        "select change_key, min(stripe_event_id) from stripe_events "
-        "where status = 'processed' and change_key in (select unnest(?)) group by change_key",
-        [keys],
+        "select stripe_event_id, status, change_key from stripe_events "
+        "where stripe_event_id in (select unnest(?)) or (status = 'processed' and change_key in (select unnest(?)))",
+        [ids, keys],
     ).fetchall()
-    return {row[0]: row[1] for row in rows}
+    wanted_ids, wanted_keys = set(ids), set(keys)
+    statuses = {row[0]: row[1] for row in rows if row[0] in wanted_ids}
+    processed: dict[str, str] = {}
+    for stripe_event_id, status, change_key in sorted(rows):
+        if status == "processed" and change_key in wanted_keys:
+            processed.setdefault(change_key, stripe_event_id)
+    return EventLookup(statuses, processed)
 
 
 def insert_events(conn: duckdb.DuckDBPyConnection, rows: Sequence[Row]) -> None:
     """Append new Stripe event rows."""
-    if not rows:
-        return
-    columns = ", ".join(EVENT_COLUMNS)
-    with _batch(conn, "stripe_events", EVENT_COLUMNS, rows) as view:
-        conn.execute(f"insert into stripe_events ({columns}) select {columns} from {view}")  # noqa: S608
+    if rows:
+        conn.execute(
+            f"insert into stripe_events ({', '.join(EVENT_COLUMNS)}) select {_unnested(EVENT_COLUMNS)}",
+            _column_lists(EVENT_COLUMNS, rows),
+        )
 
 
 def settle_event(
@@ -112,21 +108,6 @@ def record_event_failure(conn: duckdb.DuckDBPyConnection, row: Row) -> None:
     )
 
 
-def event_status_counts(conn: duckdb.DuckDBPyConnection) -> dict[str, int]:
-    """Stored Stripe events by status."""
-    rows = conn.execute("select status, count(*) from stripe_events group by status").fetchall()
-    return {row[0]: int(row[1]) for row in rows}
-
-
-def get_event(conn: duckdb.DuckDBPyConnection, stripe_event_id: str) -> dict[str, Any] | None:
-    """One stored Stripe event as a column → value mapping."""
-    cursor = conn.execute("select * from stripe_events where stripe_event_id = ?", [stripe_event_id])
-    row = cursor.fetchone()
-    if row is None:
-        return None
-    return dict(zip([d[0] for d in cursor.description], row, strict=True))
-
-
 # --- payments ----------------------------------------------------------------------------------------------
 
 
@@ -145,13 +126,36 @@ def get_payments(
     return {row[0]: dict(zip(PAYMENT_COLUMNS, row, strict=True)) for row in rows}
 
 
-def upsert_payments(conn: duckdb.DuckDBPyConnection, rows: Sequence[Row]) -> None:
-    """Insert payments, replacing the stored row of each PaymentIntent already known (one row per id)."""
-    if not rows:
-        return
-    columns = ", ".join(PAYMENT_COLUMNS)
-    with _batch(conn, "payments", PAYMENT_COLUMNS, rows) as view:
-        conn.execute(f"insert or replace into payments ({columns}) select {columns} from {view}")  # noqa: S608
+def insert_payments(conn: duckdb.DuckDBPyConnection, rows: Sequence[Row]) -> None:
+    """Append payments of PaymentIntents not stored yet."""
+    if rows:
+        conn.execute(
+            f"insert into payments ({', '.join(PAYMENT_COLUMNS)}) select {_unnested(PAYMENT_COLUMNS)}",
+            _column_lists(PAYMENT_COLUMNS, rows),
+        )
+
+
+# Every column but the key and the creation facts, with its type (a list of only nulls needs one).
+_PAYMENT_UPDATES = (
+    ("event_id", "uuid"), ("user_session_id", "uuid"), ("amount_cents", "bigint"), ("currency", "varchar"),
+    ("status", "varchar"), ("is_orphan", "boolean"), ("refunded_cents", "bigint"), ("failure_code", "varchar"),
+    ("updated_at", "timestamp"), ("succeeded_at", "timestamp"), ("refunded_at", "timestamp"),
+    ("last_stripe_event_id", "varchar"),
+)  # fmt: skip
+_UPDATE_PAYMENTS_SQL = (
+    "update payments set "  # noqa: S608 - built from the constants above
+    + ", ".join(f"{name} = b.{name}" for name, _ in _PAYMENT_UPDATES)
+    + " from (select unnest(?::varchar[]) as payment_intent_id, "
+    + ", ".join(f"unnest(?::{kind}[]) as {name}" for name, kind in _PAYMENT_UPDATES)
+    + ") b where payments.payment_intent_id = b.payment_intent_id"
+)
+
+
+def update_payments(conn: duckdb.DuckDBPyConnection, rows: Sequence[Row]) -> None:
+    """Write the new state of stored payments (one row per PaymentIntent)."""
+    if rows:
+        columns = ["payment_intent_id", *(name for name, _ in _PAYMENT_UPDATES)]
+        conn.execute(_UPDATE_PAYMENTS_SQL, _column_lists(columns, rows))
 
 
 def insert_payment_if_absent(conn: duckdb.DuckDBPyConnection, row: Row) -> None:
@@ -168,51 +172,85 @@ def get_payment(conn: duckdb.DuckDBPyConnection, payment_intent_id: str) -> dict
     return get_payments(conn, [payment_intent_id]).get(payment_intent_id)
 
 
-def payments_of_lead(conn: duckdb.DuckDBPyConnection, event_id: UUID) -> list[dict[str, Any]]:
-    """Every payment naming one lead, oldest first."""
-    columns = ", ".join(PAYMENT_COLUMNS)
-    rows = conn.execute(
-        f"select {columns} from payments where event_id = ? order by created_at",  # noqa: S608
-        [event_id],
-    ).fetchall()
-    return [dict(zip(PAYMENT_COLUMNS, row, strict=True)) for row in rows]
-
-
 # --- leads and consent, as the payment side needs them ----------------------------------------------------
 
 
 @dataclass(frozen=True)
+class ConsentInForce:
+    """The latest consent decision recorded for a journey."""
+
+    marketing: bool
+    analytics: bool
+    recorded_at: datetime
+
+
+@dataclass(frozen=True)
 class LeadJourney:
-    """What payment processing needs of a stored lead."""
+    """What payment processing needs of a stored lead, with the consent in force for it."""
 
     event_id: UUID
     user_session_id: UUID
     status: str
     payment_intent_id: str | None
+    consent: ConsentInForce | None
+
+
+# The latest consent_ledger row of each lead in `l`, matched on its event_id or its session. Two equi-joins
+# instead of one join on "event_id or session", which would be a nested loop.
+_CONSENT_OF_LEADS = """
+latest_consent as (
+    select event_id, arg_max(marketing_consent, recorded_at) as marketing,
+        arg_max(analytics_consent, recorded_at) as analytics, max(recorded_at) as recorded_at
+    from (
+        select l.event_id, c.marketing_consent, c.analytics_consent, c.recorded_at
+        from l join consent_ledger c on c.event_id = l.event_id
+        union all
+        select l.event_id, c.marketing_consent, c.analytics_consent, c.recorded_at
+        from l join consent_ledger c on c.user_session_id = l.user_session_id
+    )
+    group by event_id
+)"""
+
+
+# Built once from the constant above: no input ever reaches the SQL text.
+_LEAD_JOURNEYS_SQL = (
+    "with l as (select event_id, user_session_id, status, payment_intent_id from leads "  # noqa: S608
+    "    where event_id in (select unnest(?::uuid[]))),"
+    f"{_CONSENT_OF_LEADS}"
+    " select l.event_id, l.user_session_id, l.status, l.payment_intent_id, c.marketing, c.analytics, c.recorded_at"
+    " from l left join latest_consent c using (event_id)"
+)
+_CONSENT_IN_FORCE_SQL = (
+    "with l as (select event_id, user_session_id from leads where event_id = ?),"  # noqa: S608
+    f"{_CONSENT_OF_LEADS}"
+    " select marketing, analytics, recorded_at from latest_consent"
+)
 
 
 def lead_journeys(conn: duckdb.DuckDBPyConnection, event_ids: Iterable[UUID]) -> dict[UUID, LeadJourney]:
-    """The stored leads among `event_ids`."""
-    ids = [str(event_id) for event_id in set(event_ids)]
-    if not ids:
-        return {}
-    rows = conn.execute(
-        "select event_id, user_session_id, status, payment_intent_id from leads "
-        "where event_id in (select unnest(?::uuid[]))",
-        [ids],
-    ).fetchall()
-    return {row[0]: LeadJourney(*row) for row in rows}
+    """The stored leads among `event_ids`, each with the consent in force for it."""
+    rows = conn.execute(_LEAD_JOURNEYS_SQL, [[str(event_id) for event_id in set(event_ids)]]).fetchall()
+    return {
+        row[0]: LeadJourney(
+            event_id=row[0],
+            user_session_id=row[1],
+            status=row[2],
+            payment_intent_id=row[3],
+            consent=ConsentInForce(row[4], row[5], row[6]) if row[6] is not None else None,
+        )
+        for row in rows
+    }
 
 
 def update_lead_payments(conn: duckdb.DuckDBPyConnection, rows: Sequence[Row]) -> None:
     """Set leads' status and, where none is linked yet, their PaymentIntent."""
-    if not rows:
-        return
-    with _batch(conn, "lead_payments", LEAD_PAYMENT_COLUMNS, rows) as view:
+    if rows:
         conn.execute(
-            f"update leads set status = b.status, "  # noqa: S608
+            "update leads set status = b.status, "
             "payment_intent_id = coalesce(leads.payment_intent_id, b.payment_intent_id), updated_at = b.updated_at "
-            f"from {view} b where leads.event_id = b.event_id::uuid"
+            "from (select unnest(?::uuid[]) as event_id, unnest(?) as status, unnest(?) as payment_intent_id, "
+            "unnest(?::timestamp[]) as updated_at) b where leads.event_id = b.event_id",
+            _column_lists(LEAD_PAYMENT_COLUMNS, rows),
         )
 
 
@@ -226,54 +264,22 @@ def link_payment_intent(
     )
 
 
-@dataclass(frozen=True)
-class ConsentInForce:
-    """The latest consent decision recorded for a journey."""
-
-    marketing: bool
-    analytics: bool
-    recorded_at: datetime
-
-
-def consent_in_force(
-    conn: duckdb.DuckDBPyConnection, journeys: Iterable[tuple[UUID, UUID]]
-) -> dict[UUID, ConsentInForce]:
-    """The latest consent_ledger row for each (event_id, user_session_id), matched on either id."""
-    pairs = list(set(journeys))
-    if not pairs:
-        return {}
-    # Two equi-joins instead of one join on "event_id or session": an OR condition would be a nested loop.
-    rows = conn.execute(
-        "with wanted as (select unnest(?::uuid[]) as event_id, unnest(?::uuid[]) as user_session_id), "
-        "matches as ("
-        "  select w.event_id, c.marketing_consent, c.analytics_consent, c.recorded_at "
-        "  from wanted w join consent_ledger c on c.event_id = w.event_id "
-        "  union all "
-        "  select w.event_id, c.marketing_consent, c.analytics_consent, c.recorded_at "
-        "  from wanted w join consent_ledger c on c.user_session_id = w.user_session_id) "
-        "select event_id, arg_max(marketing_consent, recorded_at), arg_max(analytics_consent, recorded_at), "
-        "max(recorded_at) from matches group by event_id",
-        [[str(pair[0]) for pair in pairs], [str(pair[1]) for pair in pairs]],
-    ).fetchall()
-    return {row[0]: ConsentInForce(bool(row[1]), bool(row[2]), row[3]) for row in rows}
+def consent_in_force(conn: duckdb.DuckDBPyConnection, event_id: UUID) -> ConsentInForce | None:
+    """The latest consent_ledger row for a stored lead, matched on its event_id or its session."""
+    row = conn.execute(
+        _CONSENT_IN_FORCE_SQL,
+        [event_id],
+    ).fetchone()
+    return ConsentInForce(row[0], row[1], row[2]) if row else None
 
 
 def existing_delivery_keys(conn: duckdb.DuckDBPyConnection, keys: Iterable[str]) -> set[str]:
     """The idempotency keys among `keys` that already have a delivery row."""
-    wanted = list(set(keys))
-    if not wanted:
-        return set()
     rows = conn.execute(
-        "select idempotency_key from deliveries where idempotency_key in (select unnest(?))", [wanted]
+        "select idempotency_key from deliveries where idempotency_key in (select unnest(?))",
+        [list(set(keys))],
     ).fetchall()
     return {row[0] for row in rows}
-
-
-def deliveries_of_lead(conn: duckdb.DuckDBPyConnection, event_id: UUID) -> list[dict[str, Any]]:
-    """Every delivery row of one lead, oldest first."""
-    cursor = conn.execute("select * from deliveries where event_id = ? order by created_at, kind", [event_id])
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 # --- sync cursor -------------------------------------------------------------------------------------------

@@ -134,7 +134,7 @@ def _sync(
     start = max(start, floor)
     events, invalid = list_events(client, start)
     ids = [event.stripe_event_id for event in events]
-    stored = database.read(lambda conn: stripe_store.event_statuses(conn, ids))
+    stored = database.read(lambda conn: stripe_store.lookup_events(conn, ids, ()).statuses)
     pending = [event for event in events if stored.get(event.stripe_event_id) not in SETTLED]
     counts = dict.fromkeys((PROCESSED, DUPLICATE, IGNORED, FAILED), 0)
     failed_at: list[datetime] = []

@@ -411,16 +411,16 @@ def _implied_deliveries(
     return planned
 
 
-def _apply_events(conn: duckdb.DuckDBPyConnection, jobs: Sequence[EventJob], now: datetime) -> None:
+def _apply_events(
+    conn: duckdb.DuckDBPyConnection, jobs: Sequence[EventJob], now: datetime, *, lone: bool
+) -> None:
     """Apply the payment changes of `jobs` in order: payments, leads and outbox rows, a few statements in all."""
     changes = [(job, job.event.change) for job in jobs if job.event.change is not None]
     payments = stripe_store.get_payments(conn, {change.payment_intent_id for _, change in changes})
+    stored_payments = set(payments)
     named = {change.metadata_event_id for _, change in changes if change.metadata_event_id is not None}
     named |= {row["event_id"] for row in payments.values() if row["event_id"] is not None}
     leads = stripe_store.lead_journeys(conn, named)
-    consents = stripe_store.consent_in_force(
-        conn, [(lead.event_id, lead.user_session_id) for lead in leads.values()]
-    )
     lead_status = {event_id: lead.status for event_id, lead in leads.items()}
     touched_leads: dict[UUID, dict[str, Any]] = {}
     planned: dict[str, Delivery] = {}
@@ -452,18 +452,19 @@ def _apply_events(conn: duckdb.DuckDBPyConnection, jobs: Sequence[EventJob], now
                 "payment_intent_id": payment["payment_intent_id"],
                 "updated_at": now,
             }
-        in_force = consents.get(lead.event_id)
-        consent = (
-            ConsentState(marketing=in_force.marketing, analytics=in_force.analytics)
-            if in_force is not None
-            else ConsentState(
-                marketing=False, analytics=False
-            )  # no decision on record: nothing gated is sent
+        # No decision on record means nothing consent-gated is sent.
+        consent = ConsentState(
+            marketing=lead.consent is not None and lead.consent.marketing,
+            analytics=lead.consent is not None and lead.consent.analytics,
         )
         for delivery in _implied_deliveries(job.settings, payment, lead, consent, now):
             planned.setdefault(delivery.idempotency_key, delivery)
-    existing = stripe_store.existing_delivery_keys(conn, planned)
-    stripe_store.upsert_payments(conn, list(payments.values()))
+    # A batch inserts its outbox rows optimistically: in DuckDB a plain insert costs a fraction of an
+    # insert-if-absent. A row whose key exists (the state was reached before, e.g. a refund heard of before the
+    # success) makes the insert raise; the writer then retries each job alone, and a lone job filters first.
+    existing = stripe_store.existing_delivery_keys(conn, planned) if lone else set()
+    stripe_store.insert_payments(conn, [row for key, row in payments.items() if key not in stored_payments])
+    stripe_store.update_payments(conn, [row for key, row in payments.items() if key in stored_payments])
     stripe_store.update_lead_payments(conn, list(touched_leads.values()))
     insert_rows(conn, "deliveries", [d.as_row() for key, d in planned.items() if key not in existing])
 
@@ -471,10 +472,12 @@ def _apply_events(conn: duckdb.DuckDBPyConnection, jobs: Sequence[EventJob], now
 def handle_events(conn: duckdb.DuckDBPyConnection, jobs: Sequence[EventJob]) -> list[EventOutcome]:
     """Writer batch handler: store each event once and apply the allow-listed ones, in one transaction."""
     now = utcnow()
-    stored = stripe_store.event_statuses(conn, [job.event.stripe_event_id for job in jobs])
-    done_changes = stripe_store.processed_change_keys(
-        conn, [job.event.change_key for job in jobs if job.event.change is not None]
+    lookup = stripe_store.lookup_events(
+        conn,
+        [job.event.stripe_event_id for job in jobs],
+        [job.event.change_key for job in jobs if job.event.change is not None],
     )
+    stored, done_changes = lookup.statuses, lookup.processed_changes
     outcomes: list[EventOutcome] = []
     new_rows: list[dict[str, Any]] = []
     settled_failures: list[tuple[str, str, str | None]] = []
@@ -501,7 +504,7 @@ def handle_events(conn: duckdb.DuckDBPyConnection, jobs: Sequence[EventJob]) -> 
             settled_failures.append((event.stripe_event_id, status, duplicate_of))
         outcomes.append(EventOutcome(event.stripe_event_id, status, duplicate=status == DUPLICATE))
     if to_apply:
-        _apply_events(conn, to_apply, now)
+        _apply_events(conn, to_apply, now, lone=len(jobs) == 1)
     stripe_store.insert_events(conn, new_rows)
     for stripe_event_id, status, duplicate_of in settled_failures:
         stripe_store.settle_event(conn, stripe_event_id, status, duplicate_of, now)

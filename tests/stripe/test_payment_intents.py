@@ -37,6 +37,10 @@ def test_payment_intent_carries_the_lead_in_its_metadata(
     stripe_api: RunningApi, localstripe: LocalStripe
 ) -> None:
     event_id = stripe_api.create_lead(full_name="Ana " + "Muito " * 30 + "Longa", utm_content="hero-cta")
+    crm_contact_id = wait_until(
+        lambda: stripe_api.one("select crm_contact_id from leads where event_id = ?", [event_id]),
+        message="the lead's CRM contact id (delivered to the sandbox CRM)",
+    )
 
     response = stripe_api.client.post("/v1/payment-intents", json={"event_id": str(event_id)})
 
@@ -58,7 +62,8 @@ def test_payment_intent_carries_the_lead_in_its_metadata(
     )  # fmt: skip
     assert (metadata["product_id"], metadata["marketing_consent"]) == (stripe_api.settings.product_id, "true")
     assert metadata["consent_timestamp"].endswith("Z")
-    assert "utm_term" not in metadata and "crm_contact_id" not in metadata  # unset values are left out
+    assert "utm_term" not in metadata  # unset values are left out
+    assert metadata["crm_contact_id"] == crm_contact_id
     assert len(metadata) <= MAX_METADATA_KEYS
     assert all(len(key) <= MAX_METADATA_KEY_LENGTH for key in metadata)
     assert metadata["full_name"] == "Ana " + "Muito " * 30 + "Longa"
