@@ -9,8 +9,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from api.assets import StaticAssets
 from api.errors import install_error_handlers
-from api.routes import admin, consent, health, leads, payments, stripe_admin, webhooks
+from api.routes import admin, client, consent, demo, health, leads, payments, stripe_admin, webhooks
 from api.security import BodySizeLimit, RateLimiter
 from ingest.db import Database
 from ingest.settings import Settings, load_settings
@@ -74,4 +75,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         stripe_admin.router,
     ):
         app.include_router(router)
+    app.include_router(client.router)
+    if settings.attribution_demo:
+        app.include_router(demo.router)
+    app.mount("/static", StaticAssets(demo=settings.attribution_demo), name="static")
     return app
