@@ -185,3 +185,36 @@ def test_admin_sync_answers_502_when_stripe_is_down(stripe_api_with: Callable[..
     assert response.status_code == 502
     assert response.json()["error"] == "stripe_unavailable"
     assert api.one("select count(*) from stripe_sync_cursor") == 0
+
+
+def test_a_failed_sync_is_reported_and_the_next_one_picks_the_event_up(
+    stripe_api_with: Callable[..., RunningApi], localstripe: LocalStripe
+) -> None:
+    localstripe.flush()
+    api = stripe_api_with()
+    localstripe.register_webhook("attribution-tests", DEAD_URL, localstripe.webhook_secret)
+    event_id = api.create_lead()
+    intent_id = api.client.post("/v1/payment-intents", json={"event_id": str(event_id)}).json()[
+        "payment_intent_id"
+    ]
+    _pay_on_localstripe(localstripe, intent_id)
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    writer = api.database.writer
+    writer.submit_sync(rename_table, ("payments", "payments_away"))
+    try:
+        failed = api.client.post("/v1/admin/sync/stripe", headers=headers).json()
+    finally:
+        writer.submit_sync(rename_table, ("payments_away", "payments"))
+    assert (failed["seen"], failed["new"], failed["processed"], failed["failed"]) == (1, 1, 0, 1)
+    assert api.rows("select status, source from stripe_events") == [("failed", "sync")]
+    assert api.one("select status from leads where event_id = ?", [event_id]) == "lead"
+
+    recovered = api.client.post("/v1/admin/sync/stripe", headers=headers).json()
+
+    assert (recovered["seen"], recovered["retried"], recovered["processed"], recovered["failed"]) == (
+        1,
+        1,
+        1,
+        0,
+    )
+    assert api.one("select status from leads where event_id = ?", [event_id]) == "paid"
