@@ -11,10 +11,24 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from api.assets import StaticAssets
 from api.errors import install_error_handlers
-from api.routes import admin, client, consent, demo, health, leads, payments, stripe_admin, webhooks
+from api.routes import (
+    admin,
+    client,
+    consent,
+    deliveries,
+    demo,
+    health,
+    leads,
+    metrics,
+    payments,
+    stripe_admin,
+    webhooks,
+)
 from api.security import BodySizeLimit, RateLimiter
 from ingest.db import Database
+from ingest.replica import ReplicaPublisher
 from ingest.settings import Settings, load_settings
+from ingest.worker import DeliveryWorker
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +41,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         database = Database.open(settings.attribution_db_path)
         app.state.database = database
+        publisher = ReplicaPublisher(database, settings)
+        app.state.replica_publisher = publisher
+        publisher.start()
         enabled = settings.destinations_enabled()
         log.info(
             "service started",
@@ -42,9 +59,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     "destination not configured: deliveries to it are recorded as disabled",
                     extra={"destination": name},
                 )
+        worker = DeliveryWorker(database, settings) if settings.attribution_delivery_worker else None
+        app.state.delivery_worker = worker
+        if worker is not None:
+            await worker.start()
         try:
             yield
         finally:
+            if worker is not None:
+                await worker.stop()
+            publisher.stop()
             database.close()
             log.info("service stopped")
 
@@ -73,6 +97,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         payments.router,
         webhooks.router,
         stripe_admin.router,
+        deliveries.router,
+        metrics.router,
     ):
         app.include_router(router)
     app.include_router(client.router)

@@ -7,6 +7,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from ingest.cli_outbox import register_outbox_commands
+from ingest.cli_report import report
 from ingest.cli_stripe import sync_app
 from ingest.db import DatabaseLocked, connect, migrate
 from ingest.logs import configure_logging
@@ -16,6 +18,8 @@ app = typer.Typer(help="Attribution ingest and reconciliation toolkit.", no_args
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(sync_app, name="sync")
+app.command("report")(report)
+register_outbox_commands(app)
 console = Console(stderr=True)
 
 

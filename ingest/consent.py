@@ -12,7 +12,7 @@ from uuid import UUID
 
 import duckdb
 
-from ingest import store
+from ingest import outbox_store, store
 from ingest.models import ConsentFields, ConsentRecord
 from ingest.settings import Settings
 
@@ -102,5 +102,13 @@ def record_consents(conn: duckdb.DuckDBPyConnection, rows: Sequence[dict[str, An
                 reason="consent withdrawn",
                 now=row["recorded_at"],
             )
+            if not row["marketing_consent"]:
+                outbox_store.queue_unsubscribes(
+                    conn,
+                    event_id=row["event_id"],
+                    user_session_id=row["user_session_id"],
+                    consent_id=row["consent_id"],
+                    now=row["recorded_at"],
+                )
         records.append(ConsentRecord(**row, suppressed_deliveries=suppressed))
     return records

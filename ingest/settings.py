@@ -65,6 +65,19 @@ class Settings(BaseSettings):
     dlq_backoff_multiplier: float = Field(2.0, ge=1)
     dlq_backoff_base_seconds: float = Field(1.0, gt=0)
 
+    # Delivery worker (runs inside `attribution serve`).
+    attribution_delivery_worker: bool = True
+    attribution_delivery_poll_seconds: float = Field(0.5, gt=0, le=60)
+    attribution_delivery_timeout_seconds: float = Field(10.0, gt=0, le=120)
+    attribution_circuit_breaker_threshold: int = Field(5, ge=1, le=1000)
+    attribution_circuit_breaker_cooldown_seconds: float = Field(30.0, gt=0, le=3600)
+    mailerlite_concurrency: int = Field(4, ge=1, le=256)
+    mailerlite_requests_per_minute: int = Field(120, ge=0)  # 0: no limit
+    crm_concurrency: int = Field(16, ge=1, le=256)
+    crm_requests_per_minute: int = Field(0, ge=0)
+    sgtm_concurrency: int = Field(16, ge=1, le=256)
+    sgtm_requests_per_minute: int = Field(0, ge=0)
+
     @field_validator("attribution_allowed_origins", "attribution_trusted_proxies", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:

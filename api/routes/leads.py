@@ -6,23 +6,29 @@ import logging
 
 from fastapi import APIRouter
 
-from api.deps import ContextDep, DatabaseDep, RateLimited, SettingsDep
-from ingest.leads import capture_leads, lead_answer, plan_lead
+from api.deps import BrowserCallDep
+from api.routes.deliveries import WorkerDep
+from ingest.leads import capture_leads, inline_delivery_ids, lead_answer, plan_lead
 from ingest.models import LeadIn, LeadOut
 
 router = APIRouter(tags=["leads"])
 log = logging.getLogger(__name__)
 
 
-@router.post("/v1/leads", dependencies=[RateLimited], response_model_exclude_none=True)
-async def post_lead(
-    lead_in: LeadIn, settings: SettingsDep, database: DatabaseDep, context: ContextDep
-) -> LeadOut:
+@router.post("/v1/leads", response_model_exclude_none=True)
+async def post_lead(lead_in: LeadIn, call: BrowserCallDep, worker: WorkerDep) -> LeadOut:
     """Store a lead with its consent and outbox rows; same event_id and email again is a duplicate."""
-    plan = plan_lead(settings, lead_in, context)
-    captured = await database.writer.submit(capture_leads, plan)
-    if captured.duplicate:
-        answer = database.read(lambda conn: lead_answer(captured.plan, duplicate=True, conn=conn))
+    plan = plan_lead(call.settings, lead_in, call.context)
+    captured = await call.database.writer.submit(capture_leads, plan)
+    wait_ms = call.settings.attribution_inline_delivery_ms
+    inline = inline_delivery_ids(captured.plan) if worker and wait_ms and not captured.duplicate else []
+    if worker and inline:
+        # Wait briefly for MailerLite and the CRM, so the answer can carry subscriber_id / contact_id.
+        await worker.wait_for(inline, wait_ms / 1000)
+    if captured.duplicate or inline:
+        answer = call.database.read(
+            lambda conn: lead_answer(captured.plan, duplicate=captured.duplicate, conn=conn)
+        )
     else:
         answer = lead_answer(captured.plan, duplicate=False)
     log.info("lead captured", extra={"event_id": str(plan.event_id), "duplicate": captured.duplicate})
