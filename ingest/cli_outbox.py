@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Annotated
 from uuid import UUID
@@ -150,6 +151,7 @@ def sandbox(
 ) -> None:
     """Run the MailerLite / CRM / sGTM fakes (and localstripe) on loopback until Ctrl-C; prints the env."""
     settings = _settings()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the launcher's readiness polls are noise here
     webhook_url = stripe_webhook_url or settings.attribution_api_url.rstrip("/") + "/v1/webhooks/stripe"
     ports = {"mailerlite": mailerlite_port, "crm": crm_port, "sgtm": sgtm_port, "stripe": stripe_port}
     run_sandbox_forever(host, ports, with_stripe=stripe, stripe_webhook_url=webhook_url if stripe else None)

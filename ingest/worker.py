@@ -20,7 +20,7 @@ import duckdb
 
 from ingest import outbox_store
 from ingest.db import Database, utcnow
-from ingest.delivery import AttemptResult, Verdict, deliver_one, settle
+from ingest.delivery import AttemptResult, Verdict, deliver_one, send_time_gate, settle
 from ingest.destinations import DestinationClient, build_clients, destination_limits
 from ingest.outbox import DEAD, Destination
 from ingest.outbox_store import ClaimedDelivery, RecordedOutcome, Unclaimed
@@ -168,17 +168,15 @@ class CircuitBreaker:
         """Count an attempt's result; only outages (5xx, timeouts, refused connections) are failures."""
         if probe:
             self.probing = False
-        if not result.attempted:
-            return
         if result.outage:
             self.consecutive_failures += 1
             if probe or (self.opened_at is None and self.consecutive_failures >= self.threshold):
                 if self.opened_at is None:
                     self.times_opened += 1
                 self.opened_at = self._clock()
-        elif self.opened_at is None or probe:
-            # Any answer that is not an outage shows the destination is up. A late success from a request
-            # sent before the circuit opened does not close it: only the probe decides.
+        elif result.status_code is not None and (self.opened_at is None or probe):
+            # Any answer that is not an outage shows the destination is up (nothing sent shows nothing). A
+            # late success from a request sent before the circuit opened does not close it: only the probe does.
             self.consecutive_failures = 0
             self.opened_at = None
 
@@ -529,9 +527,11 @@ class DeliveryWorker:
                     not_before = utcnow() + timedelta(seconds=paused)
                     await self._recorder.record(Unclaimed(claimed.delivery_id, not_before))
                     return
-                wait = lane.pacer.reserve()
-                if wait > 0:
-                    await asyncio.sleep(wait)
+                # Only a request takes a rate-limit slot; a delivery gated by consent or configuration does not.
+                if lane.client is not None and send_time_gate(claimed, self._settings) is None:
+                    wait = lane.pacer.reserve()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
                 result = await deliver_one(lane.client, claimed, settings=self._settings, now=utcnow())
             before = lane.breaker.state
             lane.breaker.record(result, probe=probe)
@@ -556,6 +556,8 @@ class DeliveryWorker:
             self._wake.set()
 
     def _log_outcome(self, lane: _Lane, claimed: ClaimedDelivery, outcome: RecordedOutcome) -> None:
+        if outcome.status != DEAD and outcome.outcome not in ("retrying", "probe_failed", "rate_limited"):
+            return
         extra = {
             "delivery_id": str(claimed.delivery_id),
             "event_id": str(claimed.event_id) if claimed.event_id else None,
@@ -566,7 +568,7 @@ class DeliveryWorker:
         }
         if outcome.status == DEAD:
             log.warning("delivery dead", extra=extra | {"reason": outcome.reason})
-        elif outcome.outcome in ("retrying", "probe_failed", "rate_limited"):
+        else:
             log.info("delivery attempt failed", extra=extra | {"error": outcome.error})
 
     def _log_breaker(self, lane: _Lane, before: BreakerState) -> None:

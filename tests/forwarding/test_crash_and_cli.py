@@ -56,7 +56,7 @@ def test_kill_9_with_deliveries_in_flight_delivers_every_one_after_restart_with_
     tmp_path: Path, sandbox: Sandbox
 ) -> None:
     leads = 12
-    sandbox.set_faults("crm", latency_ms=4000)  # CRM requests hang: they are in flight at the kill
+    sandbox.set_faults("crm", latency_ms=2500)  # CRM requests hang: they are in flight at the kill
     api = ApiProcess(_env(sandbox, tmp_path / "crash.duckdb", crm_concurrency=16))
     api.start()
     try:

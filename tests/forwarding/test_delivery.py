@@ -23,7 +23,7 @@ class Clock:
 
 
 def _result(*, outage: bool, verdict: Verdict = Verdict.RETRY) -> AttemptResult:
-    return AttemptResult(verdict, started_at=NOW, outage=outage)
+    return AttemptResult(verdict, started_at=NOW, outage=outage, status_code=None if outage else 200)
 
 
 def test_backoff_grows_as_base_times_multiplier_with_bounded_jitter() -> None:
@@ -49,6 +49,8 @@ def test_breaker_opens_after_threshold_outages_and_a_probe_decides() -> None:
     breaker.record(_result(outage=True), probe=False)
     breaker.record(_result(outage=False, verdict=Verdict.PERMANENT), probe=False)  # a 4xx: the site is up
     breaker.record(_result(outage=True), probe=False)
+    unsent = AttemptResult(Verdict.SUPPRESSED, started_at=NOW)
+    breaker.record(unsent, probe=False)  # nothing sent says nothing about the destination
     breaker.record(_result(outage=True), probe=False)
     assert breaker.state == "closed"
     breaker.record(_result(outage=True), probe=False)
