@@ -1,0 +1,16 @@
+"""Success metrics (Bearer ATTRIBUTION_ADMIN_TOKEN)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from api.deps import AdminOnly, DatabaseDep, SettingsDep
+from ingest.reconcile import Metric, ModelParams, live_success_metrics
+
+router = APIRouter(prefix="/v1/metrics", tags=["metrics"], dependencies=[AdminOnly])
+
+
+@router.get("/success")
+def get_success_metrics(database: DatabaseDep, settings: SettingsDep) -> list[Metric]:
+    """The five success metrics against their targets, computed now from the live database."""
+    return live_success_metrics(database, ModelParams.from_settings(settings))

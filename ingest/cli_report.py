@@ -1,0 +1,44 @@
+"""`attribution report [--json] [--check]`: the success metrics against their targets."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import duckdb
+import typer
+from rich.console import Console
+
+from ingest.replica import ReaderUnavailable, reading
+from ingest.report import build_report, render_json, render_table
+from ingest.settings import SettingsError, load_settings
+
+console = Console(stderr=True)
+MISSED_EXIT_CODE = 1
+UNAVAILABLE_EXIT_CODE = 2
+
+
+def report(
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="Exit 1 when a metric misses its target (for deploy gates, cron).")
+    ] = False,
+) -> None:
+    """Success metrics vs targets, from the replica while the API runs, else from the database."""
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(UNAVAILABLE_EXIT_CODE) from None
+    try:
+        with reading(settings) as reader:
+            result = build_report(reader)
+    except (ReaderUnavailable, duckdb.Error) as exc:
+        console.print(f"[red]cannot read the metrics: {exc}[/red]")
+        raise typer.Exit(UNAVAILABLE_EXIT_CODE) from None
+    if json_output:
+        typer.echo(render_json(result))
+    else:
+        Console().print(render_table(result))
+    if check and not result.all_met:
+        console.print(f"[red]target missed: {', '.join(result.missed)}[/red]")
+        raise typer.Exit(MISSED_EXIT_CODE)

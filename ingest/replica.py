@@ -1,0 +1,380 @@
+"""The read replica: a consistent copy of the database the API publishes atomically, and the reader over it.
+
+DuckDB lets one process open a file for writing, and then no other process can open it at all. So the API process
+(the one writer) publishes a copy every ATTRIBUTION_REPLICA_SECONDS to ATTRIBUTION_REPLICA_PATH, and the dashboard,
+notebooks and `attribution report` read that copy.
+
+How a copy is made: on its own cursor of the API's connection, in one read transaction (so every table comes from
+the same committed snapshot, and the writer is never paused: DuckDB readers do not block writers), the publisher
+attaches a new file beside the replica and creates each table there from the live one, adds `replica_info` (when
+the snapshot was taken, and the configuration the metrics depend on), checkpoints and detaches it, then
+`os.replace`s it over the replica. A reader therefore opens either the previous copy or the new one, never a
+half-written file; one that already has the old copy open keeps reading it until it refreshes.
+
+What it costs: the copy is a full one (CPU for re-compressing every table; see bench/report.py for figures), so
+the next copy starts `interval` after the previous one finished, never back to back, and is skipped while nothing
+was committed. The gap also matters to the writer: DuckDB does not checkpoint automatically while another
+transaction is open, so the publisher must not hold one continuously.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+import duckdb
+
+from ingest.db import Database, DatabaseLocked, utcnow
+from ingest.reconcile import PARAM_COLUMNS, ModelParams, create_run_settings, load_models
+from ingest.settings import Settings
+
+log = logging.getLogger(__name__)
+
+INFO_TABLE = "replica_info"
+_OUT = "_replica_out"  # alias of the copy being written, in the API's database instance
+_SOURCE = "src"  # alias of the attached file in a reader's in-memory database
+_OPEN_ATTEMPTS = 5
+Source = Literal["auto", "replica", "database"]
+
+
+class ReaderUnavailable(Exception):
+    """Nothing to read: no replica has been published and the database cannot be opened."""
+
+
+@dataclass(frozen=True)
+class ReplicaSnapshot:
+    """One published copy: where, of what moment, and what it cost."""
+
+    path: Path
+    taken_at: datetime
+    seconds: float
+    size_bytes: int
+
+
+# --- SQL of the publisher (table names come from the live catalog, never from input) ------------------------
+
+
+def _quoted(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def _literal(path: Path) -> str:
+    # ATTACH takes no parameters; the path is configuration, quoted as an SQL string literal.
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def _live_tables(cursor: duckdb.DuckDBPyConnection) -> tuple[str, list[str]]:
+    row = cursor.execute("select current_database()").fetchone()
+    database = str(row[0]) if row else ""
+    tables = cursor.execute(
+        "select table_name from duckdb_tables() "
+        "where database_name = current_database() and schema_name = 'main' and not temporary "
+        "order by table_name"
+    ).fetchall()
+    return database, [str(name) for (name,) in tables]
+
+
+def _schema_version(cursor: duckdb.DuckDBPyConnection) -> int:
+    row = cursor.execute("select coalesce(max(version), 0) from schema_migrations").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _copy_snapshot(cursor: duckdb.DuckDBPyConnection, params: ModelParams, taken_at: datetime) -> None:
+    """Inside the open transaction: every live table into the attached copy, then replica_info."""
+    database, tables = _live_tables(cursor)
+    for table in tables:
+        cursor.execute(
+            f"create table {_OUT}.{_quoted(table)} as select * from {_quoted(database)}.main.{_quoted(table)}"  # noqa: S608
+        )
+    columns = ", ".join(f"{name} boolean" for name in PARAM_COLUMNS)
+    cursor.execute(
+        f"create table {_OUT}.{INFO_TABLE} (taken_at timestamp, published_at timestamp, "
+        f"schema_version integer, {columns})"
+    )
+    placeholders = ", ".join("?" for _ in PARAM_COLUMNS)
+    cursor.execute(
+        f"insert into {_OUT}.{INFO_TABLE} values (?, ?, ?, {placeholders})",  # noqa: S608 - constants
+        [taken_at, utcnow(), _schema_version(cursor), *params.values()],
+    )
+
+
+def _temp_path(final: Path) -> Path:
+    return final.with_name(f"{final.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+
+
+def _remove(path: Path) -> None:
+    for stale in (path, path.with_name(path.name + ".wal")):
+        stale.unlink(missing_ok=True)
+
+
+def publish_replica(
+    database: Database,
+    path: Path,
+    params: ModelParams,
+    *,
+    cursor: duckdb.DuckDBPyConnection | None = None,
+) -> ReplicaSnapshot:
+    """Copy the committed state of `database` to `path` atomically; return what was published.
+
+    `cursor` lets the caller interrupt a long copy from another thread; by default a fresh one is used.
+    """
+    started = time.perf_counter()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = _temp_path(path)
+    _remove(temp)
+    own = cursor or database.conn.cursor()
+    try:
+        own.execute(f"detach database if exists {_OUT}")  # left attached by a copy that was interrupted
+        own.execute(f"attach {_literal(temp)} as {_OUT}")
+        # Taken before the transaction opens: the snapshot holds at least everything committed by then.
+        taken_at = utcnow()
+        own.begin()
+        _copy_snapshot(own, params, taken_at)
+        own.commit()
+        own.execute(f"checkpoint {_OUT}")
+        own.execute(f"detach {_OUT}")
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):
+            own.rollback()
+        with contextlib.suppress(duckdb.Error):
+            own.execute(f"detach database if exists {_OUT}")
+        _remove(temp)
+        raise
+    finally:
+        if cursor is None:
+            own.close()
+    os.replace(temp, path)
+    snapshot = ReplicaSnapshot(path, taken_at, time.perf_counter() - started, path.stat().st_size)
+    log.info(
+        "replica published",
+        extra={"replica": str(path), "seconds": round(snapshot.seconds, 3), "bytes": snapshot.size_bytes},
+    )
+    return snapshot
+
+
+class ReplicaPublisher:
+    """Publishes the replica from a background thread of the API process, `interval` apart."""
+
+    def __init__(self, database: Database, settings: Settings) -> None:
+        self.database = database
+        self.path = settings.attribution_replica_path
+        self.interval = settings.attribution_replica_seconds
+        self.params = ModelParams.from_settings(settings)
+        self.last: ReplicaSnapshot | None = None
+        self.publishes = 0
+        self.failures = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._cursor: duckdb.DuckDBPyConnection | None = None
+        self._lock = threading.Lock()
+        self._published_batches = -1
+
+    def start(self) -> None:
+        """Start publishing: one copy now, then one per interval while anything is committed."""
+        if self._thread is None:
+            for stale in self.path.parent.glob(f"{self.path.name}.tmp-*"):
+                stale.unlink(missing_ok=True)  # left by a process that died mid-copy
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="replica-publisher", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop publishing; a copy in progress is interrupted and its file removed."""
+        if self._thread is None:
+            return
+        self._stop.set()
+        with self._lock:
+            if self._cursor is not None:
+                self._cursor.interrupt()
+        self._thread.join()
+        self._thread = None
+
+    def publish_now(self) -> ReplicaSnapshot:
+        """Publish one copy in the calling thread."""
+        cursor = self.database.conn.cursor()
+        with self._lock:
+            self._cursor = cursor
+        try:
+            batches = self.database.writer.batches_committed
+            snapshot = publish_replica(self.database, self.path, self.params, cursor=cursor)
+        finally:
+            with self._lock:
+                self._cursor = None
+            cursor.close()
+        self.last = snapshot
+        self.publishes += 1
+        self._published_batches = batches
+        return snapshot
+
+    def _due(self) -> bool:
+        return self.database.writer.batches_committed != self._published_batches or not self.path.exists()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self._due():
+                try:
+                    self.publish_now()
+                except (duckdb.Error, OSError) as exc:
+                    if self._stop.is_set():
+                        break  # interrupted by stop()
+                    self.failures += 1
+                    log.error("replica publish failed", extra={"replica": str(self.path), "error": repr(exc)})
+            self._stop.wait(self.interval)
+
+
+# --- readers --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplicaInfo:
+    """What a replica records about itself."""
+
+    taken_at: datetime
+    published_at: datetime
+    schema_version: int
+    params: ModelParams
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        return None
+    return status.st_ino, status.st_mtime_ns
+
+
+class Reader:
+    """An in-memory DuckDB connection with the replica (or the idle database) attached read-only and the SQL
+    models created as views over it.
+
+    Use `conn` from one thread; other threads take `cursor()`. `refresh()` re-attaches a newer replica (do not call
+    it while another thread is querying); the views stay, as they are bound again at each query.
+    """
+
+    def __init__(self, settings: Settings, source: Literal["replica", "database"]) -> None:
+        self.settings = settings
+        self.source = source
+        self.path = settings.attribution_replica_path if source == "replica" else settings.attribution_db_path
+        self.conn = duckdb.connect()
+        self.info: ReplicaInfo | None = None
+        self._identity: tuple[int, int] | None = None
+        try:
+            self._attach()
+            load_models(self.conn, self.params, temporary=False)
+        except BaseException:
+            self.conn.close()
+            raise
+
+    @property
+    def params(self) -> ModelParams:
+        """The configuration the metrics are read under: the publishing API's, else this process's."""
+        return self.info.params if self.info is not None else ModelParams.from_settings(self.settings)
+
+    @property
+    def taken_at(self) -> datetime | None:
+        """When the replica's snapshot was taken (None: reading the live database)."""
+        return self.info.taken_at if self.info is not None else None
+
+    def staleness_seconds(self) -> float:
+        """How old the data is: now minus taken_at (0 when reading the live database)."""
+        return 0.0 if self.taken_at is None else (utcnow() - self.taken_at).total_seconds()
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor for another thread, resolving table names like `conn` does."""
+        cursor = self.conn.cursor()
+        cursor.execute(f"set search_path = 'memory.main,{_SOURCE}.main'")
+        return cursor
+
+    def refresh(self) -> bool:
+        """Re-attach the replica if a newer copy was published since; return whether it changed."""
+        if self.source != "replica" or _file_identity(self.path) == self._identity:
+            return False
+        self.conn.execute(f"detach database if exists {_SOURCE}")
+        self._attach()
+        create_run_settings(self.conn, self.params, temporary=False)
+        return True
+
+    def close(self) -> None:
+        """Close the connection (and with it the attached file)."""
+        self.conn.close()
+
+    def _attach(self) -> None:
+        for attempt in range(_OPEN_ATTEMPTS):
+            identity = _file_identity(self.path)
+            if identity is None:
+                raise ReaderUnavailable(f"nothing at {self.path}")
+            try:
+                self.conn.execute(f"attach {_literal(self.path)} as {_SOURCE} (read_only)")
+            except duckdb.ResourceInUseException as exc:  # this very process holds it (an API in a thread)
+                raise DatabaseLocked(f"{self.path} is open for writing in this process") from exc
+            except duckdb.IOException as exc:
+                if "lock" in str(exc).lower():
+                    raise DatabaseLocked(f"{self.path} is open for writing in another process") from exc
+                if attempt == _OPEN_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))  # replaced while we opened it: try the new one
+                continue
+            self._identity = identity
+            break
+        self.conn.execute(f"set search_path = 'memory.main,{_SOURCE}.main'")
+        self.info = self._read_info() if self.source == "replica" else None
+
+    def _read_info(self) -> ReplicaInfo:
+        columns = ", ".join(PARAM_COLUMNS)
+        row = self.conn.execute(
+            f"select taken_at, published_at, schema_version, {columns} from {_SOURCE}.main.{INFO_TABLE}"  # noqa: S608
+        ).fetchone()
+        if row is None:
+            raise ReaderUnavailable(f"{self.path} has no {INFO_TABLE}: not a published replica")
+        return ReplicaInfo(
+            taken_at=row[0],
+            published_at=row[1],
+            schema_version=int(row[2]),
+            params=ModelParams(*(bool(value) for value in row[3:])),
+        )
+
+
+def open_reader(settings: Settings, source: Source = "auto") -> Reader:
+    """A Reader over the replica or the database.
+
+    "auto" reads the database itself when no process holds it (freshest), else the replica. A long-lived reader
+    (the dashboard) should ask for "replica": holding the database open, even read-only, stops the API starting.
+    """
+    if source == "database":
+        return _open_database(settings)
+    if source == "replica":
+        return Reader(settings, "replica")
+    try:
+        return _open_database(settings)
+    except (DatabaseLocked, ReaderUnavailable) as exc:
+        try:
+            return Reader(settings, "replica")
+        except ReaderUnavailable:
+            raise ReaderUnavailable(
+                f"{exc}; and no replica at {settings.attribution_replica_path} yet "
+                "(the API publishes one every ATTRIBUTION_REPLICA_SECONDS)"
+            ) from None
+
+
+def _open_database(settings: Settings) -> Reader:
+    if not settings.attribution_db_path.exists():
+        raise ReaderUnavailable(f"no database at {settings.attribution_db_path}")
+    return Reader(settings, "database")
+
+
+@contextlib.contextmanager
+def reading(settings: Settings, source: Source = "auto") -> Iterator[Reader]:
+    """open_reader as a context manager that closes the reader."""
+    reader = open_reader(settings, source)
+    try:
+        yield reader
+    finally:
+        reader.close()

@@ -1,0 +1,27 @@
+-- Grain: one row: consent_compliance = delivered MailerLite and sGTM deliveries (unsubscribes excluded) made while
+-- the matching consent (marketing for MailerLite, analytics for sGTM) was in force / all such delivered
+-- deliveries. No such deliveries: 100%, met.
+with deliveries as (
+    select * from delivery_consent
+),
+
+counts as (
+    select
+        count(*) filter (where made_with_consent) as numerator,
+        count(*) as denominator
+    from deliveries
+),
+
+final as (
+    select
+        'consent_compliance' as metric,
+        case when denominator = 0 then 1.0 else numerator / denominator end as value,
+        1.0 as target,
+        '>=' as comparator,
+        value >= target as met,
+        numerator,
+        denominator
+    from counts
+)
+
+select * from final

@@ -1,0 +1,26 @@
+-- Grain: one row: system_resilience = distinct Stripe events whose processing failed and never later succeeded
+-- (still 'failed': a later success settles the row) / distinct Stripe events stored. No events: 0%, met.
+with events as (
+    select * from stg_stripe_events
+),
+
+counts as (
+    select
+        count(*) filter (where processing_status = 'failed') as numerator,
+        count(*) as denominator
+    from events
+),
+
+final as (
+    select
+        'system_resilience' as metric,
+        case when denominator = 0 then 0.0 else numerator / denominator end as value,
+        0.01 as target,
+        '<' as comparator,
+        value < target as met,
+        numerator,
+        denominator
+    from counts
+)
+
+select * from final

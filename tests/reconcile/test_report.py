@@ -1,0 +1,118 @@
+"""`attribution report` and GET /v1/metrics/success: the metrics against their targets, for people and machines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from ingest.cli import app
+from ingest.db import connect, migrate
+from ingest.reconcile import METRIC_NAMES
+from ingest.report import percent
+from ingest.scenario import GroundTruth
+from ingest.scenario_bulk import BulkSpec, generate_bulk
+from tests.conftest import ADMIN_TOKEN, make_settings, serve
+
+runner = CliRunner()
+
+
+def _env(tmp_path: Path, database: Path) -> dict[str, str]:
+    # Reading an idle database, the report runs under its own configuration: the bulk database was generated
+    # with every destination configured, so this one is too.
+    return {
+        "ATTRIBUTION_DB_PATH": str(database),
+        "ATTRIBUTION_REPLICA_PATH": str(tmp_path / "replica.duckdb"),
+        "ATTRIBUTION_LOG_LEVEL": "WARNING",
+        "MAILERLITE_API_KEY": "configured",
+        "CRM_WEBHOOK_URL": "http://127.0.0.1:9/crm",
+        "SGTM_ENDPOINT": "http://127.0.0.1:9/mp/collect",
+    }
+
+
+@pytest.fixture(scope="module")
+def bulk(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, GroundTruth]:
+    path = tmp_path_factory.mktemp("report") / "bulk.duckdb"
+    return path, generate_bulk(path, BulkSpec(leads=3000, chunk_leads=3000, seed=5, days=14))
+
+
+def _empty_database(tmp_path: Path) -> Path:
+    path = tmp_path / "empty.duckdb"
+    conn = connect(path)
+    migrate(conn)
+    conn.close()
+    return path
+
+
+def test_report_json_gives_the_metrics_of_the_idle_database(
+    tmp_path: Path, bulk: tuple[Path, GroundTruth]
+) -> None:
+    path, truth = bulk
+    result = runner.invoke(app, ["report", "--json"], env=_env(tmp_path, path))
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["source"] == "database" and report["taken_at"] is None
+    assert [m["metric"] for m in report["metrics"]] == list(METRIC_NAMES)
+    assert {m["metric"]: (m["numerator"], m["denominator"]) for m in report["metrics"]} == truth.expected()
+    assert report["all_met"] is False
+
+
+def test_check_exits_1_and_names_what_missed(tmp_path: Path, bulk: tuple[Path, GroundTruth]) -> None:
+    path, _ = bulk
+    result = runner.invoke(app, ["report", "--check"], env=_env(tmp_path, path))
+    assert result.exit_code == 1
+    assert "target missed:" in result.stderr and "data_consistency" in result.stderr
+    assert "crm_coverage" in result.stdout  # the table is still printed
+
+
+def test_check_passes_on_a_database_with_nothing_to_miss(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["report", "--check"], env=_env(tmp_path, _empty_database(tmp_path)))
+    assert result.exit_code == 0, result.output
+    for name in METRIC_NAMES:
+        assert name in result.stdout
+    assert "0 / 0" in result.stdout and "no API running" in result.stdout
+
+
+def test_report_without_anything_to_read_says_so_and_exits_2(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["report", "--check"], env=_env(tmp_path, tmp_path / "missing.duckdb"))
+    assert result.exit_code == 2
+    assert "cannot read the metrics" in result.stderr and "missing.duckdb" in result.stderr
+    assert not (tmp_path / "missing.duckdb").exists(), "reading never creates a database"
+
+
+def test_report_with_a_bad_setting_exits_2(tmp_path: Path) -> None:
+    env = _env(tmp_path, _empty_database(tmp_path)) | {"ATTRIBUTION_REPLICA_SECONDS": "-1"}
+    result = runner.invoke(app, ["report"], env=env)
+    assert result.exit_code == 2 and "ATTRIBUTION_REPLICA_SECONDS" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("fraction", "shown"),
+    [(1.0, "100%"), (0.99996, "99.99%"), (0.95, "95%"), (0.0, "0%"), (0.00001, "0.01%"), (0.98542, "98.54%")],
+)
+def test_percentages_never_round_to_a_target_they_miss(fraction: float, shown: str) -> None:
+    assert percent(fraction) == shown
+
+
+def test_metrics_endpoint_needs_the_admin_token(tmp_path: Path) -> None:
+    with serve(make_settings(tmp_path)) as base_url:
+        assert httpx.get(f"{base_url}/v1/metrics/success").status_code == 401
+        wrong = httpx.get(f"{base_url}/v1/metrics/success", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        answer = httpx.get(
+            f"{base_url}/v1/metrics/success", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30
+        )
+    assert answer.status_code == 200
+    rows = answer.json()
+    assert [row["metric"] for row in rows] == list(METRIC_NAMES)
+    assert all(row["denominator"] == 0 and row["met"] is True for row in rows)
+    assert set(rows[0]) == {"metric", "value", "target", "comparator", "met", "numerator", "denominator"}
+
+
+def test_metrics_endpoint_is_off_without_an_admin_token(tmp_path: Path) -> None:
+    with serve(make_settings(tmp_path, attribution_admin_token=None)) as base_url:
+        response = httpx.get(f"{base_url}/v1/metrics/success", headers={"Authorization": "Bearer x"})
+    assert response.status_code == 403
