@@ -330,10 +330,9 @@ def _apply_change(
         payment["status"] = target
     if target == "failed" and payment["status"] == "failed":
         payment["failure_code"] = change.failure_code
+    # Also set when a refund got here first: the payment did succeed, and this is when we heard of it.
     if change.target_status == "succeeded" and payment["succeeded_at"] is None:
-        payment["succeeded_at"] = (
-            now  # also when a refund got here first: it did succeed, and this is when we knew
-        )
+        payment["succeeded_at"] = now
     if payment["status"] == "refunded" and payment["refunded_at"] is None:
         payment["refunded_at"] = now
     payment["updated_at"] = now
@@ -347,7 +346,7 @@ def _implied_deliveries(
     consent: ConsentState,
     now: datetime,
 ) -> list[Delivery]:
-    """The outbox rows a payment's state implies; rows already stored are filtered out by idempotency key.
+    """The outbox rows a payment's state implies (those already stored are skipped by idempotency key).
 
     The CRM and MailerLite hold a state, so they get the current one (paid or refunded); sGTM gets events, so
     a refund also implies the purchase before it, even when the refund was heard of first.
