@@ -179,13 +179,21 @@ def load_models(
 
 
 def success_metrics(conn: duckdb.DuckDBPyConnection) -> list[Metric]:
-    """The five success metrics from a connection the models are loaded on, in DESIGN.md order."""
-    cursor = conn.execute(
-        f"select metric, value, target, comparator, met, numerator, denominator from {METRICS_VIEW} "  # noqa: S608
-        "order by position"
-    )
-    names = [column[0] for column in cursor.description]
-    return [Metric(**dict(zip(names, row, strict=True))) for row in cursor.fetchall()]
+    """The five success metrics from a connection the models are loaded on, in DESIGN.md order.
+
+    Each metric's view is queried on its own: DuckDB plans five small queries faster than their union.
+    """
+    metrics = []
+    for name in METRIC_NAMES:
+        cursor = conn.execute(
+            f"select metric, value, target, comparator, met, numerator, denominator from {name}"  # noqa: S608
+        )
+        columns = [column[0] for column in cursor.description]
+        row = cursor.fetchone()
+        if row is None:
+            raise ModelError(f"the {name} view returned no row")
+        metrics.append(Metric(**dict(zip(columns, row, strict=True))))
+    return metrics
 
 
 def live_success_metrics(database: Database, params: ModelParams) -> list[Metric]:

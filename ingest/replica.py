@@ -110,6 +110,25 @@ def _temp_path(final: Path) -> Path:
     return final.with_name(f"{final.name}.tmp-{os.getpid()}-{threading.get_ident()}")
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, under another user
+    return True
+
+
+def _remove_abandoned_copies(final: Path) -> None:
+    """Delete half-written copies left by processes that died mid-copy (not those of live ones)."""
+    for stale in final.parent.glob(f"{final.name}.tmp-*"):
+        pid = stale.name.removeprefix(f"{final.name}.tmp-").split("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and _process_alive(int(pid)):
+            continue
+        stale.unlink(missing_ok=True)
+
+
 def _remove(path: Path) -> None:
     for stale in (path, path.with_name(path.name + ".wal")):
         stale.unlink(missing_ok=True)
@@ -180,8 +199,7 @@ class ReplicaPublisher:
     def start(self) -> None:
         """Start publishing: one copy now, then one per interval while anything is committed."""
         if self._thread is None:
-            for stale in self.path.parent.glob(f"{self.path.name}.tmp-*"):
-                stale.unlink(missing_ok=True)  # left by a process that died mid-copy
+            _remove_abandoned_copies(self.path)
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="replica-publisher", daemon=True)
             self._thread.start()

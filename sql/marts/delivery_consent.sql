@@ -16,6 +16,15 @@ session_decisions as (
     from stg_consent_ledger
 ),
 
+session_timeline as (
+    -- Each session decision with the moment the next one replaced it: "in force at t" becomes an equi-join on
+    -- the session plus a range test, cheaper than an ASOF join over every delivery.
+    select
+        *,
+        lead(recorded_at) over (partition by user_session_id order by recorded_at) as replaced_at
+    from session_decisions
+),
+
 event_decisions as (
     select event_id, recorded_at, marketing_consent, analytics_consent
     from stg_consent_ledger
@@ -25,13 +34,14 @@ event_decisions as (
 at_completion_by_session as (
     select
         needing.*,
-        session_decisions.recorded_at as session_decision_at,
-        session_decisions.marketing_consent as session_marketing,
-        session_decisions.analytics_consent as session_analytics
+        timeline.recorded_at as session_decision_at,
+        timeline.marketing_consent as session_marketing,
+        timeline.analytics_consent as session_analytics
     from needing
-    asof left join session_decisions
-        on session_decisions.user_session_id = needing.user_session_id
-        and needing.delivered_at >= session_decisions.recorded_at
+    left join session_timeline as timeline
+        on timeline.user_session_id = needing.user_session_id
+        and needing.delivered_at >= timeline.recorded_at
+        and (timeline.replaced_at is null or needing.delivered_at < timeline.replaced_at)
 ),
 
 at_completion_by_event as (
@@ -70,59 +80,57 @@ changed_in_flight as (
 ),
 
 sends as (
-    select changed_in_flight.*, attempts.started_at as sent_at
+    select changed_in_flight.*, attempts.attempt_number, attempts.started_at as sent_at
     from changed_in_flight
     inner join stg_delivery_attempts as attempts
         on attempts.delivery_id = changed_in_flight.delivery_id and attempts.attempt_outcome = 'delivered'
 ),
 
-at_send_by_session as (
-    select
-        sends.*,
-        session_decisions.recorded_at as session_decision_at,
-        session_decisions.marketing_consent as session_marketing,
-        session_decisions.analytics_consent as session_analytics
-    from sends
-    asof left join session_decisions
-        on session_decisions.user_session_id = sends.user_session_id
-        and sends.sent_at >= session_decisions.recorded_at
-),
-
-at_send_by_event as (
+decisions_before_send as (
+    -- Few sends get here, so a plain join and arg_max per send.
     select
         sends.delivery_id,
-        sends.sent_at,
-        arg_max(
-            {'at': event_decisions.recorded_at,
-             'marketing': event_decisions.marketing_consent,
-             'analytics': event_decisions.analytics_consent},
-            event_decisions.recorded_at
-        ) as decision
+        sends.attempt_number,
+        decisions.recorded_at,
+        decisions.marketing_consent,
+        decisions.analytics_consent
     from sends
-    inner join event_decisions
-        on event_decisions.event_id = sends.event_id and event_decisions.recorded_at <= sends.sent_at
-    group by sends.delivery_id, sends.sent_at
+    inner join session_decisions as decisions
+        on decisions.user_session_id = sends.user_session_id and decisions.recorded_at <= sends.sent_at
+    union all
+    select
+        sends.delivery_id,
+        sends.attempt_number,
+        decisions.recorded_at,
+        decisions.marketing_consent,
+        decisions.analytics_consent
+    from sends
+    inner join event_decisions as decisions
+        on decisions.event_id = sends.event_id and decisions.recorded_at <= sends.sent_at
 ),
 
 at_send as (
     select
-        s.delivery_id,
-        e.decision is not null
-            and (s.session_decision_at is null or e.decision.at > s.session_decision_at) as event_decision_is_latest,
+        sends.delivery_id,
+        sends.attempt_number,
         coalesce(
-            case s.destination
-                when 'mailerlite'
-                    then case when event_decision_is_latest then e.decision.marketing else s.session_marketing end
-                else case when event_decision_is_latest then e.decision.analytics else s.session_analytics end
-            end,
+            arg_max(
+                case sends.destination
+                    when 'mailerlite' then decisions.marketing_consent
+                    else decisions.analytics_consent
+                end,
+                decisions.recorded_at
+            ),
             false
         ) as consent_in_force
-    from at_send_by_session as s
-    left join at_send_by_event as e on e.delivery_id = s.delivery_id and e.sent_at = s.sent_at
+    from sends
+    left join decisions_before_send as decisions
+        on decisions.delivery_id = sends.delivery_id and decisions.attempt_number = sends.attempt_number
+    group by sends.delivery_id, sends.attempt_number
 ),
 
 per_send_verdict as (
-    select delivery_id, bool_and(consent_in_force) as in_force_at_every_send, count(*) as sends
+    select delivery_id, bool_and(consent_in_force) as in_force_at_every_send
     from at_send
     group by delivery_id
 ),

@@ -12,18 +12,16 @@ consent as (
     select * from lead_consent
 ),
 
-delivered_lead_facts as (
-    select
-        event_id,
-        bool_or(destination = 'crm' and kind = 'contact_upsert') as in_crm,
-        bool_or(destination = 'mailerlite' and kind = 'subscriber_upsert') as in_mailerlite
+delivered_to_crm as (
+    select event_id
     from stg_deliveries
-    where delivery_status = 'delivered'
-        and (
-            (destination = 'crm' and kind = 'contact_upsert')
-            or (destination = 'mailerlite' and kind = 'subscriber_upsert')
-        )
-    group by event_id
+    where delivery_status = 'delivered' and destination = 'crm' and kind = 'contact_upsert'
+),
+
+delivered_to_mailerlite as (
+    select event_id
+    from stg_deliveries
+    where delivery_status = 'delivered' and destination = 'mailerlite' and kind = 'subscriber_upsert'
 ),
 
 lead_payments as (
@@ -50,17 +48,16 @@ lead_rows as (
         true as ingest_expected,
         true as in_ingest,
         settings.crm_enabled and settings.crm_enable_lead_capture as crm_expected,
-        coalesce(facts.in_crm, false) as in_crm,
+        consent.event_id in (select event_id from delivered_to_crm) as in_crm,
         settings.mailerlite_enabled and (consent.marketing_consent_now or not settings.require_consent)
             as mailerlite_expected,
-        coalesce(facts.in_mailerlite, false) as in_mailerlite,
+        consent.event_id in (select event_id from delivered_to_mailerlite) as in_mailerlite,
         coalesce(pays.has_succeeded_payment, false) as stripe_expected,
         coalesce(pays.in_stripe, false) as in_stripe,
         settings.sgtm_enabled and coalesce(pays.sgtm_purchase_due, false) as sgtm_expected,
         coalesce(pays.in_sgtm, false) as in_sgtm
     from consent
     cross join settings
-    left join delivered_lead_facts as facts on facts.event_id = consent.event_id
     left join lead_payments as pays on pays.event_id = consent.event_id
 ),
 

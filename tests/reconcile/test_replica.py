@@ -207,21 +207,28 @@ def test_stopping_mid_copy_keeps_the_previous_replica_whole(tmp_path: Path) -> N
     assert interrupted > 0, "at least one copy was stopped part-way"
 
 
-def test_leftovers_of_a_crashed_copy_are_removed_at_start(tmp_path: Path) -> None:
+def test_leftovers_of_a_crashed_copy_are_removed_at_start_but_not_a_live_processs(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
-    leftover = settings.attribution_replica_path.with_name(
-        settings.attribution_replica_path.name + ".tmp-99-1"
-    )
+    name = settings.attribution_replica_path.name
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leftover = settings.attribution_replica_path.with_name(f"{name}.tmp-{dead.pid}-1")
     leftover.write_bytes(b"half a copy")
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    in_progress = settings.attribution_replica_path.with_name(f"{name}.tmp-{alive.pid}-1")
+    in_progress.write_bytes(b"another API's copy in progress")
     database = Database.open(settings.attribution_db_path)
     publisher = ReplicaPublisher(database, settings)
     try:
         publisher.start()
         assert not leftover.exists()
+        assert in_progress.exists()
         _wait(lambda: publisher.publishes == 1)
     finally:
         publisher.stop()
         database.close()
+        alive.kill()
+        alive.wait()
 
 
 def test_auto_reads_the_idle_database_else_the_replica_else_says_why(tmp_path: Path) -> None:
