@@ -169,18 +169,26 @@ async def drain_with_worker(sink: str, count: int) -> dict[str, float]:
         settings = _settings(db_path, sink)
         database = Database.open(db_path)
         worker = DeliveryWorker(database, settings)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         await worker.start()
         # Counted off the event loop, so the count does not slow the worker it measures.
         while await asyncio.to_thread(_delivered, database) < count:
             await asyncio.sleep(0.1)
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
         await worker.stop()
         attempts = _attempts(database)
         commits = database.writer.batches_committed
         database.close()
     assert attempts == count, f"{attempts} attempt rows for {count} deliveries"
-    return {"deliveries": count, "seconds": elapsed, "per_second": count / elapsed, "commits": commits}
+    return {
+        "deliveries": count,
+        "seconds": elapsed,
+        "per_second": count / elapsed,
+        "commits": commits,
+        # CPU of this process (event loop, writer, DuckDB threads) per delivery: what the work costs,
+        # whatever else the machine is doing at the time.
+        "cpu_ms_per_delivery": cpu * 1000 / count,
+    }
 
 
 async def http_ceiling(sink: str, count: int) -> dict[str, float]:
@@ -305,7 +313,8 @@ def main() -> None:
         f"median over {args.rounds} rounds of {args.round_size}: worker {median('worker'):.0f}/s "
         f"(x{result['worker_vs_naive']:.1f} the naive outbox, {result['worker_vs_http_ceiling']:.0%} of the HTTP "
         f"ceiling); drain of {args.deliveries}: {drain['seconds']:.1f} s = {drain['per_second']:.0f}/s with "
-        f"{drain['commits']} commits; target {TARGET_PER_SECOND}/s {'met' if result['target_met'] else 'MISSED'}"
+        f"{drain['commits']} commits, {drain['cpu_ms_per_delivery']:.2f} ms CPU per delivery; load average "
+        f"{result['load_average']}; target {TARGET_PER_SECOND}/s {'met' if result['target_met'] else 'MISSED'}"
     )
     print(f"saved {path}")
 

@@ -4,6 +4,7 @@ send time from the delivery row and the current lead row, with their headers, si
 from __future__ import annotations
 
 import calendar
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -13,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 import httpx
@@ -331,19 +333,26 @@ def sgtm_body(claimed: ClaimedDelivery, settings: Settings, now: datetime) -> di
     return body
 
 
+@functools.lru_cache(maxsize=8)
+def sgtm_url(endpoint: str, measurement_id: str | None, api_secret: str | None) -> str:
+    """SGTM_ENDPOINT with measurement_id and api_secret added to its query (worked out once, not per send)."""
+    extra = [
+        (name, value)
+        for name, value in (("measurement_id", measurement_id), ("api_secret", api_secret))
+        if value
+    ]
+    parts = urlsplit(endpoint)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    kept = [(name, value) for name, value in query if name not in dict(extra)]
+    return urlunsplit(parts._replace(query=urlencode(kept + extra)))
+
+
 def render_sgtm(claimed: ClaimedDelivery, settings: Settings, now: datetime) -> OutgoingRequest:
     """POST SGTM_ENDPOINT?measurement_id=&api_secret= with the Measurement Protocol body."""
     assert settings.sgtm_endpoint is not None
-    url = httpx.URL(settings.sgtm_endpoint)
-    extra = {}
-    if settings.sgtm_measurement_id:
-        extra["measurement_id"] = settings.sgtm_measurement_id
-    if settings.sgtm_api_secret is not None:
-        extra["api_secret"] = settings.sgtm_api_secret.get_secret_value()
-    if extra:
-        url = url.copy_merge_params(extra)
+    secret = settings.sgtm_api_secret.get_secret_value() if settings.sgtm_api_secret is not None else None
     return OutgoingRequest(
-        url=str(url),
+        url=sgtm_url(settings.sgtm_endpoint, settings.sgtm_measurement_id, secret),
         body=_json(sgtm_body(claimed, settings, now)),
         headers={"Idempotency-Key": claimed.idempotency_key},
     )

@@ -262,11 +262,12 @@ _OUTCOME_SCHEMA = pa.schema(
 
 
 def _arrow(items: Sequence[Any], schema: pa.Schema) -> pa.Table:
-    columns: dict[str, list[Any]] = {name: [] for name in schema.names}
-    for item in items:
-        for name in schema.names:
-            value = getattr(item, name)
-            columns[name].append(str(value) if isinstance(value, UUID) else value)
+    columns: dict[str, list[Any]] = {}
+    for field in schema:
+        values = [getattr(item, field.name) for item in items]
+        if pa.types.is_string(field.type):  # UUIDs travel as text and are cast back in SQL
+            values = [None if value is None else str(value) for value in values]
+        columns[field.name] = values
     return pa.table(columns, schema=schema)
 
 

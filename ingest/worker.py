@@ -32,12 +32,13 @@ log = logging.getLogger(__name__)
 # A lease outlives any send (timeout <= 120 s) and the short wait for a rate-limit slot; a process that dies
 # leaves it behind and the next start releases it.
 LEASE = timedelta(minutes=10)
-MAX_CLAIM = 512  # most deliveries one destination holds claimed (sending or queued to send) at once
+MAX_CLAIM = 1024  # most deliveries one destination holds claimed (sending or queued to send) at once
 # Claim about this long's worth of sends: long enough that claims (a few table scans each) stay rare under
 # load, short enough that a claimed delivery goes out soon after its consent was checked.
 QUEUE_SECONDS = 1.0
 PACING_HORIZON_SECONDS = 1.0  # a rate-limited destination claims only what it may send within this long
 LONG_PAUSE_SECONDS = 1.0  # a claimed delivery facing a longer Retry-After pause goes back to the table
+RECORD_INTERVAL_SECONDS = 0.1  # outcomes are committed at most this often
 
 
 # --- writer batch handlers ----------------------------------------------------------------------------------
@@ -286,9 +287,16 @@ class _Recorder:
         await future
 
     async def _run(self) -> None:
+        last_flush = -RECORD_INTERVAL_SECONDS
         while True:
             await self._ready.wait()
+            # At most one flush per interval: a flush costs a few table scans however many rows it holds, so
+            # under load rows are gathered; after a quiet spell an outcome is committed at once.
+            wait = last_flush + RECORD_INTERVAL_SECONDS - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
             self._ready.clear()
+            last_flush = time.monotonic()
             await self._flush()
 
     async def _flush(self) -> None:

@@ -56,7 +56,7 @@ def test_kill_9_with_deliveries_in_flight_delivers_every_one_after_restart_with_
     tmp_path: Path, sandbox: Sandbox
 ) -> None:
     leads = 12
-    sandbox.set_faults("crm", latency_ms=2500)  # CRM requests hang: they are in flight at the kill
+    sandbox.set_faults("crm", latency_ms=6000)  # CRM requests hang: they are in flight at the kill
     api = ApiProcess(_env(sandbox, tmp_path / "crash.duckdb", crm_concurrency=16))
     api.start()
     try:
@@ -77,9 +77,14 @@ def test_kill_9_with_deliveries_in_flight_delivers_every_one_after_restart_with_
     finally:
         api.stop()
     expected = {row["idempotency_key"] for row in crm_rows}
-    sent = Counter(r.headers["idempotency-key"] for r in sandbox.requests("crm"))
-    assert set(sent) == expected and len(expected) == leads
-    assert all(count == 2 for count in sent.values())  # cut off once, sent again with the same key
+
+    def sent() -> Counter[str]:
+        return Counter(r.headers["idempotency-key"] for r in sandbox.requests("crm"))
+
+    # The fake records a request when it answers: the cut-off ones once their hang is over.
+    wait_until(lambda: sum(sent().values()) == 2 * leads, timeout=15)
+    assert set(sent()) == expected and len(expected) == leads
+    assert all(count == 2 for count in sent().values())  # cut off once, sent again with the same key
     assert sandbox.state("crm")["unique"] == leads  # none doubled at the receiver
     assert all(row["attempt_count"] == 1 for row in crm_rows)  # the cut-off send left no attempt behind
 
