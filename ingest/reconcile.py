@@ -29,8 +29,6 @@ from ingest.settings import Settings
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 LAYERS = ("staging", "marts", "metrics")
 TESTS_FOLDER = "tests"
-METRICS_VIEW = "success_metrics"
-PRESENCE_VIEW = "presence_by_system"
 METRIC_NAMES = (
     "attribution_accuracy",
     "data_consistency",

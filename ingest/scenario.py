@@ -385,9 +385,14 @@ class _Scenario:
             waiting += len(self._expect(response, 200)["deliveries"])
         return waiting
 
+    def _tables(self) -> dict[str, int]:
+        tables: dict[str, int] = self._expect(self.http.get("/v1/admin/status", headers=self.admin), 200)[
+            "tables"
+        ]
+        return tables
+
     def _stored_events(self) -> int:
-        tables = self._expect(self.http.get("/v1/admin/status", headers=self.admin), 200)["tables"]
-        return int(tables["stripe_events"])
+        return int(self._tables()["stripe_events"])
 
     def settle(self) -> None:
         """Wait until every Stripe event sent has been stored and no delivery is waiting to be sent."""
@@ -605,6 +610,10 @@ class _Scenario:
     # --- the whole run -------------------------------------------------------------------------------------
 
     def run(self) -> GroundTruth:
+        if any(self._tables().values()):
+            raise ScenarioError(
+                "the ground truth covers the whole database: run the scenario on an empty one"
+            )
         localstripe_webhook = {
             "url": f"{self.env.api_url}/v1/webhooks/stripe",
             "secret": self.env.stripe_webhook_secret,
