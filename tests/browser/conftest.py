@@ -33,9 +33,13 @@ PRICE_CENTS = 4700
 STEP_TIMEOUT_MS = 10_000
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """Headless Debian chromium (never Playwright's own download), one for the session."""
+    """Headless Debian chromium (never Playwright's own download), one per test module.
+
+    Playwright's sync API keeps an event loop running in this thread while it is open, which breaks every later
+    `asyncio.run` in the session; so it is closed at the end of each module that uses it.
+    """
     if not CHROMIUM.exists():
         pytest.skip(
             f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium), as .ci/run does"

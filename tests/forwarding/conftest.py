@@ -50,7 +50,7 @@ def sandbox_settings(tmp_path: Path, sandbox: Sandbox, **overrides: Any) -> Sett
     return make_settings(tmp_path, **(env | FAST | overrides))
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02) -> Any:
     """Poll until `predicate()` is truthy and return it; fail the test after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -63,7 +63,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: fl
 
 
 async def async_wait_until(
-    predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02
+    predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02
 ) -> Any:
     """`wait_until` for async tests: sleeps without blocking the worker's event loop."""
     import asyncio

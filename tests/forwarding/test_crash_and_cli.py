@@ -72,7 +72,7 @@ def test_kill_9_with_deliveries_in_flight_delivers_every_one_after_restart_with_
         api.kill()
         sandbox.set_faults("crm", clear=True)
         api.start()
-        wait_until(lambda: len(_all(api, status="delivered")) == 3 * leads, timeout=20)
+        wait_until(lambda: len(_all(api, status="delivered")) == 3 * leads, timeout=60)
         crm_rows = _all(api, destination="crm")
     finally:
         api.stop()
@@ -82,7 +82,7 @@ def test_kill_9_with_deliveries_in_flight_delivers_every_one_after_restart_with_
         return Counter(r.headers["idempotency-key"] for r in sandbox.requests("crm"))
 
     # The fake records a request when it answers: the cut-off ones once their hang is over.
-    wait_until(lambda: sum(sent().values()) == 2 * leads, timeout=15)
+    wait_until(lambda: sum(sent().values()) == 2 * leads, timeout=60)
     assert set(sent()) == expected and len(expected) == leads
     assert all(count == 2 for count in sent().values())  # cut off once, sent again with the same key
     assert sandbox.state("crm")["unique"] == leads  # none doubled at the receiver
