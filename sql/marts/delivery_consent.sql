@@ -1,7 +1,8 @@
 -- Grain: one row per delivered MailerLite or sGTM delivery other than an unsubscribe (delivery_id): whether the
 -- consent its destination needs (marketing for MailerLite, analytics for sGTM) was in force when it was sent.
 -- Consent in force at a time: the latest ledger decision recorded at or before it for the delivery's
--- user_session_id or naming its event_id (see lead_consent for why that is looked up by session plus event).
+-- user_session_id or naming its event_id; that is the later of the lead's own capture decision (if recorded by
+-- then) and the latest override recorded by then (see consent_overrides).
 -- "When it was sent" is when its delivering request started. That is only looked up where it can matter: if no
 -- decision was recorded between the delivery's creation and its completion, the consent in force was the same
 -- all along. Otherwise each delivering attempt (a replay can deliver twice) is checked, and every one must pass.
@@ -11,66 +12,67 @@ with needing as (
     where delivery_status = 'delivered' and destination in ('mailerlite', 'sgtm') and kind <> 'unsubscribe'
 ),
 
-session_decisions as (
-    select user_session_id, recorded_at, marketing_consent, analytics_consent
-    from stg_consent_ledger
-),
-
-session_timeline as (
-    -- Each session decision with the moment the next one replaced it: "in force at t" becomes an equi-join on
-    -- the session plus a range test, cheaper than an ASOF join over every delivery.
+own_decisions as (
     select
-        *,
-        lead(recorded_at) over (partition by user_session_id order by recorded_at) as replaced_at
-    from session_decisions
+        event_id,
+        {'at': captured_consent_at,
+         'marketing': captured_marketing_consent,
+         'analytics': captured_analytics_consent} as decision
+    from stg_leads
 ),
 
-event_decisions as (
-    select event_id, recorded_at, marketing_consent, analytics_consent
-    from stg_consent_ledger
-    where consent_source <> 'lead' and event_id is not null
+overrides as (
+    select * from consent_overrides
 ),
 
-at_completion_by_session as (
+overrides_by_completion as (
+    select needing.delivery_id, overrides.recorded_at, overrides.marketing_consent, overrides.analytics_consent
+    from needing
+    inner join overrides
+        on overrides.user_session_id = needing.user_session_id and overrides.recorded_at <= needing.delivered_at
+    union all
+    select needing.delivery_id, overrides.recorded_at, overrides.marketing_consent, overrides.analytics_consent
+    from needing
+    inner join overrides
+        on overrides.event_id = needing.event_id and overrides.recorded_at <= needing.delivered_at
+),
+
+latest_override_by_completion as (
+    select
+        delivery_id,
+        arg_max({'at': recorded_at, 'marketing': marketing_consent, 'analytics': analytics_consent}, recorded_at)
+            as decision
+    from overrides_by_completion
+    group by delivery_id
+),
+
+with_candidates as (
     select
         needing.*,
-        timeline.recorded_at as session_decision_at,
-        timeline.marketing_consent as session_marketing,
-        timeline.analytics_consent as session_analytics
+        case when own.decision.at <= needing.delivered_at then own.decision end as own_decision,
+        latest.decision as override_decision
     from needing
-    left join session_timeline as timeline
-        on timeline.user_session_id = needing.user_session_id
-        and needing.delivered_at >= timeline.recorded_at
-        and (timeline.replaced_at is null or needing.delivered_at < timeline.replaced_at)
+    left join own_decisions as own on own.event_id = needing.event_id
+    left join latest_override_by_completion as latest on latest.delivery_id = needing.delivery_id
 ),
 
-at_completion_by_event as (
+in_force_at_completion as (
     select
-        needing.delivery_id,
-        arg_max(
-            {'at': event_decisions.recorded_at,
-             'marketing': event_decisions.marketing_consent,
-             'analytics': event_decisions.analytics_consent},
-            event_decisions.recorded_at
-        ) as decision
-    from needing
-    inner join event_decisions
-        on event_decisions.event_id = needing.event_id and event_decisions.recorded_at <= needing.delivered_at
-    group by needing.delivery_id
+        *,
+        case
+            when override_decision.at > own_decision.at or own_decision is null then override_decision
+            else own_decision
+        end as decision
+    from with_candidates
 ),
 
 at_completion as (
     select
-        s.*,
-        e.decision is not null
-            and (s.session_decision_at is null or e.decision.at > s.session_decision_at) as event_decision_is_latest,
-        case when event_decision_is_latest then e.decision.at else s.session_decision_at end as decision_at,
-        coalesce(case when event_decision_is_latest then e.decision.marketing else s.session_marketing end, false)
-            as marketing_at_completion,
-        coalesce(case when event_decision_is_latest then e.decision.analytics else s.session_analytics end, false)
-            as analytics_at_completion
-    from at_completion_by_session as s
-    left join at_completion_by_event as e on e.delivery_id = s.delivery_id
+        *,
+        decision.at as decision_at,
+        coalesce(decision.marketing, false) as marketing_at_completion,
+        coalesce(decision.analytics, false) as analytics_at_completion
+    from in_force_at_completion
 ),
 
 changed_in_flight as (
@@ -87,26 +89,22 @@ sends as (
 ),
 
 decisions_before_send as (
-    -- Few sends get here, so a plain join and arg_max per send.
-    select
-        sends.delivery_id,
-        sends.attempt_number,
-        decisions.recorded_at,
-        decisions.marketing_consent,
-        decisions.analytics_consent
+    -- Few sends get here, so every decision of theirs is joined: own, by session and naming the event_id.
+    select sends.delivery_id, sends.attempt_number, own.decision.at as recorded_at, own.decision.marketing,
+        own.decision.analytics
     from sends
-    inner join session_decisions as decisions
-        on decisions.user_session_id = sends.user_session_id and decisions.recorded_at <= sends.sent_at
+    inner join own_decisions as own on own.event_id = sends.event_id and own.decision.at <= sends.sent_at
     union all
-    select
-        sends.delivery_id,
-        sends.attempt_number,
-        decisions.recorded_at,
-        decisions.marketing_consent,
-        decisions.analytics_consent
+    select sends.delivery_id, sends.attempt_number, overrides.recorded_at, overrides.marketing_consent,
+        overrides.analytics_consent
     from sends
-    inner join event_decisions as decisions
-        on decisions.event_id = sends.event_id and decisions.recorded_at <= sends.sent_at
+    inner join overrides
+        on overrides.user_session_id = sends.user_session_id and overrides.recorded_at <= sends.sent_at
+    union all
+    select sends.delivery_id, sends.attempt_number, overrides.recorded_at, overrides.marketing_consent,
+        overrides.analytics_consent
+    from sends
+    inner join overrides on overrides.event_id = sends.event_id and overrides.recorded_at <= sends.sent_at
 ),
 
 at_send as (
@@ -115,10 +113,7 @@ at_send as (
         sends.attempt_number,
         coalesce(
             arg_max(
-                case sends.destination
-                    when 'mailerlite' then decisions.marketing_consent
-                    else decisions.analytics_consent
-                end,
+                case sends.destination when 'mailerlite' then decisions.marketing else decisions.analytics end,
                 decisions.recorded_at
             ),
             false
@@ -147,7 +142,7 @@ final as (
         c.decision_at as consent_decision_at,
         c.marketing_at_completion,
         c.analytics_at_completion,
-        c.decision_at > c.created_at as consent_changed_before_completion,
+        coalesce(c.decision_at > c.created_at, false) as consent_changed_before_completion,
         coalesce(
             v.in_force_at_every_send,
             case c.destination when 'mailerlite' then c.marketing_at_completion else c.analytics_at_completion end

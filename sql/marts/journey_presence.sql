@@ -24,16 +24,18 @@ delivered_to_mailerlite as (
     where delivery_status = 'delivered' and destination = 'mailerlite' and kind = 'subscriber_upsert'
 ),
 
+succeeded_payments as (
+    select * from payment_outcomes
+    where is_succeeded
+),
+
 lead_payments as (
     select
         payments.event_id,
-        bool_or(payments.is_succeeded) as has_succeeded_payment,
-        bool_or(payments.is_succeeded and payments.confirmed_by_stripe_event) as in_stripe,
-        bool_or(
-            payments.is_succeeded and (payments.analytics_consent_at_success or not settings.require_consent)
-        ) as sgtm_purchase_due,
-        bool_or(payments.is_succeeded and payments.purchase_delivered) as in_sgtm
-    from payment_outcomes as payments
+        bool_or(payments.confirmed_by_stripe_event) as in_stripe,
+        bool_or(payments.analytics_consent_at_success or not settings.require_consent) as sgtm_purchase_due,
+        bool_or(payments.purchase_delivered) as in_sgtm
+    from succeeded_payments as payments
     cross join settings
     where payments.names_known_lead
     group by payments.event_id
@@ -52,7 +54,7 @@ lead_rows as (
         settings.mailerlite_enabled and (consent.marketing_consent_now or not settings.require_consent)
             as mailerlite_expected,
         consent.event_id in (select event_id from delivered_to_mailerlite) as in_mailerlite,
-        coalesce(pays.has_succeeded_payment, false) as stripe_expected,
+        pays.event_id is not null as stripe_expected,
         coalesce(pays.in_stripe, false) as in_stripe,
         settings.sgtm_enabled and coalesce(pays.sgtm_purchase_due, false) as sgtm_expected,
         coalesce(pays.in_sgtm, false) as in_sgtm
@@ -77,8 +79,8 @@ orphan_rows as (
         confirmed_by_stripe_event as in_stripe,
         false as sgtm_expected,
         false as in_sgtm
-    from payment_outcomes
-    where is_succeeded and is_orphan
+    from succeeded_payments
+    where is_orphan
 ),
 
 journeys as (

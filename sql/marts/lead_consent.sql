@@ -1,44 +1,61 @@
 -- Grain: one row per lead (event_id): the consent it was captured with, and the consent in force now: the latest
--- ledger decision recorded for its user_session_id or naming its event_id (none recorded: no consent).
--- A lead capture's own decision always carries the lead's session (data test consent_capture_matches_lead), so
--- decisions are looked up by session, plus those recorded apart from capture that name the event_id: the same
--- set as "by event_id or session", without a join of every lead against the ledger twice.
+-- ledger decision recorded for its user_session_id or naming its event_id (see consent_overrides for why that is
+-- the later of the lead's own capture decision and the latest override).
 with leads as (
-    select event_id, user_session_id, captured_marketing_consent, captured_analytics_consent
+    select
+        event_id,
+        user_session_id,
+        captured_marketing_consent,
+        captured_analytics_consent,
+        {'at': captured_consent_at,
+         'marketing': captured_marketing_consent,
+         'analytics': captured_analytics_consent} as own_decision
     from stg_leads
 ),
 
-session_latest as (
+overrides as (
+    select * from consent_overrides
+),
+
+latest_by_session as (
     select
         user_session_id,
         arg_max({'at': recorded_at, 'marketing': marketing_consent, 'analytics': analytics_consent}, recorded_at)
             as decision
-    from stg_consent_ledger
+    from overrides
     group by user_session_id
 ),
 
-event_latest as (
+latest_by_event as (
     select
         event_id,
         arg_max({'at': recorded_at, 'marketing': marketing_consent, 'analytics': analytics_consent}, recorded_at)
             as decision
-    from stg_consent_ledger
-    where consent_source <> 'lead' and event_id is not null
+    from overrides
+    where event_id is not null
     group by event_id
+),
+
+with_session as (
+    select
+        leads.*,
+        case
+            when latest_by_session.decision.at > leads.own_decision.at then latest_by_session.decision
+            else leads.own_decision
+        end as session_decision
+    from leads
+    left join latest_by_session on latest_by_session.user_session_id = leads.user_session_id
 ),
 
 latest as (
     select
-        leads.*,
+        with_session.*,
         case
-            when event_latest.decision is null then session_latest.decision
-            when session_latest.decision is null then event_latest.decision
-            when event_latest.decision.at > session_latest.decision.at then event_latest.decision
-            else session_latest.decision
+            when latest_by_event.decision.at > with_session.session_decision.at then latest_by_event.decision
+            else with_session.session_decision
         end as decision
-    from leads
-    left join session_latest on session_latest.user_session_id = leads.user_session_id
-    left join event_latest on event_latest.event_id = leads.event_id
+    from with_session
+    left join latest_by_event on latest_by_event.event_id = with_session.event_id
 ),
 
 final as (

@@ -19,6 +19,7 @@ renamed as (
         received_at,
         marketing_consent as captured_marketing_consent,
         analytics_consent as captured_analytics_consent,
+        consent_at as captured_consent_at,
         consent_method,
         consent_version,
         consent_version_current as is_consent_version_current,
