@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from ingest.cli_demo import register_demo_commands
 from ingest.cli_outbox import register_outbox_commands
 from ingest.cli_report import report
 from ingest.cli_stripe import sync_app
@@ -20,6 +21,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(sync_app, name="sync")
 app.command("report")(report)
 register_outbox_commands(app)
+register_demo_commands(app)
 console = Console(stderr=True)
 
 

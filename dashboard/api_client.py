@@ -1,0 +1,123 @@
+"""The dashboard's client of the running API's admin endpoints (the database's one writer): health and replay."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import httpx
+
+from ingest.replay import DeliveryDetail, ReplayIn, ReplayOut
+from ingest.settings import Settings
+
+HEALTH_TIMEOUT_SECONDS = 2.0
+REPLAY_TIMEOUT_SECONDS = 120.0
+READ_TIMEOUT_SECONDS = 10.0
+
+
+class ApiError(Exception):
+    """The API could not do what the dashboard asked; the message says what to do."""
+
+
+class ApiUnreachable(ApiError):
+    """Nothing answers at ATTRIBUTION_API_URL."""
+
+
+class AdminTokenMissing(ApiError):
+    """ATTRIBUTION_ADMIN_TOKEN is not set in the dashboard's environment."""
+
+
+class ApiRefused(ApiError):
+    """The API answered with an error status (bad token, bad filter, ...)."""
+
+
+@dataclass(frozen=True)
+class ApiStatus:
+    """Whether the API answers, and what to start when it does not."""
+
+    url: str
+    reachable: bool
+    admin_token_set: bool
+    detail: str
+
+
+class AdminApi:
+    """Talks to /healthz and /v1/admin/* of the API at `base_url` with a Bearer token."""
+
+    def __init__(self, base_url: str, token: str | None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AdminApi:
+        """The client of ATTRIBUTION_API_URL with ATTRIBUTION_ADMIN_TOKEN."""
+        token = settings.attribution_admin_token
+        return cls(settings.attribution_api_url, token.get_secret_value() if token is not None else None)
+
+    def status(self) -> ApiStatus:
+        """Probe /healthz: reachable or not, and a sentence about it."""
+        try:
+            with self._client(HEALTH_TIMEOUT_SECONDS) as client:
+                response = client.get("/healthz")
+        except httpx.HTTPError as exc:
+            return ApiStatus(
+                self.base_url, False, self.token is not None, unreachable_hint(self.base_url, exc)
+            )
+        if response.status_code != 200:
+            detail = f"the API at {self.base_url} answered /healthz with {response.status_code}"
+            return ApiStatus(self.base_url, False, self.token is not None, detail)
+        return ApiStatus(self.base_url, True, self.token is not None, f"API up at {self.base_url}")
+
+    def replay(self, request: ReplayIn) -> ReplayOut:
+        """POST /v1/admin/deliveries/replay (a dry run only counts)."""
+        body = request.model_dump(mode="json", exclude_none=True)
+        response = self._admin("POST", "/v1/admin/deliveries/replay", REPLAY_TIMEOUT_SECONDS, json=body)
+        return ReplayOut.model_validate(response.json())
+
+    def delivery(self, delivery_id: UUID) -> DeliveryDetail:
+        """GET /v1/admin/deliveries/{id}: the live state of one delivery with its attempts."""
+        response = self._admin("GET", f"/v1/admin/deliveries/{delivery_id}", READ_TIMEOUT_SECONDS)
+        return DeliveryDetail.model_validate(response.json())
+
+    def _admin(self, method: str, path: str, timeout: float, **kwargs: Any) -> httpx.Response:
+        if self.token is None:
+            raise AdminTokenMissing(
+                "ATTRIBUTION_ADMIN_TOKEN is not set for the dashboard: set it to the API's admin token and "
+                "restart `attribution dashboard`."
+            )
+        headers = {"Authorization": f"Bearer {self.token}"}
+        try:
+            with self._client(timeout) as client:
+                response = client.request(method, path, headers=headers, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ApiUnreachable(unreachable_hint(self.base_url, exc)) from None
+        if response.status_code in (401, 403):
+            raise ApiRefused(
+                f"the API refused the admin token ({response.status_code}): ATTRIBUTION_ADMIN_TOKEN must match "
+                "the API's"
+            )
+        if response.status_code >= 400:
+            raise ApiRefused(f"the API answered {response.status_code}: {_error_text(response)}")
+        return response
+
+    def _client(self, timeout: float) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=timeout)
+
+
+def unreachable_hint(base_url: str, error: BaseException) -> str:
+    """What to start when the API does not answer."""
+    return (
+        f"the API does not answer at {base_url} ({type(error).__name__}). Start it with `attribution serve` "
+        "(or `attribution demo`), or point ATTRIBUTION_API_URL at it."
+    )
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:300]
+    if isinstance(body, dict) and "message" in body:
+        return str(body["message"])
+    return str(body)[:300]

@@ -1,0 +1,751 @@
+"""Data access of the dashboard: one prepared reader over the published replica, and cached, parameterised queries.
+
+The dashboard never opens the API's database: DuckDB lets one process hold a file for writing and then nobody
+else may open it, so it reads the read-only replica the API publishes every ATTRIBUTION_REPLICA_SECONDS
+(`ingest.replica`). One `ReplicaSource` per replica path lives for the whole Streamlit server
+(`st.cache_resource`). It *prepares* each copy once: the models every page reads (MATERIALISED) are computed
+into tables of the reader's in-memory database, so the metrics, the coverage matrix and the funnel are each a
+short query afterwards instead of a fresh pass over every lead and delivery (on the 1,000,000-lead benchmark
+database: seconds per page instead of tens of seconds; bench/dashboard.py). Newer copies are prepared in a
+background thread while pages keep reading the previous one. Results are cached with `st.cache_data`, keyed by
+the copy they were read from, so two sessions looking at the same copy query it once.
+
+All SQL here reads the models of sql/, or the outbox tables for what the models leave out (last errors,
+payloads); every value comes in as a parameter.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+from uuid import UUID
+
+import duckdb
+import pandas as pd
+import streamlit as st
+
+from ingest.db import DatabaseLocked, utcnow
+from ingest.reconcile import Metric, ModelParams, discover_models, success_metrics
+from ingest.replay import DeliveryDetail, DeliveryFilter, get_delivery, list_deliveries
+from ingest.replica import Reader, ReaderUnavailable, open_reader
+from ingest.settings import Settings, load_settings
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+# The models that cost a pass over every lead, payment or delivery, computed once per replica copy (in the order
+# discover_models gives; the ones reading them then read tables). Names not in sql/ are skipped.
+MATERIALISED = frozenset(
+    {
+        "payment_outcomes",
+        "lead_consent",
+        "lead_journeys",
+        "journey_presence",
+        "delivery_consent",
+        "funnel_daily",
+    }
+)
+CACHE_SECONDS = 600  # a bound on memory; a new replica changes the key long before
+CACHE_ENTRIES = 64
+REFRESH_CHECK_SECONDS = 1.0  # how often the watcher looks for a newer replica file
+RETRY_AFTER_FAILURE_SECONDS = 10.0  # a copy that failed to prepare is tried again this much later
+MISSING_LIMIT = 500
+DEAD_LETTER_LIMIT = 200
+DESTINATIONS = ("mailerlite", "crm", "sgtm")
+SYSTEMS = ("ingest", "crm", "mailerlite", "stripe", "sgtm")
+
+
+class NoReplica(Exception):
+    """No replica to read yet: the message says what to start."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The replica copy a rerun reads: `key` identifies it for the caches."""
+
+    key: str
+    path: Path
+    taken_at: datetime
+    age_seconds: float
+    params: ModelParams
+    leads: int
+    stripe_events: int
+    deliveries: int
+    prepare_seconds: float
+    newer_pending: bool = False
+
+    @property
+    def is_empty(self) -> bool:
+        """Nothing captured yet: no lead, no payment event, no delivery."""
+        return self.leads == 0 and self.stripe_events == 0 and self.deliveries == 0
+
+    @property
+    def disabled_destinations(self) -> list[str]:
+        """Destinations the publishing API had no endpoint for."""
+        enabled = {
+            "mailerlite": self.params.mailerlite_enabled,
+            "crm": self.params.crm_enabled,
+            "sgtm": self.params.sgtm_enabled,
+        }
+        return [name for name in DESTINATIONS if not enabled[name]]
+
+
+class _SharedLock:
+    """Many queries side by side, or one swap of the reader they use."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._writing)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._writing and self._readers == 0)
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A reader over one replica copy with the heavy models materialised, and what it holds."""
+
+    reader: Reader
+    identity: tuple[int, int]
+    snapshot: Snapshot
+
+
+def plain(frame: pd.DataFrame) -> pd.DataFrame:
+    """UUID values as text: Arrow (and so st.dataframe and CSV) would show them as raw bytes."""
+    for column in frame.columns:
+        if frame[column].dtype == object and frame[column].map(lambda value: isinstance(value, UUID)).any():
+            frame[column] = frame[column].map(lambda value: str(value) if isinstance(value, UUID) else value)
+    return frame
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        return None
+    return status.st_ino, status.st_mtime_ns
+
+
+def prepare(settings: Settings) -> tuple[Reader, Snapshot]:
+    """Open a reader on the current replica and materialise the models every page reads (see MATERIALISED)."""
+    started = time.perf_counter()
+    try:
+        reader = open_reader(settings, "replica")
+    except (ReaderUnavailable, DatabaseLocked, duckdb.IOException) as exc:
+        # A model that fails to load is not "no data": that error propagates as it is.
+        raise NoReplica(missing_message(settings, exc)) from None
+    try:
+        for model in discover_models():
+            if model.name in MATERIALISED:
+                # The model's own SQL, as a table in the reader's in-memory database instead of a view: the
+                # models reading it bind to it by name at each query.
+                reader.conn.execute(f"drop view {model.name}")
+                reader.conn.execute(f"create table {model.name} as\n{model.sql}")
+        row = reader.conn.execute(
+            "select (select count(*) from stg_leads), (select count(*) from stg_stripe_events), "
+            "(select count(*) from stg_deliveries)"
+        ).fetchone()
+    except BaseException:
+        reader.close()
+        raise
+    leads, events, deliveries = (int(value) for value in row) if row else (0, 0, 0)
+    taken_at = reader.taken_at or utcnow()
+    snapshot = Snapshot(
+        key=f"{settings.attribution_replica_path}@{taken_at.isoformat()}",
+        path=settings.attribution_replica_path,
+        taken_at=taken_at,
+        age_seconds=0.0,
+        params=reader.params,
+        leads=leads,
+        stripe_events=events,
+        deliveries=deliveries,
+        prepare_seconds=time.perf_counter() - started,
+    )
+    return reader, snapshot
+
+
+def missing_message(settings: Settings, error: BaseException | None = None) -> str:
+    """What to start when there is no replica to read."""
+    detail = f" ({error})" if error is not None else ""
+    return (
+        f"No replica at {settings.attribution_replica_path} yet{detail}. The API publishes one every "
+        f"{settings.attribution_replica_seconds:g} s once it runs: start it with `attribution serve` "
+        "(or run `attribution demo` for a seeded sandbox)."
+    )
+
+
+class ReplicaSource:
+    """The prepared replica every session of the server reads, replaced in the background by newer copies.
+
+    The first use prepares the current copy while the caller waits; after that a watcher thread looks for a newer
+    file every REFRESH_CHECK_SECONDS and prepares it aside, so pages keep answering from the previous copy until
+    the new one is ready (they say so). It waits at least as long as the last preparation took before starting
+    the next one, so on a large database it never spends more than half its time preparing.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.path = settings.attribution_replica_path
+        self._current: _Prepared | None = None
+        self._lock = _SharedLock()
+        self._first = threading.Lock()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._newer_pending = False
+        self.failures = 0
+
+    def snapshot(self) -> Snapshot:
+        """The copy pages read now; NoReplica when none has been published."""
+        current = self._current
+        if current is None:
+            with self._first:
+                if self._current is None:
+                    self._install(self._prepare_current())
+                    self._start_watcher()
+                current = self._current
+        assert current is not None
+        age = (utcnow() - current.snapshot.taken_at).total_seconds()
+        return replace(current.snapshot, age_seconds=age, newer_pending=self._newer_pending)
+
+    def run(self, query: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """Run `query` on a cursor of the current copy."""
+        with self._lock.shared():
+            if self._current is None:
+                raise NoReplica(missing_message(self.settings))
+            cursor = self._current.reader.cursor()
+            try:
+                return query(cursor)
+            finally:
+                cursor.close()
+
+    def frame(self, sql: str, params: list[Any] | dict[str, Any] | None = None) -> pd.DataFrame:
+        """The result of one parameterised query as a DataFrame (UUIDs as text)."""
+        return plain(self.run(lambda cursor: cursor.execute(sql, params or []).df()))
+
+    def close(self) -> None:
+        """Stop watching and close the reader."""
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join()
+            self._watcher = None
+        self._install(None)
+
+    def _prepare_current(self) -> _Prepared:
+        identity = _file_identity(self.path)
+        reader, snapshot = prepare(self.settings)
+        # The identity read before opening: if the file was replaced meanwhile, the watcher prepares it again.
+        return _Prepared(reader, identity or (0, 0), snapshot)
+
+    def _install(self, prepared: _Prepared | None) -> None:
+        with self._lock.exclusive():
+            previous, self._current = self._current, prepared
+        if previous is not None:
+            previous.reader.close()
+
+    def _start_watcher(self) -> None:
+        self._watcher = threading.Thread(target=self._watch, name="dashboard-replica-watcher", daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        pause = REFRESH_CHECK_SECONDS
+        while not self._stop.wait(pause):
+            current = self._current
+            identity = _file_identity(self.path)
+            pause = REFRESH_CHECK_SECONDS
+            if identity is None or current is None or identity == current.identity:
+                continue  # nothing newer (a vanished replica keeps the last copy on screen, its age shown)
+            self._newer_pending = True
+            try:
+                prepared = self._prepare_current()
+            except (NoReplica, duckdb.Error) as exc:
+                self.failures += 1
+                log.warning(
+                    "replica preparation failed", extra={"replica": str(self.path), "error": repr(exc)}
+                )
+                pause = RETRY_AFTER_FAILURE_SECONDS
+                continue
+            finally:
+                self._newer_pending = False
+            self._install(prepared)
+            pause = max(REFRESH_CHECK_SECONDS, prepared.snapshot.prepare_seconds)
+
+
+# --- the shared source --------------------------------------------------------------------------------------
+
+
+def settings() -> Settings:
+    """This process's settings (environment and `.env`)."""
+    return load_settings()
+
+
+@st.cache_resource(show_spinner=False)
+def _source_for(replica_path: str, _settings: Settings) -> ReplicaSource:
+    return ReplicaSource(_settings)
+
+
+def source() -> ReplicaSource:
+    """The ReplicaSource of the configured replica path, one per server."""
+    current = settings()
+    return _source_for(str(current.attribution_replica_path), current)
+
+
+def snapshot() -> Snapshot:
+    """The replica copy this rerun reads (NoReplica when none is published)."""
+    return source().snapshot()
+
+
+# --- overview -----------------------------------------------------------------------------------------------
+
+
+@st.cache_data(ttl=CACHE_SECONDS, max_entries=CACHE_ENTRIES, show_spinner=False)
+def metrics(snapshot_key: str) -> list[Metric]:
+    """The five success metrics, exactly as `attribution report` computes them."""
+    return source().run(success_metrics)
+
+
+_DAILY_METRICS_SQL = """
+with settings as (
+    select * from stg_run_settings
+),
+
+lead_days as (
+    select event_id, cast(coalesce(lead_created_at, received_at) as date) as day, crm_contact_id
+    from stg_leads
+),
+
+accuracy as (
+    select cast(payments.succeeded_at as date) as day, 'attribution_accuracy' as metric,
+        count(*) filter (where payments.purchase_delivered) as numerator, count(*) as denominator
+    from payment_outcomes as payments
+    cross join settings
+    where payments.is_succeeded and payments.names_known_lead
+        and (payments.analytics_consent_at_success or not settings.require_consent)
+    group by all
+),
+
+consistency as (
+    select coalesce(lead_days.day, cast(orphans.succeeded_at as date)) as day, 'data_consistency' as metric,
+        count(*) filter (where journeys.is_consistent) as numerator, count(*) as denominator
+    from journey_presence as journeys
+    left join lead_days on lead_days.event_id = journeys.event_id and not journeys.is_orphan
+    left join stg_payments as orphans on orphans.payment_intent_id = journeys.orphan_payment_intent_id
+    group by all
+),
+
+compliance as (
+    select cast(delivered_at as date) as day, 'consent_compliance' as metric,
+        count(*) filter (where made_with_consent) as numerator, count(*) as denominator
+    from delivery_consent
+    group by all
+),
+
+resilience as (
+    select cast(received_at as date) as day, 'system_resilience' as metric,
+        count(*) filter (where processing_status = 'failed') as numerator, count(*) as denominator
+    from stg_stripe_events
+    group by all
+),
+
+coverage as (
+    select day, 'crm_coverage' as metric,
+        count(*) filter (where crm_contact_id is not null) as numerator, count(*) as denominator
+    from lead_days
+    group by all
+),
+
+final as (
+    select * from accuracy
+    union all select * from consistency
+    union all select * from compliance
+    union all select * from resilience
+    union all select * from coverage
+)
+
+select day, metric, numerator, denominator, numerator / nullif(denominator, 0) as value
+from final
+where day is not null
+order by day, metric
+"""
+
+
+@st.cache_data(ttl=CACHE_SECONDS, max_entries=CACHE_ENTRIES, show_spinner=False)
+def daily_metrics(snapshot_key: str) -> pd.DataFrame:
+    """Each metric's numerator, denominator and value per day (of capture, payment, delivery or receipt)."""
+    return source().frame(_DAILY_METRICS_SQL)
+
+
+# --- funnel and attribution ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FunnelBounds:
+    """What the funnel filters can choose from."""
+
+    first_day: date | None
+    last_day: date | None
+    campaigns: list[str]
+
+
+@st.cache_data(ttl=CACHE_SECONDS, max_entries=CACHE_ENTRIES, show_spinner=False)
+def funnel_bounds(snapshot_key: str) -> FunnelBounds:
+    """The first and last lead day and every campaign seen."""
+    frame = source().frame(
+        "select min(lead_day) as first_day, max(lead_day) as last_day, "
+        "list(distinct utm_campaign order by utm_campaign) as campaigns from funnel_daily"
+    )
+    row = frame.iloc[0]
+    campaigns = row["campaigns"]
+    return FunnelBounds(
+        first_day=_as_date(row["first_day"]),
+        last_day=_as_date(row["last_day"]),
+        campaigns=[str(name) for name in campaigns] if campaigns is not None else [],
+    )
+
+
+def _as_date(value: Any) -> date | None:
+    if value is None or pd.isna(value):
+        return None
+    day: date = pd.Timestamp(value).date()
+    return day
+
+
+@st.cache_data(ttl=CACHE_SECONDS, max_entries=CACHE_ENTRIES, show_spinner=False)
+def funnel_rows(
+    snapshot_key: str, first_day: date, last_day: date, campaigns: tuple[str, ...]
+) -> pd.DataFrame:
+    """funnel_daily for lead days first_day..last_day and the campaigns chosen (none chosen: all)."""
+    return source().frame(
+        "select lead_day, utm_source, utm_medium, utm_campaign, leads, checkouts, paid_leads, refunded_leads, "
+        "revenue_cents, refunded_cents, net_revenue_cents from funnel_daily "
+        "where lead_day between ? and ? and (len(?::varchar[]) = 0 or list_contains(?::varchar[], utm_campaign)) "
+        "order by lead_day, utm_source, utm_medium, utm_campaign",
+        [first_day, last_day, list(campaigns), list(campaigns)],
+    )
+
+
+@st.cache_data(ttl=CACHE_SECONDS, max_entries=CACHE_ENTRIES, show_spinner=False)
+def orphan_payments(snapshot_key: str, first_day: date, last_day: date) -> pd.DataFrame:
+    """Succeeded payments naming no stored lead, succeeded between first_day and last_day."""
+    return source().frame(
+        "select payment_intent_id, named_event_id, payment_status, amount_cents, refunded_cents, currency, "
+        "succeeded_at from payment_outcomes where is_succeeded and is_orphan "
+        "and cast(succeeded_at as date) between ? and ? order by succeeded_at",
+        [first_day, last_day],
+    )
+
+
+# --- event_id coverage --------------------------------------------------------------------------------------
+
+
+@st.cache_data(ttl=CACHE_SECONDS, max_entries=CACHE_ENTRIES, show_spinner=False)
+def presence(snapshot_key: str) -> pd.DataFrame:
+    """presence_by_system: per system, journeys expected, present and missing, and whether it is enabled."""
+    return source().frame(
+        "select system, is_enabled, expected, present, missing from presence_by_system order by position"
+    )
+
+
+_MISSING_SQL = """
+with gaps as (
+    select *
+    from journey_presence
+    where not is_consistent
+        and (
+            $system is null
+            or ($system = 'crm' and crm_expected and not in_crm)
+            or ($system = 'mailerlite' and mailerlite_expected and not in_mailerlite)
+            or ($system = 'stripe' and stripe_expected and not in_stripe)
+            or ($system = 'sgtm' and sgtm_expected and not in_sgtm)
+            or ($system = 'ingest' and ingest_expected and not in_ingest)
+        )
+),
+
+counted as (
+    select count(*) as total from gaps
+),
+
+shown as (
+    select * from gaps order by is_orphan desc, journey_id limit $limit
+),
+
+latest as (
+    -- The newest delivery of each (journey, destination) kind that makes a journey present there.
+    select
+        deliveries.event_id,
+        deliveries.destination,
+        arg_max(
+            {'status': deliveries.status, 'reason': deliveries.reason, 'error': deliveries.last_error,
+             'attempts': deliveries.attempt_count, 'delivery_id': deliveries.delivery_id},
+            deliveries.created_at
+        ) as delivery
+    from deliveries
+    where deliveries.event_id in (select event_id from shown where event_id is not null)
+        and ((deliveries.destination = 'crm' and deliveries.kind = 'contact_upsert')
+            or (deliveries.destination = 'mailerlite' and deliveries.kind = 'subscriber_upsert')
+            or (deliveries.destination = 'sgtm' and deliveries.kind = 'purchase'))
+    group by all
+)
+
+select
+    shown.journey_id,
+    shown.event_id,
+    shown.is_orphan,
+    shown.orphan_payment_intent_id,
+    concat_ws(
+        ', ',
+        case when shown.crm_expected and not shown.in_crm then 'crm' end,
+        case when shown.mailerlite_expected and not shown.in_mailerlite then 'mailerlite' end,
+        case when shown.stripe_expected and not shown.in_stripe then 'stripe' end,
+        case when shown.sgtm_expected and not shown.in_sgtm then 'sgtm' end,
+        case when shown.ingest_expected and not shown.in_ingest then 'ingest' end
+    ) as missing_in,
+    crm.delivery as crm_delivery,
+    mailerlite.delivery as mailerlite_delivery,
+    sgtm.delivery as sgtm_delivery,
+    (select total from counted) as total_missing
+from shown
+left join latest as crm on crm.event_id = shown.event_id and crm.destination = 'crm'
+left join latest as mailerlite on mailerlite.event_id = shown.event_id and mailerlite.destination = 'mailerlite'
+left join latest as sgtm on sgtm.event_id = shown.event_id and sgtm.destination = 'sgtm'
+order by shown.is_orphan desc, shown.journey_id
+"""
+
+
+def _delivery_reason(system: str, delivery: Any) -> str:
+    if delivery is None or (isinstance(delivery, float) and pd.isna(delivery)):
+        return f"{system}: no delivery queued"
+    status = delivery["status"]
+    detail = delivery["error"] or delivery["reason"]
+    attempts = delivery["attempts"]
+    text = f"{system}: {status}"
+    if status in ("dead", "retrying", "pending") and attempts:
+        text += f" after {attempts} attempt{'s' if attempts != 1 else ''}"
+    return f"{text} ({detail})" if detail else text
+
+
+def explain_missing(row: pd.Series) -> str:
+    """Why one journey is missing where it should be, one clause per system."""
+    if row["is_orphan"]:
+        return f"Stripe payment {row['orphan_payment_intent_id']} names no stored lead (orphan)"
+    reasons = []
+    for system in str(row["missing_in"]).split(", "):
+        if system == "stripe":
+            reasons.append("stripe: payment not confirmed by any stored Stripe event")
+        elif system == "ingest":
+            reasons.append("ingest: no stored lead")
+        else:
+            reasons.append(_delivery_reason(system, row[f"{system}_delivery"]))
+    return "; ".join(reasons)
+
+
+@dataclass(frozen=True)
+class MissingJourneys:
+    """Journeys missing somewhere: how many in all, and the first `limit` of them with why."""
+
+    total: int
+    rows: pd.DataFrame
+
+
+@st.cache_data(ttl=CACHE_SECONDS, max_entries=CACHE_ENTRIES, show_spinner=False)
+def missing_journeys(
+    snapshot_key: str, system: str | None = None, limit: int = MISSING_LIMIT
+) -> MissingJourneys:
+    """The event_ids (and orphan payments) missing in a system they should reach (one, or any), with why."""
+    frame = source().frame(_MISSING_SQL, {"system": system, "limit": limit})
+    total = int(frame["total_missing"].iloc[0]) if len(frame) else 0
+    if frame.empty:
+        rows = pd.DataFrame(columns=["journey_id", "event_id", "missing_in", "why"])
+    else:
+        frame["why"] = frame.apply(explain_missing, axis=1)
+        rows = frame[["journey_id", "event_id", "missing_in", "why"]]
+    return MissingJourneys(total=total, rows=rows)
+
+
+@st.cache_data(ttl=CACHE_SECONDS, max_entries=CACHE_ENTRIES, show_spinner=False)
+def missing_by_cause(snapshot_key: str) -> pd.DataFrame:
+    """Per system, how many journeys miss it, by the state of their delivery (or the Stripe / orphan cause)."""
+    return source().frame(
+        """
+        with gaps as (
+            select * from journey_presence where not is_consistent
+        ),
+        per_system as (
+            select 'crm' as system, event_id, 'contact_upsert' as kind from gaps where crm_expected and not in_crm
+            union all
+            select 'mailerlite', event_id, 'subscriber_upsert' from gaps
+                where mailerlite_expected and not in_mailerlite
+            union all
+            select 'sgtm', event_id, 'purchase' from gaps where sgtm_expected and not in_sgtm
+        ),
+        states as (
+            select deliveries.event_id, deliveries.destination, deliveries.kind,
+                arg_max(deliveries.status, deliveries.created_at) as status
+            from deliveries
+            where deliveries.event_id in (select event_id from per_system)
+            group by all
+        ),
+        causes as (
+            select per_system.system, coalesce(states.status, 'no delivery queued') as cause
+            from per_system
+            left join states on states.event_id = per_system.event_id
+                and states.destination = per_system.system and states.kind = per_system.kind
+            union all
+            select 'stripe', 'not confirmed by a Stripe event' from gaps
+                where stripe_expected and not in_stripe and not is_orphan
+            union all
+            select 'ingest', 'orphan payment (no stored lead)' from gaps where is_orphan
+        )
+        select system, cause, count(*) as journeys from causes group by all order by system, journeys desc
+        """
+    )
+
+
+# --- consent ------------------------------------------------------------------------------------------------
+
+
+@st.cache_data(ttl=CACHE_SECONDS, max_entries=CACHE_ENTRIES, show_spinner=False)
+def consent_decisions(snapshot_key: str) -> pd.DataFrame:
+    """Consent decisions by method, notice version and where they were made."""
+    return source().frame(
+        "select consent_method, consent_version, is_consent_version_current, consent_source, "
+        "count(*) as decisions, count(*) filter (where marketing_consent) as marketing_granted, "
+        "count(*) filter (where analytics_consent) as analytics_granted "
+        "from stg_consent_ledger group by all order by decisions desc"
+    )
+
+
+@st.cache_data(ttl=CACHE_SECONDS, max_entries=CACHE_ENTRIES, show_spinner=False)
+def withdrawals(snapshot_key: str) -> pd.DataFrame:
+    """Per day, decisions that took back a consent the same session had given (marketing, analytics)."""
+    return source().frame(
+        """
+        with ordered as (
+            select
+                recorded_at,
+                marketing_consent,
+                analytics_consent,
+                lag(marketing_consent) over session as previous_marketing,
+                lag(analytics_consent) over session as previous_analytics
+            from stg_consent_ledger
+            window session as (partition by user_session_id order by recorded_at, consent_id)
+        )
+        select
+            cast(recorded_at as date) as day,
+            count(*) filter (where previous_marketing and not marketing_consent) as marketing_withdrawn,
+            count(*) filter (where previous_analytics and not analytics_consent) as analytics_withdrawn
+        from ordered
+        where (previous_marketing and not marketing_consent) or (previous_analytics and not analytics_consent)
+        group by all
+        order by day
+        """
+    )
+
+
+@st.cache_data(ttl=CACHE_SECONDS, max_entries=CACHE_ENTRIES, show_spinner=False)
+def deliveries_without_consent(snapshot_key: str) -> pd.DataFrame:
+    """Delivered MailerLite / sGTM deliveries made while the consent they need was not in force."""
+    return source().frame(
+        "select delivery_id, event_id, destination, kind, created_at, delivered_at, consent_decision_at, "
+        "marketing_at_completion, analytics_at_completion from delivery_consent "
+        "where not made_with_consent order by delivered_at"
+    )
+
+
+@st.cache_data(ttl=CACHE_SECONDS, max_entries=CACHE_ENTRIES, show_spinner=False)
+def suppressed_deliveries(snapshot_key: str) -> pd.DataFrame:
+    """Deliveries the consent gate held back, by destination and reason."""
+    return source().frame(
+        "select destination, kind, coalesce(reason, '(none)') as reason, count(*) as deliveries "
+        "from stg_deliveries where delivery_status = 'suppressed' group by all order by deliveries desc"
+    )
+
+
+# --- deliveries ---------------------------------------------------------------------------------------------
+
+
+@st.cache_data(ttl=CACHE_SECONDS, max_entries=CACHE_ENTRIES, show_spinner=False)
+def delivery_status(snapshot_key: str) -> pd.DataFrame:
+    """Deliveries per destination and status."""
+    return source().frame(
+        "select destination, delivery_status as status, count(*) as deliveries "
+        "from stg_deliveries group by all order by destination, status"
+    )
+
+
+@st.cache_data(ttl=CACHE_SECONDS, max_entries=CACHE_ENTRIES, show_spinner=False)
+def dead_letters(
+    snapshot_key: str,
+    destination: str | None,
+    error: str | None,
+    since: date | None,
+    until: date | None,
+    limit: int = DEAD_LETTER_LIMIT,
+) -> pd.DataFrame:
+    """Dead deliveries matching the filter, newest first (the same filter a replay by filter applies)."""
+    wanted = dead_letter_filter(destination, error, since, until)
+    found = source().run(lambda cursor: list_deliveries(cursor, wanted, limit))
+    columns = [
+        "destination",
+        "kind",
+        "last_error",
+        "attempt_count",
+        "created_at",
+        "updated_at",
+        "reason",
+        "event_id",
+        "delivery_id",
+    ]
+    return plain(
+        pd.DataFrame(
+            [{name: getattr(item, name) for name in columns} for item in found.deliveries], columns=columns
+        )
+    )
+
+
+def dead_letter_filter(
+    destination: str | None, error: str | None, since: date | None, until: date | None
+) -> DeliveryFilter:
+    """The delivery filter of the dead-letter view: dead, optionally one destination, error text, created days."""
+    return DeliveryFilter.model_validate(
+        {
+            "status": "dead",
+            "destination": destination,
+            "error": error or None,
+            "since": datetime.combine(since, datetime.min.time()) if since else None,
+            "until": datetime.combine(until + timedelta(days=1), datetime.min.time()) if until else None,
+        }
+    )
+
+
+@st.cache_data(ttl=CACHE_SECONDS, max_entries=CACHE_ENTRIES, show_spinner=False)
+def delivery_detail(snapshot_key: str, delivery_id: str) -> DeliveryDetail | None:
+    """One delivery with its payload and every attempt made for it."""
+    return source().run(lambda cursor: get_delivery(cursor, UUID(delivery_id)))
