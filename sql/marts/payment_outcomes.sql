@@ -2,25 +2,18 @@
 -- lead it names (none: an orphan), the analytics consent in force when its success became known, and whether its
 -- sGTM purchase was delivered. Its success became known when it was processed as succeeded or, for a refund that
 -- arrived before the payment it refunds, as refunded: that is when the purchase was planned, so the consent that
--- decided it.
+-- decided it. Consent in force: see consent_overrides.
 with payments as (
     select * from stg_payments
 ),
 
 leads as (
-    select event_id, user_session_id
+    select event_id, user_session_id, captured_consent_at, captured_analytics_consent
     from stg_leads
 ),
 
-session_decisions as (
-    select user_session_id, recorded_at, analytics_consent
-    from stg_consent_ledger
-),
-
-event_decisions as (
-    select event_id, recorded_at, analytics_consent
-    from stg_consent_ledger
-    where consent_source <> 'lead' and event_id is not null
+overrides as (
+    select * from consent_overrides
 ),
 
 delivered_purchases as (
@@ -40,49 +33,48 @@ named as (
         payments.payment_status in ('succeeded', 'refunded') as is_succeeded,
         least(payments.succeeded_at, payments.refunded_at) as success_known_at,
         leads.event_id is not null as names_known_lead,
-        leads.user_session_id as lead_session_id
+        leads.user_session_id as lead_session_id,
+        leads.captured_consent_at,
+        leads.captured_analytics_consent
     from payments
     left join leads on leads.event_id = payments.event_id
 ),
 
-decisions_until_success as (
-    -- A hash join and arg_max rather than an ASOF join: few payments against the whole ledger, and an ASOF join
-    -- sorts all of its right side.
-    select
-        named.payment_intent_id,
-        arg_max(
-            {'at': decisions.recorded_at, 'analytics': decisions.analytics_consent}, decisions.recorded_at
-        ) as decision
+overrides_until_success as (
+    select named.payment_intent_id, overrides.recorded_at, overrides.analytics_consent
     from named
-    inner join session_decisions as decisions
-        on decisions.user_session_id = named.lead_session_id and decisions.recorded_at <= named.success_known_at
+    inner join overrides
+        on overrides.user_session_id = named.lead_session_id and overrides.recorded_at <= named.success_known_at
     where named.is_succeeded and named.names_known_lead
-    group by named.payment_intent_id
     union all
-    select
-        named.payment_intent_id,
-        arg_max(
-            {'at': decisions.recorded_at, 'analytics': decisions.analytics_consent}, decisions.recorded_at
-        ) as decision
+    select named.payment_intent_id, overrides.recorded_at, overrides.analytics_consent
     from named
-    inner join event_decisions as decisions
-        on decisions.event_id = named.event_id and decisions.recorded_at <= named.success_known_at
+    inner join overrides
+        on overrides.event_id = named.event_id and overrides.recorded_at <= named.success_known_at
     where named.is_succeeded and named.names_known_lead
-    group by named.payment_intent_id
 ),
 
-consent_at_success as (
-    select payment_intent_id, arg_max(decision.analytics, decision.at) as analytics_consent
-    from decisions_until_success
+latest_override as (
+    select
+        payment_intent_id,
+        arg_max({'at': recorded_at, 'analytics': analytics_consent}, recorded_at) as decision
+    from overrides_until_success
     group by payment_intent_id
 ),
 
 with_consent as (
+    -- The consent in force: the lead's own capture decision, unless an override was recorded after it (and
+    -- before the success became known), or the capture came after (then only an override can be in force).
     select
         named.*,
-        coalesce(consent_at_success.analytics_consent, false) as analytics_consent_at_success
+        named.names_known_lead and case
+            when named.captured_consent_at <= named.success_known_at
+                and not coalesce(latest_override.decision.at > named.captured_consent_at, false)
+                then named.captured_analytics_consent
+            else coalesce(latest_override.decision.analytics, false)
+        end as analytics_consent_at_success
     from named
-    left join consent_at_success on consent_at_success.payment_intent_id = named.payment_intent_id
+    left join latest_override on latest_override.payment_intent_id = named.payment_intent_id
 ),
 
 final as (
