@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/attribution serve
+	$(BIN)/attribution demo
 
 serve: $(STAMP)
 	$(BIN)/attribution serve
