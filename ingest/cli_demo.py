@@ -102,7 +102,11 @@ def streamlit_argv(host: str, port: int) -> list[str]:
 
 
 class Child:
-    """A child process in its own session (Ctrl-C reaches only us; we stop it in order), logging to a file."""
+    """A child process logging to a file, in the demo's process group.
+
+    The group, not a session of its own: Ctrl-C in the terminal (and a hang-up, or a kill of the group) reaches the
+    API and the dashboard too, so they stop even when the demo itself cannot clean up; when it can, stop() waits.
+    """
 
     def __init__(self, name: str, argv: list[str], env: Mapping[str, str], log_path: Path) -> None:
         self.name = name
@@ -114,7 +118,6 @@ class Child:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
         )
 
     def alive(self) -> bool:

@@ -93,9 +93,14 @@ class DemoProcess:
         return code
 
     def kill(self) -> None:
+        """After a failed test: Ctrl-C, then SIGKILL to the whole group (the API and the dashboard are in it)."""
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(STOP_TIMEOUT_SECONDS)
+            os.killpg(self.process.pid, signal.SIGINT)
+            try:
+                self.process.wait(STOP_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(STOP_TIMEOUT_SECONDS)
 
 
 @pytest.fixture(scope="module")
@@ -174,5 +179,9 @@ def test_ctrl_c_stops_everything(demo: DemoProcess) -> None:
     dashboard = demo.url("Dashboard")
     assert demo.interrupt() == 0
     assert refused(f"{env['ATTRIBUTION_API_URL']}/healthz") and refused(f"{dashboard}/_stcore/health")
+    with pytest.raises(
+        ProcessLookupError
+    ):  # nothing is left in its process group: API, dashboard, localstripe
+        os.killpg(demo.process.pid, 0)
     # The data stays for the next run, complete: a second run reuses it (see test_demo_data.py).
     assert DemoPaths(demo.data_dir).complete()
