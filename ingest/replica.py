@@ -312,8 +312,12 @@ class Reader:
         return cursor
 
     def refresh(self) -> bool:
-        """Re-attach the replica if a newer copy was published since; return whether it changed."""
-        if self.source != "replica" or _file_identity(self.path) == self._identity:
+        """Re-attach the replica if a newer copy was published since; return whether it changed.
+
+        A replica that vanished (deleted by hand) keeps the copy already attached.
+        """
+        identity = _file_identity(self.path) if self.source == "replica" else None
+        if identity is None or identity == self._identity:
             return False
         self.conn.execute(f"detach database if exists {_SOURCE}")
         self._attach()

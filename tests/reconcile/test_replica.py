@@ -172,6 +172,9 @@ def test_a_reader_refreshes_onto_the_newest_copy(tmp_path: Path) -> None:
             publisher.publish_now()
             assert reader.refresh() is True
             assert reader.conn.execute("select count(*) from service_heartbeat").fetchone() == (1,)
+            settings.attribution_replica_path.unlink()  # deleted by hand: the attached copy stays readable
+            assert reader.refresh() is False
+            assert reader.conn.execute("select count(*) from service_heartbeat").fetchone() == (1,)
             cursor = reader.cursor()  # another thread's cursor sees the same views
             assert len(cursor.execute("select * from success_metrics").fetchall()) == 5
         finally:
