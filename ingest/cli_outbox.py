@@ -12,6 +12,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
+from ingest.admin_client import post_admin
 from ingest.db import Database, DatabaseLocked, utcnow
 from ingest.destinations import MailerLiteSetupError, setup_mailerlite_fields
 from ingest.logs import configure_logging
@@ -38,31 +39,15 @@ def _settings() -> Settings:
 
 def _replay_through_api(settings: Settings, request: ReplayIn) -> ReplayOut:
     """Ask the running API (the database's one writer) to replay."""
-    token = settings.attribution_admin_token
-    if token is None:
-        console.print(
-            f"[red]{settings.attribution_db_path} is held by a running API, and ATTRIBUTION_ADMIN_TOKEN is not "
-            f"set, so its admin endpoint can't be used. Set it, or stop the API and run this again.[/red]"
-        )
-        raise typer.Exit(1)
-    console.print(f"database in use by the API; replaying through {settings.attribution_api_url}")
-    try:
-        response = httpx.post(
-            settings.attribution_api_url.rstrip("/") + "/v1/admin/deliveries/replay",
-            content=request.model_dump_json(exclude_none=True),
-            headers={
-                "Authorization": f"Bearer {token.get_secret_value()}",
-                "Content-Type": "application/json",
-            },
-            timeout=API_TIMEOUT_SECONDS,
-        )
-    except httpx.HTTPError as exc:
-        console.print(f"[red]could not reach the API at {settings.attribution_api_url}: {exc}[/red]")
-        raise typer.Exit(1) from None
-    if response.status_code != 200:
-        console.print(f"[red]the API answered {response.status_code}: {response.text[:500]}[/red]")
-        raise typer.Exit(1)
-    return ReplayOut.model_validate(response.json())
+    answer = post_admin(
+        settings,
+        console,
+        "/v1/admin/deliveries/replay",
+        body=request.model_dump_json(exclude_none=True),
+        doing="replaying",
+        timeout=API_TIMEOUT_SECONDS,
+    )
+    return ReplayOut.model_validate(answer)
 
 
 def _replay_on_file(settings: Settings, database: Database, request: ReplayIn) -> ReplayOut:

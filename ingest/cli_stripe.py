@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated
 
-import httpx
 import typer
 from rich.console import Console
 
+from ingest.admin_client import post_admin
 from ingest.db import Database, DatabaseLocked
 from ingest.errors import DomainError
 from ingest.logs import configure_logging
@@ -23,29 +24,15 @@ API_TIMEOUT_SECONDS = 600.0
 
 def _sync_through_api(settings: Settings, since: datetime | None) -> SyncReport:
     """Ask the running API (the database's one writer) to sync."""
-    token = settings.attribution_admin_token
-    if token is None:
-        console.print(
-            f"[red]{settings.attribution_db_path} is held by a running API, and ATTRIBUTION_ADMIN_TOKEN is not set, "
-            f"so its admin endpoint can't be used. Set it, or call POST {settings.attribution_api_url}"
-            "/v1/admin/sync/stripe yourself, or stop the API and run this again.[/red]"
-        )
-        raise typer.Exit(1)
-    console.print(f"database in use by the API; syncing through {settings.attribution_api_url}")
-    try:
-        response = httpx.post(
-            settings.attribution_api_url.rstrip("/") + "/v1/admin/sync/stripe",
-            json={"since": since.isoformat() if since else None},
-            headers={"Authorization": f"Bearer {token.get_secret_value()}"},
-            timeout=API_TIMEOUT_SECONDS,
-        )
-    except httpx.HTTPError as exc:
-        console.print(f"[red]could not reach the API at {settings.attribution_api_url}: {exc}[/red]")
-        raise typer.Exit(1) from None
-    if response.status_code != 200:
-        console.print(f"[red]the API answered {response.status_code}: {response.text[:500]}[/red]")
-        raise typer.Exit(1)
-    return SyncReport.model_validate(response.json())
+    answer = post_admin(
+        settings,
+        console,
+        "/v1/admin/sync/stripe",
+        body=json.dumps({"since": since.isoformat() if since else None}),
+        doing="syncing",
+        timeout=API_TIMEOUT_SECONDS,
+    )
+    return SyncReport.model_validate(answer)
 
 
 @sync_app.command("stripe")
