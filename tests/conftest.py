@@ -117,6 +117,11 @@ class ApiProcess:
 
     def __init__(self, env: dict[str, str], port: int | None = None) -> None:
         self.env = {**os.environ, "ATTRIBUTION_RATE_LIMIT_PER_MINUTE": "0", **env}
+        if "ATTRIBUTION_DB_PATH" in env and "ATTRIBUTION_REPLICA_PATH" not in env:
+            # Keep the published replica beside the test's database, not in the working directory's data/.
+            self.env["ATTRIBUTION_REPLICA_PATH"] = str(
+                Path(env["ATTRIBUTION_DB_PATH"]).with_suffix(".replica.duckdb")
+            )
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
