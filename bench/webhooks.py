@@ -86,29 +86,7 @@ def seed_checkouts(db_path: Path, count: int) -> list[tuple[dict[str, Any], str]
 def _link_all(conn: duckdb.DuckDBPyConnection, batches: Sequence[list[PaymentIntentLink]]) -> list[None]:
     """What `link_payment_intents` writes for each checkout, in two bulk statements (seeding only)."""
     links = [link for batch in batches for link in batch]
-    stripe_store.insert_payments(
-        conn,
-        [
-            {
-                "payment_intent_id": link.payment_intent_id,
-                "event_id": link.event_id,
-                "user_session_id": link.user_session_id,
-                "amount_cents": link.amount_cents,
-                "currency": link.currency,
-                "status": "open",
-                "is_orphan": False,
-                "refunded_cents": 0,
-                "failure_code": None,
-                "source": "checkout",
-                "created_at": link.created_at,
-                "updated_at": link.created_at,
-                "succeeded_at": None,
-                "refunded_at": None,
-                "last_stripe_event_id": None,
-            }
-            for link in links
-        ],
-    )
+    stripe_store.insert_payments(conn, [link.payment_row() for link in links])
     stripe_store.update_lead_payments(
         conn,
         [

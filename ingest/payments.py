@@ -121,6 +121,26 @@ class PaymentIntentLink:
     currency: str
     created_at: datetime
 
+    def payment_row(self) -> dict[str, Any]:
+        """The `payments` row of a checkout's new, still open PaymentIntent."""
+        return {
+            "payment_intent_id": self.payment_intent_id,
+            "event_id": self.event_id,
+            "user_session_id": self.user_session_id,
+            "amount_cents": self.amount_cents,
+            "currency": self.currency,
+            "status": "open",
+            "is_orphan": False,
+            "refunded_cents": 0,
+            "failure_code": None,
+            "source": "checkout",
+            "created_at": self.created_at,
+            "updated_at": self.created_at,
+            "succeeded_at": None,
+            "refunded_at": None,
+            "last_stripe_event_id": None,
+        }
+
 
 def link_payment_intents(
     conn: duckdb.DuckDBPyConnection, links: Sequence[PaymentIntentLink]
@@ -138,26 +158,7 @@ def link_payment_intents(
             continue
         linked[link.event_id] = link.payment_intent_id
         stripe_store.link_payment_intent(conn, link.event_id, link.payment_intent_id, link.created_at)
-        stripe_store.insert_payment_if_absent(
-            conn,
-            {
-                "payment_intent_id": link.payment_intent_id,
-                "event_id": link.event_id,
-                "user_session_id": link.user_session_id,
-                "amount_cents": link.amount_cents,
-                "currency": link.currency,
-                "status": "open",
-                "is_orphan": False,
-                "refunded_cents": 0,
-                "failure_code": None,
-                "source": "checkout",
-                "created_at": link.created_at,
-                "updated_at": link.created_at,
-                "succeeded_at": None,
-                "refunded_at": None,
-                "last_stripe_event_id": None,
-            },
-        )
+        stripe_store.insert_payment_if_absent(conn, link.payment_row())
         results.append(link.payment_intent_id)
     return results
 
