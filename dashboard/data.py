@@ -3,11 +3,11 @@
 The dashboard never opens the API's database: DuckDB lets one process hold a file for writing and then nobody
 else may open it, so it reads the read-only replica the API publishes every ATTRIBUTION_REPLICA_SECONDS
 (`ingest.replica`). One `ReplicaSource` per replica path lives for the whole Streamlit server
-(`st.cache_resource`). It *prepares* each copy once: the models every page reads (MATERIALISED) are computed
-into tables of the reader's in-memory database, so the metrics, the coverage matrix and the funnel are each a
-short query afterwards instead of a fresh pass over every lead and delivery (on the 1,000,000-lead benchmark
-database: seconds per page instead of tens of seconds; bench/dashboard.py). Newer copies are prepared in a
-background thread while pages keep reading the previous one. Results are cached with `st.cache_data`, keyed by
+(`st.cache_resource`). The publisher has already computed the heavy models into each copy
+(`ingest.reconcile.MATERIALISED`), so the metrics, the coverage matrix and the funnel are short queries instead of
+a fresh pass over every lead and delivery (bench/dashboard.py has the figures). Each copy is *prepared* once
+(opened, its models loaded, its row counts read); newer copies are prepared in a background thread while pages
+keep reading the previous one. Results are cached with `st.cache_data`, keyed by
 the copy they were read from, so two sessions looking at the same copy query it once.
 
 All SQL here reads the models of sql/, or the outbox tables for what the models leave out (last errors,
@@ -32,25 +32,13 @@ import pandas as pd
 import streamlit as st
 
 from ingest.db import DatabaseLocked, utcnow
-from ingest.reconcile import Metric, ModelParams, discover_models, success_metrics
+from ingest.reconcile import Metric, ModelParams, success_metrics
 from ingest.replay import DeliveryDetail, DeliveryFilter, get_delivery, list_deliveries
 from ingest.replica import Reader, ReaderUnavailable, open_reader
 from ingest.settings import Settings, load_settings
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-# The models that cost a pass over every lead, payment or delivery, computed once per replica copy (in the order
-# discover_models gives; the ones reading them then read tables). Names not in sql/ are skipped.
-MATERIALISED = frozenset(
-    {
-        "payment_outcomes",
-        "lead_consent",
-        "lead_journeys",
-        "journey_presence",
-        "delivery_consent",
-        "funnel_daily",
-    }
-)
 CACHE_SECONDS = 600  # a bound on memory; a new replica changes the key long before
 CACHE_ENTRIES = 64
 REFRESH_CHECK_SECONDS = 1.0  # how often the watcher looks for a newer replica file
@@ -155,7 +143,7 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
 
 
 def prepare(settings: Settings) -> tuple[Reader, Snapshot]:
-    """Open a reader on the current replica and materialise the models every page reads (see MATERIALISED)."""
+    """Open a reader on the current replica and read what it holds."""
     started = time.perf_counter()
     try:
         reader = open_reader(settings, "replica")
@@ -163,12 +151,6 @@ def prepare(settings: Settings) -> tuple[Reader, Snapshot]:
         # A model that fails to load is not "no data": that error propagates as it is.
         raise NoReplica(missing_message(settings, exc)) from None
     try:
-        for model in discover_models():
-            if model.name in MATERIALISED:
-                # The model's own SQL, as a table in the reader's in-memory database instead of a view: the
-                # models reading it bind to it by name at each query.
-                reader.conn.execute(f"drop view {model.name}")
-                reader.conn.execute(f"create table {model.name} as\n{model.sql}")
         row = reader.conn.execute(
             "select (select count(*) from stg_leads), (select count(*) from stg_stripe_events), "
             "(select count(*) from stg_deliveries)"

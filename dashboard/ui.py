@@ -148,9 +148,9 @@ def sidebar() -> None:
     """Under the page list: how fresh the data is, and whether the API answers."""
     with st.sidebar:
         try:
-            # Only the first visit after the server starts waits here (it prepares the replica; seconds on a
-            # large database); later copies are prepared in the background.
-            with st.spinner("Preparing the latest replica…"):
+            # Only the first visit after the server starts waits here (it opens the replica and counts its rows);
+            # later copies are prepared in the background.
+            with st.spinner("Opening the latest replica…"):
                 current = data.snapshot()
         except data.NoReplica:
             st.caption("No replica yet: start the API (`attribution serve`).")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated
 
 import duckdb
@@ -17,11 +18,26 @@ MISSED_EXIT_CODE = 1
 UNAVAILABLE_EXIT_CODE = 2
 
 
+class ReadFrom(StrEnum):
+    """Where the report reads: see `ingest.replica.open_reader`."""
+
+    AUTO = "auto"
+    REPLICA = "replica"
+    DATABASE = "database"
+
+
 def report(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     check: Annotated[
         bool, typer.Option("--check", help="Exit 1 when a metric misses its target (for deploy gates, cron).")
     ] = False,
+    source: Annotated[
+        ReadFrom,
+        typer.Option(
+            help="auto: the database when no API holds it, else the replica; replica: the API's last published "
+            "copy (fast: its heavy models are precomputed); database: compute everything from the file."
+        ),
+    ] = ReadFrom.AUTO,
 ) -> None:
     """Success metrics vs targets, from the replica while the API runs, else from the database."""
     try:
@@ -30,7 +46,7 @@ def report(
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(UNAVAILABLE_EXIT_CODE) from None
     try:
-        with reading(settings) as reader:
+        with reading(settings, source.value) as reader:
             result = build_report(reader)
     except (ReaderUnavailable, duckdb.Error) as exc:
         console.print(f"[red]cannot read the metrics: {exc}[/red]")

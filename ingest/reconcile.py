@@ -10,6 +10,11 @@ Where the views live: a read-only connection cannot create objects in its file, 
 replica (`ingest.replica.open_reader`) attaches the file read-only into an in-memory database and creates the views
 there, in `memory.main`, so every cursor of that connection shares them. The API, reading its own live database,
 creates them as TEMP views on a fresh cursor for each request (`temporary=True`); they vanish with the cursor.
+
+Materialised models: a replica is a snapshot that never changes, so its publisher computes the models that cost a
+pass over every lead, payment or delivery (MATERIALISED) once, as tables of the copy (`materialise_models`). A
+reader of that copy creates views only for the other models, which bind to those tables by name: the metrics,
+the coverage matrix and the funnel are then short queries instead of a fresh pass over the whole database.
 """
 
 from __future__ import annotations
@@ -42,6 +47,17 @@ PARAM_COLUMNS = (
     "mailerlite_enabled",
     "crm_enabled",
     "sgtm_enabled",
+)
+# Computed into tables of each replica copy (see the module docstring); every other model stays a view.
+MATERIALISED = frozenset(
+    {
+        "payment_outcomes",
+        "lead_consent",
+        "lead_journeys",
+        "journey_presence",
+        "delivery_consent",
+        "funnel_daily",
+    }
 )
 _MODEL_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _LINE_COMMENT = re.compile(r"--[^\n]*")
@@ -174,6 +190,21 @@ def load_models(
         conn.execute(f"create or replace {kind} {model.name} as\n{model.sql}")
         loaded.append(model.name)
     return loaded
+
+
+def materialise_models(conn: duckdb.DuckDBPyConnection, params: ModelParams) -> list[str]:
+    """On a writable connection to a replica copy: every MATERIALISED model as a table of the file (the others as
+    temp views, gone with the connection); return the names of the tables created."""
+    create_run_settings(conn, params, temporary=True)
+    created = []
+    for model in discover_models():
+        if model.name in MATERIALISED:
+            # The models after it read the table by name, so the pass over the data is made once.
+            conn.execute(f"create table {model.name} as\n{model.sql}")
+            created.append(model.name)
+        else:
+            conn.execute(f"create temp view {model.name} as\n{model.sql}")
+    return created
 
 
 def success_metrics(conn: duckdb.DuckDBPyConnection) -> list[Metric]:

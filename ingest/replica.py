@@ -8,12 +8,14 @@ How a copy is made: on its own cursor of the API's connection, in one read trans
 the same committed snapshot, and the writer is never paused: DuckDB readers do not block writers), the publisher
 attaches a new file beside the replica and creates each table there from the live one, adds `replica_info` (when
 the snapshot was taken, and the configuration the metrics depend on), checkpoints and detaches it, then
+opens the copy on a connection of its own to compute the heavy SQL models into it as tables
+(`ingest.reconcile.materialise_models`: readers then query results instead of re-reading every row), and
 `os.replace`s it over the replica. A reader therefore opens either the previous copy or the new one, never a
 half-written file; one that already has the old copy open keeps reading it until it refreshes.
 
-What it costs: the copy is a full one (CPU for re-compressing every table; see bench/report.py for figures), so
-the next copy starts `interval` after the previous one finished, never back to back, and is skipped while nothing
-was committed. The gap also matters to the writer: DuckDB does not checkpoint automatically while another
+What it costs: the copy is a full one (CPU for re-compressing every table, then one pass of the models; see
+bench/report.py for figures), so the next copy starts `interval` after the previous one finished, never back to
+back, and is skipped while nothing was committed. The gap also matters to the writer: DuckDB does not checkpoint automatically while another
 transaction is open, so the publisher must not hold one continuously.
 """
 
@@ -24,7 +26,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -33,7 +35,14 @@ from typing import Literal
 import duckdb
 
 from ingest.db import Database, DatabaseLocked, utcnow
-from ingest.reconcile import PARAM_COLUMNS, ModelParams, create_run_settings, load_models
+from ingest.reconcile import (
+    MATERIALISED,
+    PARAM_COLUMNS,
+    ModelParams,
+    discover_models,
+    load_models,
+    materialise_models,
+)
 from ingest.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -134,42 +143,44 @@ def _remove(path: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
+def _no_tracking(_conn: duckdb.DuckDBPyConnection | None) -> None:
+    pass
+
+
 def publish_replica(
     database: Database,
     path: Path,
     params: ModelParams,
     *,
-    cursor: duckdb.DuckDBPyConnection | None = None,
+    track: Callable[[duckdb.DuckDBPyConnection | None], None] = _no_tracking,
 ) -> ReplicaSnapshot:
-    """Copy the committed state of `database` to `path` atomically; return what was published.
+    """Copy the committed state of `database` to `path` atomically, with the heavy models materialised; return
+    what was published.
 
-    `cursor` lets the caller interrupt a long copy from another thread; by default a fresh one is used.
+    `track` is told each connection as the work moves to it (None when done), so another thread can interrupt a
+    long copy; it may raise to abandon the copy.
     """
     started = time.perf_counter()
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = _temp_path(path)
     _remove(temp)
-    own = cursor or database.conn.cursor()
+    cursor = database.conn.cursor()
     try:
-        own.execute(f"detach database if exists {_OUT}")  # left attached by a copy that was interrupted
-        own.execute(f"attach {_literal(temp)} as {_OUT}")
-        # Taken before the transaction opens: the snapshot holds at least everything committed by then.
-        taken_at = utcnow()
-        own.begin()
-        _copy_snapshot(own, params, taken_at)
-        own.commit()
-        own.execute(f"checkpoint {_OUT}")
-        own.execute(f"detach {_OUT}")
+        track(cursor)
+        taken_at = _copy_tables(cursor, temp, params)
+        copy = duckdb.connect(str(temp))
+        try:
+            track(copy)
+            materialise_models(copy, params)
+            copy.execute("checkpoint")
+        finally:
+            copy.close()
     except BaseException:
-        with contextlib.suppress(duckdb.Error):
-            own.rollback()
-        with contextlib.suppress(duckdb.Error):
-            own.execute(f"detach database if exists {_OUT}")
         _remove(temp)
         raise
     finally:
-        if cursor is None:
-            own.close()
+        track(None)
+        cursor.close()
     os.replace(temp, path)
     snapshot = ReplicaSnapshot(path, taken_at, time.perf_counter() - started, path.stat().st_size)
     log.info(
@@ -177,6 +188,31 @@ def publish_replica(
         extra={"replica": str(path), "seconds": round(snapshot.seconds, 3), "bytes": snapshot.size_bytes},
     )
     return snapshot
+
+
+def _copy_tables(cursor: duckdb.DuckDBPyConnection, temp: Path, params: ModelParams) -> datetime:
+    """Every live table into a new file at `temp`, from one snapshot; return when the snapshot was taken."""
+    try:
+        cursor.execute(f"detach database if exists {_OUT}")  # left attached by a copy that was interrupted
+        cursor.execute(f"attach {_literal(temp)} as {_OUT}")
+        # Taken before the transaction opens: the snapshot holds at least everything committed by then.
+        taken_at = utcnow()
+        cursor.begin()
+        _copy_snapshot(cursor, params, taken_at)
+        cursor.commit()
+        cursor.execute(f"checkpoint {_OUT}")
+        cursor.execute(f"detach {_OUT}")
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):
+            cursor.rollback()
+        with contextlib.suppress(duckdb.Error):
+            cursor.execute(f"detach database if exists {_OUT}")
+        raise
+    return taken_at
+
+
+class _Stopping(Exception):
+    """The publisher is stopping: abandon the copy in progress."""
 
 
 class ReplicaPublisher:
@@ -192,7 +228,7 @@ class ReplicaPublisher:
         self.failures = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._cursor: duckdb.DuckDBPyConnection | None = None
+        self._working: duckdb.DuckDBPyConnection | None = None  # the connection the copy runs on
         self._lock = threading.Lock()
         self._published_batches = -1
 
@@ -208,29 +244,27 @@ class ReplicaPublisher:
         """Stop publishing; a copy in progress is interrupted and its file removed."""
         if self._thread is None:
             return
-        self._stop.set()
         with self._lock:
-            if self._cursor is not None:
-                self._cursor.interrupt()
+            self._stop.set()
+            if self._working is not None:
+                self._working.interrupt()
         self._thread.join()
         self._thread = None
 
     def publish_now(self) -> ReplicaSnapshot:
         """Publish one copy in the calling thread."""
-        cursor = self.database.conn.cursor()
-        with self._lock:
-            self._cursor = cursor
-        try:
-            batches = self.database.writer.batches_committed
-            snapshot = publish_replica(self.database, self.path, self.params, cursor=cursor)
-        finally:
-            with self._lock:
-                self._cursor = None
-            cursor.close()
+        batches = self.database.writer.batches_committed
+        snapshot = publish_replica(self.database, self.path, self.params, track=self._track)
         self.last = snapshot
         self.publishes += 1
         self._published_batches = batches
         return snapshot
+
+    def _track(self, conn: duckdb.DuckDBPyConnection | None) -> None:
+        with self._lock:
+            if conn is not None and self._stop.is_set():
+                raise _Stopping
+            self._working = conn
 
     def _due(self) -> bool:
         return self.database.writer.batches_committed != self._published_batches or not self.path.exists()
@@ -240,7 +274,7 @@ class ReplicaPublisher:
             if self._due():
                 try:
                     self.publish_now()
-                except (duckdb.Error, OSError) as exc:
+                except (duckdb.Error, OSError, _Stopping) as exc:
                     if self._stop.is_set():
                         break  # interrupted by stop()
                     self.failures += 1
@@ -271,7 +305,7 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
 
 class Reader:
     """An in-memory DuckDB connection with the replica (or the idle database) attached read-only and the SQL
-    models created as views over it.
+    models created as views over it (except those the replica holds materialised, read as its tables).
 
     Use `conn` from one thread; other threads take `cursor()`. `refresh()` re-attaches a newer replica (do not call
     it while another thread is querying); the views stay, as they are bound again at each query.
@@ -284,9 +318,9 @@ class Reader:
         self.conn = duckdb.connect()
         self.info: ReplicaInfo | None = None
         self._identity: tuple[int, int] | None = None
+        self.materialised: frozenset[str] = frozenset()
         try:
             self._attach()
-            load_models(self.conn, self.params, temporary=False)
         except BaseException:
             self.conn.close()
             raise
@@ -321,7 +355,6 @@ class Reader:
             return False
         self.conn.execute(f"detach database if exists {_SOURCE}")
         self._attach()
-        create_run_settings(self.conn, self.params, temporary=False)
         return True
 
     def close(self) -> None:
@@ -348,6 +381,25 @@ class Reader:
             break
         self.conn.execute(f"set search_path = 'memory.main,{_SOURCE}.main'")
         self.info = self._read_info() if self.source == "replica" else None
+        self._load_models()
+
+    def _load_models(self) -> None:
+        """Views for the models the attached file does not hold as tables (a view of the same name would hide
+        the table, so one left from a previous copy is dropped)."""
+        rows = self.conn.execute(
+            "select table_name from duckdb_tables() where database_name = ? and schema_name = 'main'",
+            [_SOURCE],
+        ).fetchall()
+        held = (
+            frozenset(str(name) for (name,) in rows) & MATERIALISED
+            if self.source == "replica"
+            else frozenset()
+        )
+        for name in held - self.materialised:
+            self.conn.execute(f"drop view if exists memory.main.{name}")  # a name from MATERIALISED
+        models = [model for model in discover_models() if model.name not in held]
+        load_models(self.conn, self.params, temporary=False, models=models)
+        self.materialised = held
 
     def _read_info(self) -> ReplicaInfo:
         columns = ", ".join(PARAM_COLUMNS)

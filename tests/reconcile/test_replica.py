@@ -17,6 +17,7 @@ import pytest
 
 from ingest import store
 from ingest.db import Database, utcnow
+from ingest.reconcile import MATERIALISED, success_metrics
 from ingest.replica import ReaderUnavailable, ReplicaPublisher, open_reader, reading
 from ingest.scenario_bulk import BulkSpec, generate_bulk
 from ingest.settings import Settings
@@ -177,6 +178,58 @@ def test_a_reader_refreshes_onto_the_newest_copy(tmp_path: Path) -> None:
             assert reader.conn.execute("select count(*) from service_heartbeat").fetchone() == (1,)
             cursor = reader.cursor()  # another thread's cursor sees the same views
             assert len(cursor.execute("select * from success_metrics").fetchall()) == 5
+        finally:
+            reader.close()
+    finally:
+        database.close()
+
+
+def _rows(conn: duckdb.DuckDBPyConnection, model: str) -> list[tuple[object, ...]]:
+    return conn.execute(f"select * from {model} order by all").fetchall()
+
+
+def test_a_copy_holds_the_heavy_models_computed_as_the_database_computes_them(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    generate_bulk(settings.attribution_db_path, BulkSpec(leads=3000, chunk_leads=3000, seed=5))
+    database = Database.open(settings.attribution_db_path)
+    try:
+        ReplicaPublisher(database, settings).publish_now()
+    finally:
+        database.close()
+    with reading(settings, "replica") as replica, reading(settings, "database") as live:
+        assert replica.materialised == MATERIALISED and live.materialised == frozenset()
+        tables = replica.conn.execute(
+            "select table_name from duckdb_tables() where database_name = 'src'"
+        ).fetchall()
+        assert {name for (name,) in tables} >= MATERIALISED
+        for model in sorted(MATERIALISED | {"attribution_by_utm", "presence_by_system"}):
+            assert _rows(replica.conn, model) == _rows(live.conn, model), model
+        metrics = success_metrics(replica.conn)
+        assert metrics == success_metrics(live.conn)
+        assert any(metric.denominator > 0 for metric in metrics)
+
+
+def test_a_reader_moves_between_copies_with_and_without_materialised_models(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    generate_bulk(settings.attribution_db_path, BulkSpec(leads=2000, chunk_leads=2000, seed=6))
+    database = Database.open(settings.attribution_db_path)
+    try:
+        publisher = ReplicaPublisher(database, settings)
+        publisher.publish_now()
+        with duckdb.connect(
+            str(settings.attribution_replica_path)
+        ) as older:  # as an earlier version published
+            for model in MATERIALISED:
+                older.execute(f"drop table {model}")
+        reader = open_reader(settings, "replica")
+        try:
+            assert reader.materialised == frozenset()
+            computed = success_metrics(reader.conn)
+            publisher.publish_now()
+            assert reader.refresh() is True
+            assert reader.materialised == MATERIALISED
+            assert success_metrics(reader.conn) == computed
+            assert _rows(reader.conn, "funnel_daily") != []
         finally:
             reader.close()
     finally:

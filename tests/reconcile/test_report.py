@@ -10,8 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from ingest.cli import app
-from ingest.db import connect, migrate
+from ingest.db import Database, connect, migrate
 from ingest.reconcile import METRIC_NAMES
+from ingest.replica import publish_replica
 from ingest.report import percent
 from ingest.scenario import GroundTruth
 from ingest.scenario_bulk import BulkSpec, generate_bulk
@@ -58,6 +59,29 @@ def test_report_json_gives_the_metrics_of_the_idle_database(
     assert [m["metric"] for m in report["metrics"]] == list(METRIC_NAMES)
     assert {m["metric"]: (m["numerator"], m["denominator"]) for m in report["metrics"]} == truth.expected()
     assert report["all_met"] is False
+
+
+def test_source_replica_reads_the_published_copy_with_the_same_numbers(
+    tmp_path: Path, bulk: tuple[Path, GroundTruth]
+) -> None:
+    path, truth = bulk
+    env = _env(tmp_path, path)
+    missing = runner.invoke(app, ["report", "--source", "replica"], env=env)
+    assert missing.exit_code == 2 and "replica.duckdb" in missing.stderr
+    database = Database.open(path)
+    try:
+        publish_replica(database, Path(env["ATTRIBUTION_REPLICA_PATH"]), truth.params)
+    finally:
+        database.close()
+    result = runner.invoke(app, ["report", "--json", "--source", "replica"], env=env)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["source"] == "replica" and report["taken_at"] is not None
+    assert {m["metric"]: (m["numerator"], m["denominator"]) for m in report["metrics"]} == truth.expected()
+    idle = runner.invoke(app, ["report", "--json", "--source", "database"], env=env)
+    assert json.loads(idle.stdout)["source"] == "database"
+    wrong = runner.invoke(app, ["report", "--source", "elsewhere"], env=env)
+    assert wrong.exit_code == 2 and "elsewhere" in wrong.output
 
 
 def test_check_exits_1_and_names_what_missed(tmp_path: Path, bulk: tuple[Path, GroundTruth]) -> None:
