@@ -2,26 +2,57 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import importlib
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
-from ingest.cli_demo import register_demo_commands
-from ingest.cli_outbox import register_outbox_commands
-from ingest.cli_report import report
-from ingest.cli_stripe import sync_app
 from ingest.db import DatabaseLocked, connect, migrate
 from ingest.logs import configure_logging
 from ingest.settings import Settings, SettingsError, load_settings
 
-app = typer.Typer(help="Attribution ingest and reconciliation toolkit.", no_args_is_help=True)
+# Commands defined in modules of their own, imported only when the command runs (or a help page lists it): each
+# pulls in what it needs (the sandbox's servers, the scenario, the Stripe SDK, Arrow), and `attribution report`
+# should not wait for all of that. Values: "module:attribute", a command function or a Typer group.
+LAZY_COMMANDS = {
+    "report": "ingest.cli_report:report",
+    "replay": "ingest.cli_outbox:replay",
+    "sandbox": "ingest.cli_outbox:sandbox",
+    "mailerlite": "ingest.cli_outbox:mailerlite_app",
+    "sync": "ingest.cli_stripe:sync_app",
+    "dashboard": "ingest.cli_demo:dashboard",
+    "demo": "ingest.cli_demo:demo",
+}
+
+
+class _LazyGroup(TyperGroup):
+    """The top-level group: its own commands, plus LAZY_COMMANDS loaded by name.
+
+    The context and command types are those of the click Typer vendors privately, hence `Any` here.
+    """
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [*super().list_commands(ctx), *LAZY_COMMANDS]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name not in LAZY_COMMANDS:
+            return super().get_command(ctx, cmd_name)
+        module, attribute = LAZY_COMMANDS[cmd_name].split(":")
+        target: Any = getattr(importlib.import_module(module), attribute)
+        if isinstance(target, typer.Typer):
+            group = typer.main.get_group(target)
+            group.name = cmd_name
+            return group
+        single = typer.Typer()  # one command: Typer makes it the click command itself
+        single.command(cmd_name)(target)
+        return typer.main.get_command(single)
+
+
+app = typer.Typer(help="Attribution ingest and reconciliation toolkit.", no_args_is_help=True, cls=_LazyGroup)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
-app.add_typer(sync_app, name="sync")
-app.command("report")(report)
-register_outbox_commands(app)
-register_demo_commands(app)
 console = Console(stderr=True)
 
 

@@ -23,7 +23,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import IO, TYPE_CHECKING, Annotated, Any
+from typing import IO, Annotated, Any
 
 import httpx
 import typer
@@ -41,14 +41,19 @@ from rich.table import Table
 
 from ingest.reconcile import ModelParams
 from ingest.report import percent
+from ingest.sandbox import LocalStripe, Sandbox
+from ingest.scenario import (
+    SCENARIO_API_SETTINGS,
+    WEBHOOK_EVENTS,
+    WEBHOOK_ID,
+    GroundTruth,
+    ScenarioEnvironment,
+    ScenarioError,
+    ScenarioSpec,
+    run_scenario,
+    truth_path,
+)
 from ingest.settings import Settings, SettingsError, load_settings
-
-if TYPE_CHECKING:
-    from ingest.sandbox import LocalStripe, Sandbox
-    from ingest.scenario import GroundTruth, ScenarioEnvironment, ScenarioSpec
-
-# The sandbox and the scenario (aiohttp servers, the Stripe SDK) are imported by the commands that use them, so
-# that every other `attribution` command starts without them.
 
 console = Console(stderr=True)
 DASHBOARD_APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
@@ -223,8 +228,6 @@ class DemoPaths:
 
     def complete(self) -> bool:
         """Whether a previous run generated its data to the end (the ground truth is written last)."""
-        from ingest.scenario import truth_path
-
         return self.database.exists() and truth_path(self.database).exists()
 
     def reset(self) -> None:
@@ -266,8 +269,6 @@ def api_environment(
     paths: DemoPaths, api_url: str, token: str, sandbox: Sandbox, stripe: LocalStripe
 ) -> dict[str, str]:
     """The environment of the demo's API and dashboard: demo data, the fakes, localstripe, fast schedules."""
-    from ingest.scenario import SCENARIO_API_SETTINGS
-
     env = dict(os.environ)
     env.update({name.upper(): str(value).lower() if isinstance(value, bool) else str(value)
                 for name, value in SCENARIO_API_SETTINGS.items()})  # fmt: skip
@@ -313,8 +314,6 @@ def _status(client: httpx.Client, token: str) -> dict[str, Any]:
 
 def generate(env: ScenarioEnvironment, spec: ScenarioSpec) -> tuple[GroundTruth, float]:
     """Run the scenario in a thread, with a progress bar of the leads captured and the Stripe events stored."""
-    from ingest.scenario import ScenarioError, run_scenario
-
     outcome: dict[str, Any] = {}
 
     def work() -> None:
@@ -423,8 +422,6 @@ def demo(
     dashboard_port: Annotated[int, typer.Option(help="Dashboard port (busy or 0: any free one).")] = 8501,
 ) -> None:
     """Sandbox + API + seeded realistic funnel + dashboard on loopback; prints the URLs; Ctrl-C stops it all."""
-    from ingest.scenario import ScenarioSpec
-
     paths = DemoPaths(data_dir)
     paths.root.mkdir(parents=True, exist_ok=True)
     reuse = choose_reuse(paths, reset)
@@ -452,9 +449,6 @@ def _run_demo(
     dashboard_port: int,
 ) -> None:
     """Start every piece (each stopped by `stack` in reverse order), seed, then wait for Ctrl-C."""
-    from ingest.sandbox import LocalStripe, Sandbox
-    from ingest.scenario import WEBHOOK_EVENTS, WEBHOOK_ID, ScenarioEnvironment
-
     console.print("starting the sandbox: localstripe and the MailerLite / CRM / sGTM fakes")
     sandbox = stack.enter_context(Sandbox(host))
     stripe = stack.enter_context(LocalStripe(host))
@@ -519,9 +513,3 @@ def _run_demo(
     raise DemoError(
         f"{stopped.name} stopped unexpectedly (code {stopped.process.returncode}):\n{stopped.log_tail()}"
     )
-
-
-def register_demo_commands(app: typer.Typer) -> None:
-    """Add `dashboard` and `demo` to the `attribution` app."""
-    app.command()(dashboard)
-    app.command()(demo)

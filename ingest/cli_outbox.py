@@ -14,15 +14,16 @@ from rich.console import Console
 
 from ingest.admin_client import post_admin
 from ingest.db import Database, DatabaseLocked, utcnow
+from ingest.destinations import MailerLiteSetupError, setup_mailerlite_fields
 from ingest.logs import configure_logging
 from ingest.outbox import Destination
 from ingest.replay import ReplayIn, ReplayOut, ReplayRequest, count_replayable, replay_deliveries
+from ingest.sandbox import run_sandbox_forever
 from ingest.settings import Settings, SettingsError, load_settings
 
 mailerlite_app = typer.Typer(help="MailerLite account set-up.", no_args_is_help=True)
 console = Console(stderr=True)
 API_TIMEOUT_SECONDS = 120.0
-# The HTTP clients and fakes are imported by the commands that use them, so other commands start without them.
 SANDBOX_PORTS = {"mailerlite": 8101, "crm": 8102, "sgtm": 8103, "stripe": 8420}
 
 
@@ -105,8 +106,6 @@ def replay(
 @mailerlite_app.command("setup-fields")
 def mailerlite_setup_fields() -> None:
     """Create the MailerLite custom fields the subscriber upsert fills; safe to run again."""
-    from ingest.destinations import MailerLiteSetupError, setup_mailerlite_fields  # see the note at the top
-
     settings = _settings()
     if settings.mailerlite_api_key is None:
         console.print("[red]MAILERLITE_API_KEY is not set, so MailerLite is not configured[/red]")
@@ -136,17 +135,8 @@ def sandbox(
     ] = None,
 ) -> None:
     """Run the MailerLite / CRM / sGTM fakes (and localstripe) on loopback until Ctrl-C; prints the env."""
-    from ingest.sandbox import run_sandbox_forever  # see the note at the top
-
     settings = _settings()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the launcher's readiness polls are noise here
     webhook_url = stripe_webhook_url or settings.attribution_api_url.rstrip("/") + "/v1/webhooks/stripe"
     ports = {"mailerlite": mailerlite_port, "crm": crm_port, "sgtm": sgtm_port, "stripe": stripe_port}
     run_sandbox_forever(host, ports, with_stripe=stripe, stripe_webhook_url=webhook_url if stripe else None)
-
-
-def register_outbox_commands(app: typer.Typer) -> None:
-    """Add `replay`, `sandbox` and `mailerlite ...` to the `attribution` app."""
-    app.command()(replay)
-    app.command()(sandbox)
-    app.add_typer(mailerlite_app, name="mailerlite")

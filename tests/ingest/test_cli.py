@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ingest.cli import LAZY_COMMANDS
 from tests.conftest import ApiProcess
 
 
@@ -47,3 +48,37 @@ def test_migrate_while_the_api_runs_explains_the_lock(tmp_path: Path) -> None:
         api.stop()
     assert result.returncode == 1
     assert "another process" in result.stderr
+
+
+def test_help_lists_every_command_and_each_one_loads() -> None:
+    listing = attribution("--help", env={})
+    assert listing.returncode == 0, listing.stderr
+    for name in ("serve", "db", *LAZY_COMMANDS):
+        assert name in listing.stdout, name
+        own = attribution(name, "--help", env={})
+        assert own.returncode == 0, (name, own.stderr)
+    unknown = attribution("reprot", env={})
+    assert unknown.returncode == 2 and "No such command" in unknown.stderr
+
+
+def test_report_starts_without_the_modules_of_other_commands(tmp_path: Path) -> None:
+    # `attribution report` is run by cron and deploy gates: it must not pay for the sandbox, the scenario or the
+    # Stripe SDK (what the lazy commands are for).
+    probe = (
+        "import sys\n"
+        "from ingest.cli import app\n"
+        "try:\n"
+        "    app(['report', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = [m for m in ('ingest.sandbox', 'ingest.scenario', 'stripe', 'pyarrow') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).parents[2],
+    )
+    assert "HEAVY []" in result.stdout, result.stdout + result.stderr
