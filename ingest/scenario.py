@@ -346,6 +346,10 @@ class _Scenario:
         self.http = client
         self.admin = {"Authorization": f"Bearer {env.admin_token}"}
         self.truth = _Truth(env.params)
+        self.started = int(time.time()) - 60  # localstripe's events of this run are created after this
+        self.confirmed: list[
+            str
+        ] = []  # PaymentIntents confirmed on localstripe, their events not yet looked up
         self.stripe = stripe.StripeClient(
             env.stripe_secret_key,
             base_addresses={"api": env.stripe_api_base},
@@ -513,25 +517,35 @@ class _Scenario:
             status = "succeeded"
         except stripe.CardError:
             status = "failed"
-        # The webhook localstripe sends (once, about a second later) is what tells the API.
-        emitted = self._stripe_events(payment.payment_intent_id)
-        if len(emitted) != 1:
-            raise ScenarioError(f"localstripe emitted {len(emitted)} events for {payment.payment_intent_id}")
-        self.truth.events.add(emitted[0].id)
+        # The webhook localstripe sends (once, about a second later) is what tells the API; the event it sends
+        # is looked up with the others of this phase (collect_emitted).
+        self.confirmed.append(payment.payment_intent_id)
         self.truth.move(payment, status)
         self.truth.count(f"payments_{status}")
         return payment
 
-    def _stripe_events(self, payment_intent_id: str) -> list[Any]:
-        """The events localstripe emitted about one PaymentIntent, of the types its webhook sends us."""
-        since = int(time.time()) - 60
-        found = []
+    def collect_emitted(self) -> None:
+        """Record the event localstripe emitted for each payment confirmed since the last call: exactly one each.
+
+        One listing for the whole phase: listing per payment re-reads every event so far, which made a run's
+        time grow with the square of its payments.
+        """
+        wanted = set(self.confirmed)
+        emitted: dict[str, list[str]] = {payment_intent_id: [] for payment_intent_id in wanted}
         for event_type in WEBHOOK_EVENTS:
             listed = self.stripe.v1.events.list(
-                params={"type": event_type, "created": {"gte": since}, "limit": 100}
+                params={"type": event_type, "created": {"gte": self.started}, "limit": 100}
             )
-            found += [e for e in listed.auto_paging_iter() if e.data.object.id == payment_intent_id]
-        return found
+            for event in listed.auto_paging_iter():
+                if event.data.object.id in wanted:
+                    emitted[event.data.object.id].append(event.id)
+        for payment_intent_id in self.confirmed:
+            if len(emitted[payment_intent_id]) != 1:
+                raise ScenarioError(
+                    f"localstripe emitted {len(emitted[payment_intent_id])} events for {payment_intent_id}"
+                )
+            self.truth.events.add(emitted[payment_intent_id][0])
+        self.confirmed.clear()
 
     def deliver(self, event: dict[str, Any], *, expect_duplicate: bool = False) -> None:
         answer = self._expect(self.send_event(event), 200)
@@ -668,9 +682,11 @@ class _Scenario:
             else:
                 self.checkout(lead)
                 self.truth.count("abandoned_checkouts")
+        self.collect_emitted()
         self.settle()
         self.reject("sgtm")
         paid += [self.pay(lead, card="pm_card_visa") for lead in late]
+        self.collect_emitted()
         self.settle()
         self.clear_faults()
         unpaid = [lead for lead in leads if not any(p.lead is lead for p in self.truth.payments.values())]
