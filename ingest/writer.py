@@ -7,6 +7,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -56,13 +57,28 @@ def _settle(outcomes: list[tuple[asyncio.Future[Any], Any]]) -> None:
 
 _STOP = object()
 
+# How long the writer keeps collecting a batch after the last job arrived, and at most in all. Callers answered by
+# the previous commit come back a request later, one event-loop turn apart: without waiting for them a busy API
+# alternates two half-size batches, and a batch's statements cost nearly the same whatever its size.
+LINGER_GAP_SECONDS = 0.005
+LINGER_MAX_SECONDS = 0.030
+
 
 class Writer:
     """Group commit: jobs queued while a transaction commits share the next one, and each is answered after it."""
 
-    def __init__(self, conn: duckdb.DuckDBPyConnection, *, max_batch: int = 512) -> None:
+    def __init__(
+        self,
+        conn: duckdb.DuckDBPyConnection,
+        *,
+        max_batch: int = 512,
+        linger_gap: float = LINGER_GAP_SECONDS,
+        linger_max: float = LINGER_MAX_SECONDS,
+    ) -> None:
         self._conn = conn
         self._max_batch = max_batch
+        self._linger_gap = linger_gap
+        self._linger_max = linger_max
         self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self.batches_committed = 0
@@ -110,24 +126,51 @@ class Writer:
 
     def _run(self) -> None:
         stopping = False
+        last_batch = 0
         while not stopping:
             first = self._queue.get()
             if first is _STOP:
                 break
             taken = [cast(_Job, first)]
-            while len(taken) < self._max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is _STOP:
-                    stopping = True
-                    break
-                taken.append(cast(_Job, nxt))
+            stopping = self._drain(taken)
+            # Only linger under load (the previous batch was shared): a lone caller is not kept waiting.
+            if last_batch > 1 and not stopping:
+                stopping = self._linger(taken)
             # A job whose caller gave up before it started is dropped; once running it can't be cancelled.
             jobs = [job for job in taken if job.take()]
+            last_batch = len(jobs)
             if jobs:
                 self._run_batch(jobs)
+
+    def _drain(self, taken: list[_Job]) -> bool:
+        """Add the jobs already queued to `taken`; whether a stop was queued among them."""
+        while len(taken) < self._max_batch:
+            try:
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            if nxt is _STOP:
+                return True
+            taken.append(cast(_Job, nxt))
+        return False
+
+    def _linger(self, taken: list[_Job]) -> bool:
+        """Keep adding jobs while they arrive within the gap, up to the cap; whether a stop arrived."""
+        deadline = time.monotonic() + self._linger_max
+        while len(taken) < self._max_batch:
+            wait = min(self._linger_gap, deadline - time.monotonic())
+            if wait <= 0:
+                return False
+            try:
+                nxt = self._queue.get(timeout=wait)
+            except queue.Empty:
+                return False
+            if nxt is _STOP:
+                return True
+            taken.append(cast(_Job, nxt))
+            if self._drain(taken):
+                return True
+        return False
 
     def _run_batch(self, jobs: list[_Job]) -> None:
         groups: dict[BatchHandler[Any, Any], list[_Job]] = {}

@@ -57,6 +57,51 @@ def test_concurrent_jobs_share_transactions(conn: duckdb.DuckDBPyConnection) -> 
     assert writer.batches_committed < 20  # grouped, not one commit per job
 
 
+def _spaced_jobs(writer: Writer, numbers: Sequence[int], gap: float) -> list[int]:
+    """Submit one job per number from a thread, `gap` seconds apart (callers coming back one by one)."""
+    futures = []
+
+    def submit() -> None:
+        for n in numbers:
+            futures.append(writer.submit_nowait(insert_items, n))
+            time.sleep(gap)
+
+    thread = threading.Thread(target=submit)
+    thread.start()
+    thread.join(10)
+    return [f.result(10) for f in futures]
+
+
+def test_busy_writer_lingers_for_callers_coming_back(conn: duckdb.DuckDBPyConnection) -> None:
+    writer = Writer(conn, linger_gap=0.5, linger_max=2.0)
+    gate = threading.Event()
+
+    def hold(connection: duckdb.DuckDBPyConnection, items: Sequence[None]) -> list[None]:
+        gate.wait(5)
+        return [None for _ in items]
+
+    writer.start()
+    held = [writer.submit_nowait(hold, None) for _ in range(2)]
+    time.sleep(0.1)
+    gate.set()
+    assert [f.result(5) for f in held] == [None, None]  # a shared batch: the writer is busy
+    before = writer.batches_committed
+    assert _spaced_jobs(writer, range(5), gap=0.02) == list(range(5))
+    writer.stop()
+    # Without the linger each job, arriving after the previous one was taken, would commit alone.
+    assert writer.batches_committed - before == 1
+
+
+def test_idle_writer_does_not_linger(conn: duckdb.DuckDBPyConnection) -> None:
+    writer = Writer(conn, linger_gap=2.0, linger_max=2.0)
+    writer.start()
+    started = time.monotonic()
+    assert writer.submit_sync(insert_items, 1) == 1
+    assert writer.submit_sync(insert_items, 2) == 2  # the batch before was a lone job
+    assert time.monotonic() - started < 1.5
+    writer.stop()
+
+
 def test_domain_error_refuses_one_item_only(conn: duckdb.DuckDBPyConnection) -> None:
     writer = Writer(conn)
     writer.start()
