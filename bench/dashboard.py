@@ -3,12 +3,12 @@
     .venv/bin/python -m bench.dashboard [--leads 1000000] [--rounds 3] [--data-dir /tmp/attribution-bench] [--reuse]
 
 1. Reuses (with --reuse, when present) or writes the bulk database bench/report.py uses (`bulk-<leads>.duckdb`,
-   same seed and spec), and publishes its replica as the API would.
-2. Baseline, same run: what `attribution report` computes in process - a reader over the replica and the five
-   metrics from the views (median of --rounds, in a fresh process each, like a user's first look).
+   same seed and spec), and publishes its replica as the API would (the heavy models materialised in the copy).
+2. Baseline, same run: what `attribution report --source replica` computes in process - a reader over the
+   replica and the five metrics (median of --rounds, in a fresh process each, like a user's first look).
 3. Each round, in a fresh process (a new dashboard server, its modules imported first and timed apart): the first
-   render of the Overview, which prepares the replica (materialises the models every page reads); then, as a new session on that prepared server with the
-   result caches emptied, the first render of every page (what a marketer opening the dashboard sees), and a
+   render of the Overview on the cold server (it opens the replica); then, as a new session on that server with
+   the result caches emptied, the first render of every page (what a marketer opening the dashboard sees), and a
    second render of each (cached). Renders are Streamlit AppTest script runs: the server-side work of a page.
 
 Targets (the issue): Overview first render <= 3 s, each other page <= 3 s.
@@ -92,7 +92,7 @@ def measure_renders() -> dict[str, Any]:
 
     cold = AppTest.from_file(str(APP), default_timeout=RUN_TIMEOUT_SECONDS)
     cold_seconds = timed_run(cold)
-    st.cache_data.clear()  # a new session on the prepared server: nothing cached but the prepared replica
+    st.cache_data.clear()  # a new session on the warm server: nothing cached but the opened replica
     session = AppTest.from_file(str(APP), default_timeout=RUN_TIMEOUT_SECONDS)
     first: dict[str, float] = {}
     cached: dict[str, float] = {}

@@ -44,6 +44,7 @@ from ingest.report import percent
 from ingest.sandbox import LocalStripe, Sandbox
 from ingest.scenario import (
     SCENARIO_API_SETTINGS,
+    VISITORS,
     WEBHOOK_EVENTS,
     WEBHOOK_ID,
     GroundTruth,
@@ -65,8 +66,8 @@ READY_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 15.0
 POLL_SECONDS = 0.5
 LOG_TAIL_CHARS = 2000
-# The HTTP scenario, whole run, per lead, on two busy cores: 300 leads took 82 s, 2,000 about 17 min (README).
-SECONDS_PER_LEAD = 0.5
+# The HTTP scenario, whole run, per lead, on two busy cores (load ~5): 2,000 leads took 410 s (README).
+SECONDS_PER_LEAD = 0.2
 
 
 class DemoError(Exception):
@@ -488,7 +489,7 @@ def _run_demo(
         console.print(f"\nreusing the demo data in {paths.root}/ (--reset starts over)")
     else:
         console.print(
-            f"\ngenerating {spec.leads:,} leads over {spec.days} days through the API over HTTP, one request at a "
+            f"\ngenerating {spec.leads:,} leads over {spec.days} days through the API over HTTP, {VISITORS} visitors at a "
             "time as visitors and Stripe would (payments on localstripe, refunds, duplicate webhooks, a CRM outage, "
             f"orphan payments). It takes a while (about {estimate_minutes(spec.leads)} min on two cores; "
             "--leads 300 for a quick look): open the dashboard now, it fills in as the API publishes its replica."

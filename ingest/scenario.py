@@ -20,11 +20,12 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import stripe
@@ -124,6 +125,12 @@ OVERFLOWING_CENTS = 2**64  # no BIGINT holds it: processing such an event fails,
 CONSENT_MIX = ((True, True, 0.55), (True, False, 0.10), (False, True, 0.20), (False, False, 0.15))
 SETTLE_TIMEOUT_SECONDS = 90.0
 POLL_SECONDS = 0.05
+# Visitors served at once where their order cannot matter (leads of distinct sessions, payments of distinct
+# leads): every random draw is made first, in order, and the model is updated in that order afterwards, so a
+# seed gives the same run whatever the timing.
+VISITORS = 8
+T = TypeVar("T")
+U = TypeVar("U")
 
 
 class ScenarioError(Exception):
@@ -373,6 +380,11 @@ class _Scenario:
         body: dict[str, Any] = response.json()
         return body
 
+    def _each(self, work: Callable[[T], U], items: Iterable[T]) -> list[U]:
+        """work(item) for every item, VISITORS at a time; the results in the items' order."""
+        with ThreadPoolExecutor(VISITORS, thread_name_prefix="scenario-visitor") as pool:
+            return list(pool.map(work, items))
+
     def _wait(self, condition: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + SETTLE_TIMEOUT_SECONDS
         while not condition():
@@ -429,8 +441,7 @@ class _Scenario:
 
     # --- leads and consent ---------------------------------------------------------------------------------
 
-    def new_lead(self, *, session: uuid.UUID | None = None) -> tuple[_Lead, bool, bool]:
-        index = len(self.truth.leads)
+    def new_lead(self, index: int, *, session: uuid.UUID | None = None) -> tuple[_Lead, bool, bool]:
         marketing, analytics = self.rng.choices(
             [(m, a) for m, a, _ in CONSENT_MIX], weights=[w for _, _, w in CONSENT_MIX]
         )[0]
@@ -457,21 +468,31 @@ class _Scenario:
         return lead, marketing, analytics
 
     def capture(self, count: int, *, sessions: list[uuid.UUID] | None = None) -> list[_Lead]:
-        captured = []
+        drafts = []
         for position in range(count):
-            lead, marketing, analytics = self.new_lead(session=sessions[position] if sessions else None)
-            answer = self._expect(self.http.post("/v1/leads", json=lead.body), 200)
-            if answer["duplicate"] or answer["event_id"] != str(lead.event_id):
-                raise ScenarioError(f"lead {lead.event_id} was not captured as new: {answer}")
+            index = len(self.truth.leads) + position
+            lead, marketing, analytics = self.new_lead(
+                index, session=sessions[position] if sessions else None
+            )
+            retried = self.rng.random() < 0.1  # the browser retried: same lead again, nothing new
+            drafts.append((lead, marketing, analytics, retried))
+        self._each(self._post_lead, drafts)
+        for lead, marketing, analytics, retried in drafts:
             self.truth.capture(lead, marketing, analytics)
-            captured.append(lead)
-            if self.rng.random() < 0.1:  # the browser retried: same lead again, nothing new
-                again = self._expect(self.http.post("/v1/leads", json=lead.body), 200)
-                if not again["duplicate"]:
-                    raise ScenarioError(f"a repeated lead {lead.event_id} was not answered as a duplicate")
+            if retried:
                 self.truth.count("duplicate_leads")
         self.truth.count("leads", count)
-        return captured
+        return [lead for lead, *_ in drafts]
+
+    def _post_lead(self, draft: tuple[_Lead, bool, bool, bool]) -> None:
+        lead, _, _, retried = draft
+        answer = self._expect(self.http.post("/v1/leads", json=lead.body), 200)
+        if answer["duplicate"] or answer["event_id"] != str(lead.event_id):
+            raise ScenarioError(f"lead {lead.event_id} was not captured as new: {answer}")
+        if retried:
+            again = self._expect(self.http.post("/v1/leads", json=lead.body), 200)
+            if not again["duplicate"]:
+                raise ScenarioError(f"a repeated lead {lead.event_id} was not answered as a duplicate")
 
     def change_consent(self, leads: list[_Lead]) -> None:
         for lead in leads:
@@ -501,28 +522,45 @@ class _Scenario:
     # --- payments ------------------------------------------------------------------------------------------
 
     def checkout(self, lead: _Lead) -> _Payment:
-        answer = self._expect(
-            self.http.post("/v1/payment-intents", json={"event_id": str(lead.event_id)}), 200
-        )
-        payment = _Payment(answer["payment_intent_id"], lead)
+        payment = _Payment(self._create_intent(lead), lead)
         self.truth.payments[payment.payment_intent_id] = payment
         return payment
 
-    def pay(self, lead: _Lead, *, card: str) -> _Payment:
-        """Checkout through the API, then confirm on localstripe, whose webhook tells the API."""
-        payment = self.checkout(lead)
-        self.stripe.v1.payment_intents.update(payment.payment_intent_id, params={"payment_method": card})
+    def _create_intent(self, lead: _Lead) -> str:
+        answer = self._expect(
+            self.http.post("/v1/payment-intents", json={"event_id": str(lead.event_id)}), 200
+        )
+        return str(answer["payment_intent_id"])
+
+    def pay_each(self, orders: list[tuple[_Lead, str | None]]) -> list[_Payment]:
+        """Each lead checks out through the API and, given a card, pays on localstripe (whose webhook tells the
+        API); without one, the checkout is abandoned. Visitors at once; the model is updated in order after."""
+        outcomes = self._each(self._pay, orders)
+        payments = []
+        for (lead, card), (payment_intent_id, status) in zip(orders, outcomes, strict=True):
+            payment = _Payment(payment_intent_id, lead)
+            self.truth.payments[payment_intent_id] = payment
+            payments.append(payment)
+            if card is None:
+                self.truth.count("abandoned_checkouts")
+                continue
+            # The event localstripe sends is looked up with the others of this phase (collect_emitted).
+            self.confirmed.append(payment_intent_id)
+            self.truth.move(payment, status)
+            self.truth.count(f"payments_{status}")
+        return payments
+
+    def _pay(self, order: tuple[_Lead, str | None]) -> tuple[str, str]:
+        lead, card = order
+        payment_intent_id = self._create_intent(lead)
+        if card is None:
+            return payment_intent_id, "open"
+        self.stripe.v1.payment_intents.update(payment_intent_id, params={"payment_method": card})
         try:
-            self.stripe.v1.payment_intents.confirm(payment.payment_intent_id)
-            status = "succeeded"
+            self.stripe.v1.payment_intents.confirm(payment_intent_id)
         except stripe.CardError:
-            status = "failed"
-        # The webhook localstripe sends (once, about a second later) is what tells the API; the event it sends
-        # is looked up with the others of this phase (collect_emitted).
-        self.confirmed.append(payment.payment_intent_id)
-        self.truth.move(payment, status)
-        self.truth.count(f"payments_{status}")
-        return payment
+            return payment_intent_id, "failed"
+        return payment_intent_id, "succeeded"
 
     def collect_emitted(self) -> None:
         """Record the event localstripe emitted for each payment confirmed since the last call: exactly one each.
@@ -670,22 +708,21 @@ class _Scenario:
         # Some buyers with analytics consent pay while sGTM rejects everything: their purchases die.
         tracked = [lead for lead in buyers if self.truth.consent(lead)[1]]
         late = tracked[: max(1, len(tracked) // 4)]
-        paid: list[_Payment] = []
+        orders: list[tuple[_Lead, str | None]] = []
         for lead in buyers:
             if lead in late:
                 continue
             draw = self.rng.random()
-            if draw < 0.75:
-                paid.append(self.pay(lead, card="pm_card_visa"))
-            elif draw < 0.88:
-                self.pay(lead, card="pm_card_chargeCustomerFail")
-            else:
-                self.checkout(lead)
-                self.truth.count("abandoned_checkouts")
+            card = "pm_card_visa" if draw < 0.75 else "pm_card_chargeCustomerFail" if draw < 0.88 else None
+            orders.append((lead, card))
+        payments = self.pay_each(orders)
+        paid = [
+            payment for (_, card), payment in zip(orders, payments, strict=True) if card == "pm_card_visa"
+        ]
         self.collect_emitted()
         self.settle()
         self.reject("sgtm")
-        paid += [self.pay(lead, card="pm_card_visa") for lead in late]
+        paid += self.pay_each([(lead, "pm_card_visa") for lead in late])
         self.collect_emitted()
         self.settle()
         self.clear_faults()
