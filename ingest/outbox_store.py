@@ -165,6 +165,15 @@ def due_candidates(
     return [dict(zip(_CANDIDATE_COLUMNS, row, strict=True)) for row in cursor.fetchall()]
 
 
+def any_due(conn: duckdb.DuckDBPyConnection, destinations: Sequence[str], now: datetime) -> bool:
+    """Whether any delivery to these destinations is due and unleased: a read, so an idle poll writes nothing."""
+    row = conn.execute(
+        f"select 1 from deliveries where destination in (select unnest(?::varchar[])) and {_WAITING_DUE} limit 1",  # noqa: S608
+        [list(destinations), now, now],
+    ).fetchone()
+    return row is not None
+
+
 def lease(conn: duckdb.DuckDBPyConnection, ids: Sequence[UUID], until: datetime) -> None:
     """Take the lease on these deliveries."""
     conn.execute(

@@ -130,3 +130,21 @@ def test_admin_delivery_endpoints_refuse_bad_input_and_missing_tokens(
         assert unknown.json() == {"replayed": 0, "dry_run": False}
         worker = api.get("/v1/admin/worker", headers=ADMIN).json()
         assert worker["running"] and worker["destinations"]["crm"]["breaker"] == "closed"
+
+
+def test_an_idle_api_commits_nothing_between_polls(tmp_path: Path, sandbox: Sandbox) -> None:
+    # Every commit makes the replica publisher copy the whole database, so an idle poll must not write.
+    settings = sandbox_settings(tmp_path, sandbox, attribution_delivery_poll_seconds=0.05)
+    with serve(settings) as url, httpx.Client(base_url=url, timeout=30) as api:
+
+        def committed() -> int:
+            response = api.get("/v1/admin/status", headers=ADMIN)
+            assert response.status_code == 200, response.text
+            return int(response.json()["writer"]["batches_committed"])
+
+        api.post("/v1/leads", json=lead_body())
+        wait_until(lambda: len(_deliveries(api, status="delivered")) == 3)
+        time.sleep(0.3)  # the claim after the last send (which finds nothing) may still be committing
+        before = committed()
+        time.sleep(0.5)  # ten poll intervals
+        assert committed() == before

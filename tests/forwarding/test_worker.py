@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 import uuid
@@ -376,3 +377,19 @@ async def test_replaying_a_thousand_dead_deliveries_delivers_them_all(
     assert [a["attempt_number"] for a in history] == [1, 2]
     delivered = _keys(sandbox, "crm", ok_only=True)
     assert len(delivered) == 1000 and set(delivered.values()) == {1}
+
+
+async def test_an_idle_worker_writes_nothing_yet_sends_a_row_queued_without_a_wake(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    settings = sandbox_settings(tmp_path, sandbox)
+    async with running_worker(settings) as (database, _worker):
+        await asyncio.sleep(0.3)  # a few polls: the first finds nothing, the later ones only read
+        before = database.writer.batches_committed
+        await asyncio.sleep(0.5)
+        idle_commits = database.writer.batches_committed - before
+        # Captured straight through the handler, so nobody wakes the worker: its polling read must find them.
+        await capture(database, settings)
+        await async_wait_until(lambda: statuses(database) == {"delivered": 3})
+    assert idle_commits == 0
+    assert [len(sandbox.requests(dest)) for dest in ("mailerlite", "crm", "sgtm")] == [1, 1, 1]
