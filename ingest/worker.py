@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -111,6 +112,10 @@ def record_deliveries(conn: duckdb.DuckDBPyConnection, flushes: Sequence[Flush])
     outbox_store.record_outcomes(conn, [item for flush in flushes for item in flush.outcomes], utcnow())
     outbox_store.release_claims(conn, [item for flush in flushes for item in flush.released])
     return [None] * len(flushes)
+
+
+def _any_due(destinations: list[str], conn: duckdb.DuckDBPyConnection) -> bool:
+    return outbox_store.any_due(conn, destinations, utcnow())
 
 
 def release_all_deliveries(conn: duckdb.DuckDBPyConnection, items: Sequence[None]) -> list[int]:
@@ -369,6 +374,7 @@ class DeliveryWorker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._waiters: dict[UUID, list[asyncio.Future[None]]] = {}
         self._urgent: set[UUID] = set()
+        self._found_none = False  # the last claim leased nothing: the next one reads before it writes
 
     async def start(self) -> None:
         """Release leases a dead process left behind, then start claiming."""
@@ -482,6 +488,11 @@ class DeliveryWorker:
                 if wait is not None:
                     sleep = min(sleep, wait + 0.001)
         worth_it = worth_it or bool(self._urgent)  # a lead capture is waiting for one of them
+        if worth_it and self._found_none and not self._urgent:
+            # The last claim found nothing: look with a read first, so an idle worker commits nothing (the
+            # replica publisher republishes after every commit). Only this worker claims, so a row the read
+            # misses is simply claimed at the next poll.
+            worth_it = await asyncio.to_thread(self._database.read, functools.partial(_any_due, list(limits)))
         if not worth_it:
             for destination in probes:
                 self._lanes[destination].breaker.probing = False
@@ -499,6 +510,7 @@ class DeliveryWorker:
             for destination in probes:
                 self._lanes[destination].breaker.probing = False
             raise
+        self._found_none = not claimed
         got: Counter[str] = Counter(item.destination for item in claimed)
         for destination in probes:
             if not got[destination.value]:
