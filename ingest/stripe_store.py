@@ -136,26 +136,29 @@ def insert_payments(conn: duckdb.DuckDBPyConnection, rows: Sequence[Row]) -> Non
 
 
 # Every column but the key and the creation facts, with its type (a list of only nulls needs one).
-_PAYMENT_UPDATES = (
-    ("event_id", "uuid"), ("user_session_id", "uuid"), ("amount_cents", "bigint"), ("currency", "varchar"),
-    ("status", "varchar"), ("is_orphan", "boolean"), ("refunded_cents", "bigint"), ("failure_code", "varchar"),
-    ("updated_at", "timestamp"), ("succeeded_at", "timestamp"), ("refunded_at", "timestamp"),
-    ("last_stripe_event_id", "varchar"),
-)  # fmt: skip
-_UPDATE_PAYMENTS_SQL = (
-    "update payments set "  # noqa: S608 - built from the constants above
-    + ", ".join(f"{name} = b.{name}" for name, _ in _PAYMENT_UPDATES)
-    + " from (select unnest(?::varchar[]) as payment_intent_id, "
-    + ", ".join(f"unnest(?::{kind}[]) as {name}" for name, kind in _PAYMENT_UPDATES)
-    + ") b where payments.payment_intent_id = b.payment_intent_id"
-)
+PAYMENT_UPDATES = {
+    "event_id": "uuid", "user_session_id": "uuid", "amount_cents": "bigint", "currency": "varchar",
+    "status": "varchar", "is_orphan": "boolean", "refunded_cents": "bigint", "failure_code": "varchar",
+    "updated_at": "timestamp", "succeeded_at": "timestamp", "refunded_at": "timestamp",
+    "last_stripe_event_id": "varchar",
+}  # fmt: skip
 
 
-def update_payments(conn: duckdb.DuckDBPyConnection, rows: Sequence[Row]) -> None:
-    """Write the new state of stored payments (one row per PaymentIntent)."""
-    if rows:
-        columns = ["payment_intent_id", *(name for name, _ in _PAYMENT_UPDATES)]
-        conn.execute(_UPDATE_PAYMENTS_SQL, _column_lists(columns, rows))
+def update_payments(conn: duckdb.DuckDBPyConnection, rows: Sequence[Row], columns: Iterable[str]) -> None:
+    """Write `columns` (names of PAYMENT_UPDATES) of stored payments, one row per PaymentIntent.
+
+    Only the columns a batch changed are written: DuckDB's cost of an update grows with its column count.
+    """
+    names = [name for name in PAYMENT_UPDATES if name in set(columns)]  # the allow-list, in a fixed order
+    if rows and names:
+        sql = (
+            "update payments set "  # noqa: S608 - names come from PAYMENT_UPDATES
+            + ", ".join(f"{name} = b.{name}" for name in names)
+            + " from (select unnest(?::varchar[]) as payment_intent_id, "
+            + ", ".join(f"unnest(?::{PAYMENT_UPDATES[name]}[]) as {name}" for name in names)
+            + ") b where payments.payment_intent_id = b.payment_intent_id"
+        )
+        conn.execute(sql, _column_lists(["payment_intent_id", *names], rows))
 
 
 def insert_payment_if_absent(conn: duckdb.DuckDBPyConnection, row: Row) -> None:

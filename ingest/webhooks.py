@@ -416,7 +416,7 @@ def _apply_events(
     """Apply the payment changes of `jobs` in order: payments, leads and outbox rows, a few statements in all."""
     changes = [(job, job.event.change) for job in jobs if job.event.change is not None]
     payments = stripe_store.get_payments(conn, {change.payment_intent_id for _, change in changes})
-    stored_payments = set(payments)
+    stored = {key: dict(row) for key, row in payments.items()}  # as they were, to write only what changes
     named = {change.metadata_event_id for _, change in changes if change.metadata_event_id is not None}
     named |= {row["event_id"] for row in payments.values() if row["event_id"] is not None}
     leads = stripe_store.lead_journeys(conn, named)
@@ -462,8 +462,17 @@ def _apply_events(
     # insert-if-absent. A row whose key exists (the state was reached before, e.g. a refund heard of before the
     # success) makes the insert raise; the writer then retries each job alone, and a lone job filters first.
     existing = stripe_store.existing_delivery_keys(conn, planned) if lone else set()
-    stripe_store.insert_payments(conn, [row for key, row in payments.items() if key not in stored_payments])
-    stripe_store.update_payments(conn, [row for key, row in payments.items() if key in stored_payments])
+    stripe_store.insert_payments(conn, [row for key, row in payments.items() if key not in stored])
+    changed = {
+        key: {name for name in stripe_store.PAYMENT_UPDATES if row[name] != stored[key][name]}
+        for key, row in payments.items()
+        if key in stored
+    }
+    stripe_store.update_payments(
+        conn,
+        [payments[key] for key, names in changed.items() if names],
+        set().union(*changed.values()),
+    )
     stripe_store.update_lead_payments(conn, list(touched_leads.values()))
     insert_rows(conn, "deliveries", [d.as_row() for key, d in planned.items() if key not in existing])
 

@@ -399,6 +399,52 @@ def test_a_failure_then_a_success_ends_paid(stripe_api: RunningApi) -> None:
     assert _lead_status(stripe_api, event_id) == "paid"
 
 
+def _failed(pi: str, event_id: UUID) -> dict[str, Any]:
+    return events.event(
+        "payment_intent.payment_failed",
+        events.payment_intent_object(
+            pi,
+            status="requires_payment_method",
+            metadata={"event_id": str(event_id)},
+            decline_code="expired_card",
+        ),
+    )
+
+
+def test_concurrent_changes_of_different_kinds_each_keep_their_own_state(stripe_api: RunningApi) -> None:
+    # Events sharing a writer batch update only the columns the batch changed: each row must still get its own.
+    journeys = [(stripe_api.create_lead(), events.new_id("pi")) for _ in range(6)]
+    for event_id, pi in journeys:
+        assert stripe_api.post_event(_failed(pi, event_id)).status_code == 200
+    canceled = [
+        events.event(
+            "payment_intent.canceled",
+            events.payment_intent_object(pi, status="canceled", metadata={"event_id": str(event_id)}),
+        )
+        for event_id, pi in journeys
+    ]
+    second = [
+        events.succeeded(pi, event_id) if n % 2 else canceled[n] for n, (event_id, pi) in enumerate(journeys)
+    ]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        assert [r.status_code for r in pool.map(stripe_api.post_event, second)] == [200] * 6
+
+    for n, (event_id, pi) in enumerate(journeys):
+        payment = _payment(stripe_api, pi)
+        if n % 2:
+            assert (payment["status"], payment["failure_code"], payment["amount_cents"]) == (
+                "succeeded", "expired_card", PRICE_CENTS,
+            )  # fmt: skip
+            assert payment["succeeded_at"] is not None and _lead_status(stripe_api, event_id) == "paid"
+        else:
+            assert (payment["status"], payment["failure_code"], payment["succeeded_at"]) == (
+                "canceled", "expired_card", None,
+            )  # fmt: skip
+            assert _lead_status(stripe_api, event_id) == "lead"
+        assert payment["last_stripe_event_id"] == second[n]["id"]
+        assert (payment["event_id"], payment["is_orphan"]) == (event_id, False)
+
+
 @pytest.mark.parametrize("metadata_event_id", [uuid4(), "not-a-uuid", None])
 def test_a_payment_naming_no_known_lead_is_kept_as_an_orphan(
     stripe_api: RunningApi, metadata_event_id: object
