@@ -11,10 +11,8 @@ from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any
 
-import aiohttp
-
 from ingest.consent import ConsentState, Purpose, consent_gate
-from ingest.destinations import CannotRender, DestinationClient, HttpAnswer
+from ingest.destinations import CannotRender, DestinationClient, HttpAnswer, TransportError
 from ingest.outbox import DEAD, DELIVERED, DISABLED, RETRYING, SUPPRESSED, Destination
 from ingest.outbox_store import ClaimedDelivery, RecordedOutcome
 from ingest.settings import Settings
@@ -146,7 +144,7 @@ async def deliver_one(
     began = time.perf_counter()
     try:
         answer = await client.send(request)
-    except (aiohttp.ClientError, TimeoutError) as exc:  # timeouts, refused and reset connections
+    except (TransportError, TimeoutError) as exc:  # timeouts, refused and reset connections
         duration_ms = (time.perf_counter() - began) * 1000
         error = f"{type(exc).__name__}: {exc}".rstrip(": ")
         return AttemptResult(Verdict.RETRY, started_at=now, duration_ms=duration_ms, error=error, outage=True)
