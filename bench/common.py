@@ -21,6 +21,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
+_SERVER_PIDS: dict[str, int] = {}  # base URL → pid of the server process answering it
 
 
 def free_port() -> int:
@@ -57,10 +58,12 @@ def server(args: list[str], env: dict[str, str] | None = None) -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     base_url = f"http://127.0.0.1:{port}"
+    _SERVER_PIDS[base_url] = process.pid
     try:
         wait_ready(base_url, process)
         yield base_url
     finally:
+        del _SERVER_PIDS[base_url]
         process.terminate()
         try:
             process.wait(30)
@@ -84,10 +87,40 @@ def _ms(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time a process has used so far (None where /proc is not available)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages (other work on the machine skews every figure)."""
+    return [round(value, 2) for value in os.getloadavg()]
+
+
 def run_wrk(
-    url: str, script: Path, *, connections: int = 32, seconds: int = 10, threads: int = 2
+    url: str,
+    script: Path,
+    *,
+    connections: int = 32,
+    seconds: int = 10,
+    threads: int = 2,
+    server_cpu: bool = False,
 ) -> dict[str, float]:
-    """One wrk run: requests/s, latency percentiles in ms, completed and non-2xx counts."""
+    """One wrk run: requests/s, latency percentiles in ms, completed and non-2xx counts.
+
+    With `server_cpu`, also the CPU time the server process (one started by `server`) used per completed request:
+    unlike requests/s it hardly depends on what else the machine is running.
+    """
+    pid = (
+        next((pid for base, pid in _SERVER_PIDS.items() if url.startswith(base)), None)
+        if server_cpu
+        else None
+    )
+    cpu_before = cpu_seconds(pid) if pid is not None else None
     output = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
         check=True,
@@ -100,7 +133,7 @@ def run_wrk(
     non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
     latency = {p: _ms(v) for p, v in re.findall(r"^\s+(50|90|99)%\s+(\S+)", output, re.MULTILINE)}
-    return {
+    result = {
         "rps": rps,
         "p50_ms": latency["50"],
         "p90_ms": latency["90"],
@@ -109,6 +142,11 @@ def run_wrk(
         "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
         "socket_errors": sum(int(n) for n in errors.groups()) if errors else 0,
     }
+    cpu_after = cpu_seconds(pid) if pid is not None else None
+    if cpu_before is not None and cpu_after is not None and done:
+        result["server_cpu_ms_per_request"] = round((cpu_after - cpu_before) * 1000 / done, 3)
+        result["load_average_1m"] = load_average()[0]
+    return result
 
 
 def median_of(runs: list[dict[str, float]], key: str) -> float:
@@ -130,9 +168,14 @@ def machine() -> str:
 
 
 def save(name: str, result: dict[str, Any]) -> Path:
-    """Write a result as JSON under bench/results, stamped with date and machine."""
+    """Write a result as JSON under bench/results, stamped with date, machine and load average."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    result = {"date": datetime.now(UTC).strftime("%Y-%m-%d"), "machine": machine(), **result}
+    stamp = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "load_average": load_average(),
+    }
+    result = stamp | result
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path

@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 import duckdb
 
-from bench.common import echo_server, median_of, run_wrk, save, server
+from bench.common import echo_server, load_average, median_of, run_wrk, save, server
 from ingest import stripe_store
 from ingest.consent import RequestContext
 from ingest.db import Database, utcnow
@@ -175,7 +175,11 @@ def throughput_round(
     write_events(prefix, sample)
     with echo_server() as url:
         echo = run_wrk(
-            f"{url}/v1/webhooks/stripe", SCRIPT, connections=args.connections, seconds=args.seconds
+            f"{url}/v1/webhooks/stripe",
+            SCRIPT,
+            connections=args.connections,
+            seconds=args.seconds,
+            server_cpu=True,
         )
     # The API is slower than the echo, so this many events can't run out during the same number of seconds.
     count = int(echo["rps"] * args.seconds * 1.1) + 1000
@@ -183,7 +187,13 @@ def throughput_round(
     checkouts = seed_checkouts(db_path, count)
     size = write_events(prefix, [succeeded_event(lead, pi, settings) for lead, pi in checkouts])
     with server(["ingest.cli", "serve"], api_env(db_path)) as url:
-        api = run_wrk(f"{url}/v1/webhooks/stripe", SCRIPT, connections=args.connections, seconds=args.seconds)
+        api = run_wrk(
+            f"{url}/v1/webhooks/stripe",
+            SCRIPT,
+            connections=args.connections,
+            seconds=args.seconds,
+            server_cpu=True,
+        )
     counts = event_counts(db_path)
     acknowledged = api["completed"] - api["non_2xx"]
     api |= {
@@ -258,6 +268,13 @@ def duplicate_storm(args: argparse.Namespace, tmp: Path, settings: Settings) -> 
     return result
 
 
+def _cpu_median(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Median server CPU per request, where it could be measured."""
+    if all("server_cpu_ms_per_request" in run for run in runs):
+        return {"server_cpu_ms_per_request": median_of(runs, "server_cpu_ms_per_request")}
+    return {}
+
+
 def main() -> None:
     """Run the rounds and the storm; print and save the medians."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
@@ -269,6 +286,7 @@ def main() -> None:
     parser.add_argument("--storm-connections", type=int, default=32)
     args = parser.parse_args()
     settings = Settings(_env_file=None, product_price_cents=PRICE_CENTS)  # type: ignore[call-arg]
+    load_at_start = load_average()
     echo_runs, api_runs = [], []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -279,7 +297,9 @@ def main() -> None:
             print(
                 f"round {round_number}: echo {echo['rps']:.0f} req/s, webhooks {api['rps']:.0f} req/s "
                 f"({api['mean_body_bytes']:.0f} B events), {api['acknowledged']} acknowledged, "
-                f"{api['processed']} processed",
+                f"{api['processed']} processed; server CPU per request: echo "
+                f"{echo.get('server_cpu_ms_per_request', float('nan')):.2f} ms, webhooks "
+                f"{api.get('server_cpu_ms_per_request', float('nan')):.2f} ms",
                 flush=True,
             )
         storm = duplicate_storm(args, tmp, settings)
@@ -294,15 +314,18 @@ def main() -> None:
             f"--storm-events {args.storm_events} --storm-copies {args.storm_copies}"
         ),
         "connections": args.connections,
+        "load_average_at_start": load_at_start,
         "echo": {
             "rps_median": echo_rps,
             "p50_ms": median_of(echo_runs, "p50_ms"),
             "p99_ms": median_of(echo_runs, "p99_ms"),
+            **_cpu_median(echo_runs),
         },
         "webhooks": {
             "rps_median": api_rps,
             "p50_ms": median_of(api_runs, "p50_ms"),
             "p99_ms": median_of(api_runs, "p99_ms"),
+            **_cpu_median(api_runs),
         },
         "ratio": api_rps / echo_rps,
         "target_ratio": TARGET_RATIO,
