@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from dataclasses import dataclass
@@ -10,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any
+
+import orjson
 
 from ingest.consent import ConsentState, Purpose, consent_gate
 from ingest.destinations import CannotRender, DestinationClient, HttpAnswer, TransportError
@@ -121,8 +122,8 @@ def _answer_json(answer: HttpAnswer) -> Any:
     if not answer.body:
         return None
     try:
-        return json.loads(answer.body)
-    except ValueError:
+        return orjson.loads(answer.body)
+    except ValueError:  # orjson.JSONDecodeError is one
         return None
 
 

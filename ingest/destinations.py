@@ -9,7 +9,6 @@ import functools
 import hashlib
 import hmac
 import ipaddress
-import json
 import re
 import ssl
 from collections.abc import Callable, Mapping
@@ -20,6 +19,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httptools
 import httpx
+import orjson
 
 from ingest.outbox import Destination
 from ingest.outbox_store import UNSUBSCRIBE_KIND, ClaimedDelivery
@@ -82,7 +82,8 @@ def _forward(candidates: list[str | None], rank: Mapping[str, int]) -> str | Non
 
 
 def _json(body: Mapping[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    # Compact UTF-8, the bytes json.dumps(separators=(",", ":"), ensure_ascii=False) gives, ~10x faster.
+    return orjson.dumps(body)
 
 
 def _email(claimed: ClaimedDelivery) -> str:
@@ -429,6 +430,7 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._transport: asyncio.Transport | None = None
         self._waiter: asyncio.Future[HttpAnswer] | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
         self._header_name = ""
@@ -480,29 +482,44 @@ class _Connection(asyncio.Protocol):
 
     # the pool's side
 
-    def request(self, data: bytes) -> asyncio.Future[HttpAnswer]:
-        """Write one request; the future is answered with the whole response."""
+    def request(self, data: bytes, deadline: float) -> asyncio.Future[HttpAnswer]:
+        """Write one request; the future is answered with the whole response, or TimeoutError at `deadline`."""
         assert self._transport is not None
-        self._waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        # One timer handle per request: asyncio.timeout() costs several times more on this hot path.
+        self._timer = loop.call_at(deadline, self._time_out)
         self._headers, self._body, self._headers_done, self.reusable = {}, [], False, False
         self._transport.write(data)
         return self._waiter
+
+    def _time_out(self) -> None:
+        self._fail(TimeoutError("no complete answer within the delivery timeout"))
+        self.close()
 
     def close(self) -> None:
         """Drop the connection (after a timeout or a bad answer it cannot carry another request)."""
         self.closed = True
         self.reusable = False
+        self._stop_timer()
         if self._transport is not None:
             self._transport.close()
 
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def _complete(self) -> None:
         self._headers_done = False
+        self._stop_timer()
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             status = self._parser.get_status_code()
             waiter.set_result(HttpAnswer(status=status, headers=self._headers, body=b"".join(self._body)))
 
     def _fail(self, exc: Exception) -> None:
+        self._stop_timer()
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc)
@@ -555,10 +572,10 @@ class DestinationClient:
             self._slots = asyncio.Semaphore(self.concurrency)  # made in the loop that uses it
         async with self._slots:
             connection: _Connection | None = None
+            deadline = asyncio.get_running_loop().time() + self._timeout
             try:
-                async with asyncio.timeout(self._timeout):
-                    connection = await self._connection(scheme, host, port)
-                    answer = await connection.request(data)
+                connection = await self._connection(scheme, host, port, deadline)
+                answer = await connection.request(data, deadline)
             except BaseException:
                 if connection is not None:
                     connection.close()  # cut off mid-answer, it cannot carry another request
@@ -568,7 +585,7 @@ class DestinationClient:
                     self._release(connection, (host, port))
         return answer
 
-    async def _connection(self, scheme: str, host: str, port: int) -> _Connection:
+    async def _connection(self, scheme: str, host: str, port: int, deadline: float) -> _Connection:
         idle = self._idle.get((host, port))
         while idle:
             connection = idle.pop()
@@ -581,9 +598,10 @@ class DestinationClient:
                 self._tls = ssl.create_default_context()
             tls = self._tls
         try:
-            _, connection = await loop.create_connection(
-                _Connection, host, port, ssl=tls, server_hostname=host if tls else None
-            )
+            async with asyncio.timeout_at(deadline):
+                _, connection = await loop.create_connection(
+                    _Connection, host, port, ssl=tls, server_hostname=host if tls else None
+                )
         except OSError as exc:  # refused, unreachable, DNS, TLS handshake
             raise TransportError(f"cannot connect to {host}:{port}: {type(exc).__name__}: {exc}") from exc
         self._open.add(connection)

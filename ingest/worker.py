@@ -208,6 +208,10 @@ class Pacer:
         """Hold every request for `seconds` (a 429's Retry-After)."""
         self.paused_until = max(self.paused_until, self._clock() + seconds)
 
+    def holds(self) -> bool:
+        """Whether a request may have to wait (a rate limit, or a Retry-After pause that is not over)."""
+        return bool(self.interval) or self.paused_until > self._clock()
+
     def paused_for(self) -> float:
         """Seconds left of a Retry-After pause."""
         return max(0.0, self.paused_until - self._clock())
@@ -548,7 +552,11 @@ class DeliveryWorker:
                     await self._recorder.record(Unclaimed(claimed.delivery_id, not_before))
                     return
                 # Only a request takes a rate-limit slot; a delivery gated by consent or configuration does not.
-                if lane.client is not None and send_time_gate(claimed, self._settings) is None:
+                if (
+                    lane.client is not None
+                    and lane.pacer.holds()
+                    and send_time_gate(claimed, self._settings) is None
+                ):
                     wait = lane.pacer.reserve()
                     if wait > 0:
                         await asyncio.sleep(wait)
