@@ -34,22 +34,38 @@ def _text(value: Any) -> Any:
     return str(value) if isinstance(value, UUID) else value
 
 
-def _insert_sql(table: str) -> str:
-    # Each column arrives as one list parameter and is unnested in step with the others: one statement, and
-    # DuckDB converts the parameters up front instead of calling back into Python while it scans.
-    columns = _TABLE_COLUMNS[table]  # a fixed allow-list: table and column names never come from input
-    unnested = ", ".join("unnest(?)" for _ in columns)
-    return f"insert into {table} ({', '.join(columns)}) select {unnested}"
+def batch_select(
+    columns: Sequence[str], rows: Sequence[Row], casts: Mapping[str, str] | None = None
+) -> tuple[str, list[Any]]:
+    """A select list producing `rows` in one statement, and its parameters.
 
-
-def _column_lists(table: str, rows: Sequence[Row]) -> list[list[Any]]:
-    return [[_text(row[column]) for row in rows] for column in _TABLE_COLUMNS[table]]
+    Each column travels as one list parameter, unnested in step with the others, so DuckDB converts the values up
+    front instead of calling back into Python while it scans. A column holding one value in every row (a batch's
+    timestamp, a fixed status) travels as that one value: converting a list parameter costs more than the rest of
+    the statement's work for it. The first column (the key) is always a list, so the select yields every row.
+    `casts` names the SQL type of columns whose values need one (a list of only nulls has no type of its own).
+    """
+    casts = casts or {}
+    parts: list[str] = []
+    params: list[Any] = []
+    for position, column in enumerate(columns):
+        values = [_text(row[column]) for row in rows]
+        cast = casts.get(column)
+        if position > 0 and all(value == values[0] for value in values):
+            parts.append(f"?::{cast} as {column}" if cast else f"? as {column}")
+            params.append(values[0])
+        else:
+            parts.append(f"unnest(?::{cast}[]) as {column}" if cast else f"unnest(?) as {column}")
+            params.append(values)
+    return ", ".join(parts), params
 
 
 def insert_rows(conn: duckdb.DuckDBPyConnection, table: str, rows: Sequence[Row]) -> None:
     """Append rows to one of the ingest tables in a single vectorised statement."""
     if rows:
-        conn.execute(_insert_sql(table), _column_lists(table, rows))
+        columns = _TABLE_COLUMNS[table]  # a fixed allow-list: table and column names never come from input
+        select, params = batch_select(columns, rows)
+        conn.execute(f"insert into {table} ({', '.join(columns)}) select {select}", params)
 
 
 def lead_identity(conn: duckdb.DuckDBPyConnection, event_id: UUID) -> tuple[str, UUID] | None:

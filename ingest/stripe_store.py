@@ -14,6 +14,8 @@ from uuid import UUID
 
 import duckdb
 
+from ingest.store import batch_select
+
 EVENT_COLUMNS = (
     "stripe_event_id", "event_type", "object_id", "stripe_created_at", "received_at", "source", "payload",
     "status", "error", "processing_attempts", "processed_at", "change_key", "duplicate_of",
@@ -24,21 +26,18 @@ PAYMENT_COLUMNS = (
     "last_stripe_event_id",
 )  # fmt: skip
 LEAD_PAYMENT_COLUMNS = ("event_id", "status", "payment_intent_id", "updated_at")
+_LEAD_PAYMENT_TYPES = {
+    "event_id": "uuid",
+    "status": "varchar",
+    "payment_intent_id": "varchar",
+    "updated_at": "timestamp",
+}
 
 Row = Mapping[str, Any]
 
 
 def _text(value: Any) -> Any:
     return str(value) if isinstance(value, UUID) else value
-
-
-def _column_lists(columns: Sequence[str], rows: Sequence[Row]) -> list[list[Any]]:
-    return [[_text(row[column]) for row in rows] for column in columns]
-
-
-def _unnested(columns: Sequence[str]) -> str:
-    # One list parameter per column, unnested in step: a whole batch in one statement, converted up front.
-    return ", ".join("unnest(?)" for _ in columns)
 
 
 # --- stripe_events -----------------------------------------------------------------------------------------
@@ -74,10 +73,8 @@ def lookup_events(
 def insert_events(conn: duckdb.DuckDBPyConnection, rows: Sequence[Row]) -> None:
     """Append new Stripe event rows."""
     if rows:
-        conn.execute(
-            f"insert into stripe_events ({', '.join(EVENT_COLUMNS)}) select {_unnested(EVENT_COLUMNS)}",
-            _column_lists(EVENT_COLUMNS, rows),
-        )
+        select, params = batch_select(EVENT_COLUMNS, rows)
+        conn.execute(f"insert into stripe_events ({', '.join(EVENT_COLUMNS)}) select {select}", params)
 
 
 def settle_event(
@@ -129,10 +126,8 @@ def get_payments(
 def insert_payments(conn: duckdb.DuckDBPyConnection, rows: Sequence[Row]) -> None:
     """Append payments of PaymentIntents not stored yet."""
     if rows:
-        conn.execute(
-            f"insert into payments ({', '.join(PAYMENT_COLUMNS)}) select {_unnested(PAYMENT_COLUMNS)}",
-            _column_lists(PAYMENT_COLUMNS, rows),
-        )
+        select, params = batch_select(PAYMENT_COLUMNS, rows)
+        conn.execute(f"insert into payments ({', '.join(PAYMENT_COLUMNS)}) select {select}", params)
 
 
 # Every column but the key and the creation facts, with its type (a list of only nulls needs one).
@@ -151,14 +146,13 @@ def update_payments(conn: duckdb.DuckDBPyConnection, rows: Sequence[Row], column
     """
     names = [name for name in PAYMENT_UPDATES if name in set(columns)]  # the allow-list, in a fixed order
     if rows and names:
-        sql = (
+        select, params = batch_select(["payment_intent_id", *names], rows, PAYMENT_UPDATES)
+        conn.execute(
             "update payments set "  # noqa: S608 - names come from PAYMENT_UPDATES
             + ", ".join(f"{name} = b.{name}" for name in names)
-            + " from (select unnest(?::varchar[]) as payment_intent_id, "
-            + ", ".join(f"unnest(?::{PAYMENT_UPDATES[name]}[]) as {name}" for name in names)
-            + ") b where payments.payment_intent_id = b.payment_intent_id"
+            + f" from (select {select}) b where payments.payment_intent_id = b.payment_intent_id",
+            params,
         )
-        conn.execute(sql, _column_lists(["payment_intent_id", *names], rows))
 
 
 def insert_payment_if_absent(conn: duckdb.DuckDBPyConnection, row: Row) -> None:
@@ -242,12 +236,12 @@ def lead_journeys(conn: duckdb.DuckDBPyConnection, event_ids: Iterable[UUID]) ->
 def update_lead_payments(conn: duckdb.DuckDBPyConnection, rows: Sequence[Row]) -> None:
     """Set leads' status and, where none is linked yet, their PaymentIntent."""
     if rows:
+        select, params = batch_select(LEAD_PAYMENT_COLUMNS, rows, _LEAD_PAYMENT_TYPES)
         conn.execute(
-            "update leads set status = b.status, "
+            "update leads set status = b.status, "  # noqa: S608 - the select list is built from constants
             "payment_intent_id = coalesce(leads.payment_intent_id, b.payment_intent_id), updated_at = b.updated_at "
-            "from (select unnest(?::uuid[]) as event_id, unnest(?) as status, unnest(?) as payment_intent_id, "
-            "unnest(?::timestamp[]) as updated_at) b where leads.event_id = b.event_id",
-            _column_lists(LEAD_PAYMENT_COLUMNS, rows),
+            f"from (select {select}) b where leads.event_id = b.event_id",
+            params,
         )
 
 
