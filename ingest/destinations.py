@@ -591,6 +591,7 @@ class DestinationClient:
             connection = idle.pop()
             if not connection.closed:
                 return connection
+            self._open.discard(connection)  # the server hung up while it was idle
         loop = asyncio.get_running_loop()
         tls = None
         if scheme == "https":

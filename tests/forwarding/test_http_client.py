@@ -133,6 +133,7 @@ async def test_a_pooled_connection_the_server_closed_is_not_reused(tmp_path: Pat
         assert (await client.send(OutgoingRequest(url, b"{}"))).status == 200
         await asyncio.sleep(0.1)
         assert (await client.send(OutgoingRequest(url, b"{}"))).status == 200
+        assert len(client._open) == 1  # the dead one was dropped, not kept
         await client.aclose()
     assert len(seen) == 2
 
