@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,6 +9,7 @@ from typing import Any
 from uuid import UUID
 
 import duckdb
+import orjson
 import pyarrow as pa
 
 UNSUBSCRIBE_KIND = "unsubscribe"
@@ -26,9 +26,10 @@ _CANDIDATE_COLUMNS = (
     "delivery_id", "event_id", "user_session_id", "destination", "kind", "purpose", "idempotency_key",
     "payload", "attempt_count", "failure_count", "created_at", "next_attempt_at",
 )  # fmt: skip
-# What rendering reads from a lead (the wide user-agent, landing page and referrer columns are not sent).
+# What rendering reads from a lead (the wide user-agent, landing page and referrer columns are not sent; the
+# ids are the delivery's own).
 _LEAD_COLUMNS = (
-    "event_id", "user_session_id", "full_name", "email", "phone", "utm_source", "utm_medium", "utm_campaign",
+    "full_name", "email", "phone", "utm_source", "utm_medium", "utm_campaign",
     "utm_content", "utm_term", "ga_client_id", "lead_created_at", "checkout_started_at", "marketing_consent",
     "analytics_consent", "consent_method", "consent_at", "consent_ip", "status", "crm_contact_id",
     "mailerlite_subscriber_id",
@@ -184,11 +185,12 @@ def lease(conn: duckdb.DuckDBPyConnection, ids: Sequence[UUID], until: datetime)
 
 @dataclass(frozen=True)
 class Journeys:
-    """Leads by event_id, and the latest consent ledger row by event_id and by session."""
+    """Leads by event_id, and the latest consent ledger row by event_id and by session (ids as text: a claim
+    turns thousands of ids into Python objects, and parsing a UUID costs several times more than printing one)."""
 
-    leads: dict[UUID, dict[str, Any]]
-    consent_by_event: dict[UUID, tuple[datetime, bool, bool]]
-    consent_by_session: dict[UUID, tuple[datetime, bool, bool]]
+    leads: dict[str, dict[str, Any]]
+    consent_by_event: dict[str, tuple[datetime, bool, bool]]
+    consent_by_session: dict[str, tuple[datetime, bool, bool]]
 
 
 def journeys(
@@ -197,17 +199,18 @@ def journeys(
     """The leads of these event_ids, and the latest consent decision of each event_id and session."""
     events, sessions = _uuids(event_ids), _uuids(session_ids)
     cursor = conn.execute(
-        f"select {', '.join(_LEAD_COLUMNS)} from leads where event_id in (select unnest(?::uuid[]))",  # noqa: S608
+        f"select event_id::varchar, {', '.join(_LEAD_COLUMNS)} from leads "  # noqa: S608 - fixed fragments
+        "where event_id in (select unnest(?::uuid[]))",
         [events],
     )
-    leads = {row[0]: dict(zip(_LEAD_COLUMNS, row, strict=True)) for row in cursor.fetchall()}
+    leads = {row[0]: dict(zip(_LEAD_COLUMNS, row[1:], strict=True)) for row in cursor.fetchall()}
     rows = conn.execute(
         """
-        select 'e', event_id, max(recorded_at), arg_max(marketing_consent, recorded_at),
+        select 'e', event_id::varchar, max(recorded_at), arg_max(marketing_consent, recorded_at),
                arg_max(analytics_consent, recorded_at)
         from consent_ledger where event_id in (select unnest(?::uuid[])) group by event_id
         union all
-        select 's', user_session_id, max(recorded_at), arg_max(marketing_consent, recorded_at),
+        select 's', user_session_id::varchar, max(recorded_at), arg_max(marketing_consent, recorded_at),
                arg_max(analytics_consent, recorded_at)
         from consent_ledger where user_session_id in (select unnest(?::uuid[])) group by user_session_id
         """,
@@ -220,9 +223,10 @@ def journeys(
 
 def claimed_delivery(row: dict[str, Any], journeys: Journeys) -> ClaimedDelivery:
     """A candidate row with its lead and the latest consent decision of its event_id or session."""
+    event_id = str(row["event_id"]) if row["event_id"] is not None else None
     found = [
-        journeys.consent_by_event.get(row["event_id"]) if row["event_id"] is not None else None,
-        journeys.consent_by_session.get(row["user_session_id"])
+        journeys.consent_by_event.get(event_id) if event_id is not None else None,
+        journeys.consent_by_session.get(str(row["user_session_id"]))
         if row["user_session_id"] is not None
         else None,
     ]
@@ -237,11 +241,11 @@ def claimed_delivery(row: dict[str, Any], journeys: Journeys) -> ClaimedDelivery
         kind=row["kind"],
         purpose=row["purpose"],
         idempotency_key=row["idempotency_key"],
-        payload=json.loads(payload) if payload else {},
+        payload=orjson.loads(payload) if payload else {},
         attempt_count=row["attempt_count"],
         failure_count=row["failure_count"],
         created_at=row["created_at"],
-        lead=journeys.leads.get(row["event_id"]) if row["event_id"] is not None else None,
+        lead=journeys.leads.get(event_id) if event_id is not None else None,
         consent_marketing=latest[1] if latest else None,
         consent_analytics=latest[2] if latest else None,
     )
