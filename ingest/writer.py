@@ -57,9 +57,10 @@ def _settle(outcomes: list[tuple[asyncio.Future[Any], Any]]) -> None:
 
 _STOP = object()
 
-# How long the writer keeps collecting a batch after the last job arrived, and at most in all. Callers answered by
-# the previous commit come back a request later, one event-loop turn apart: without waiting for them a busy API
-# alternates two half-size batches, and a batch's statements cost nearly the same whatever its size.
+# Under load, the callers answered by the previous commit come back a request later, one event-loop turn apart:
+# without waiting for them a busy API alternates two half-size batches, and a batch's statements cost nearly the
+# same whatever its size. So a writer whose previous batch was shared waits for as many jobs as it just answered
+# (besides those already queued), as long as they keep arriving within the gap, and at most the cap in all.
 LINGER_GAP_SECONDS = 0.005
 LINGER_MAX_SECONDS = 0.030
 
@@ -126,19 +127,24 @@ class Writer:
 
     def _run(self) -> None:
         stopping = False
-        last_batch = 0
+        answered = 0  # jobs in the previous batch: under load, their callers come back with their next job
         while not stopping:
-            first = self._queue.get()
+            try:
+                first, waiting = self._queue.get_nowait(), True
+            except queue.Empty:
+                first, waiting = self._queue.get(), False
             if first is _STOP:
                 break
             taken = [cast(_Job, first)]
             stopping = self._drain(taken)
-            # Only linger under load (the previous batch was shared): a lone caller is not kept waiting.
-            if last_batch > 1 and not stopping:
-                stopping = self._linger(taken)
+            # Only linger under load (the previous batch was shared): a lone caller is not kept waiting. Jobs that
+            # were waiting when the last batch ended come from other callers; those just answered come on top.
+            if answered > 1 and not stopping:
+                expected = min(self._max_batch, (len(taken) if waiting else 0) + answered)
+                stopping = self._linger(taken, expected=expected)
             # A job whose caller gave up before it started is dropped; once running it can't be cancelled.
             jobs = [job for job in taken if job.take()]
-            last_batch = len(jobs)
+            answered = len(jobs)
             if jobs:
                 self._run_batch(jobs)
 
@@ -154,10 +160,13 @@ class Writer:
             taken.append(cast(_Job, nxt))
         return False
 
-    def _linger(self, taken: list[_Job]) -> bool:
-        """Keep adding jobs while they arrive within the gap, up to the cap; whether a stop arrived."""
+    def _linger(self, taken: list[_Job], *, expected: int) -> bool:
+        """Add jobs until `expected` are taken, while they keep arriving within the gap, up to the cap.
+
+        Returns whether a stop arrived.
+        """
         deadline = time.monotonic() + self._linger_max
-        while len(taken) < self._max_batch:
+        while len(taken) < expected:
             wait = min(self._linger_gap, deadline - time.monotonic())
             if wait <= 0:
                 return False

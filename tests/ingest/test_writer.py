@@ -72,23 +72,42 @@ def _spaced_jobs(writer: Writer, numbers: Sequence[int], gap: float) -> list[int
     return [f.result(10) for f in futures]
 
 
-def test_busy_writer_lingers_for_callers_coming_back(conn: duckdb.DuckDBPyConnection) -> None:
-    writer = Writer(conn, linger_gap=0.5, linger_max=2.0)
+def _shared_batch(writer: Writer, size: int) -> None:
+    """Commit one batch of `size` jobs, so the writer counts as busy with `size` callers."""
     gate = threading.Event()
 
     def hold(connection: duckdb.DuckDBPyConnection, items: Sequence[None]) -> list[None]:
         gate.wait(5)
         return [None for _ in items]
 
-    writer.start()
-    held = [writer.submit_nowait(hold, None) for _ in range(2)]
-    time.sleep(0.1)
+    first = writer.submit_nowait(hold, None)
+    time.sleep(0.1)  # the writer takes the first job alone; the others queue behind it
+    rest = [writer.submit_nowait(hold, None) for _ in range(size)]
     gate.set()
-    assert [f.result(5) for f in held] == [None, None]  # a shared batch: the writer is busy
+    assert [f.result(5) for f in [first, *rest]] == [None] * (size + 1)
+
+
+def test_busy_writer_lingers_for_callers_coming_back(conn: duckdb.DuckDBPyConnection) -> None:
+    writer = Writer(conn, linger_gap=0.5, linger_max=2.0)
+    writer.start()
+    _shared_batch(writer, 5)
     before = writer.batches_committed
     assert _spaced_jobs(writer, range(5), gap=0.02) == list(range(5))
     writer.stop()
     # Without the linger each job, arriving after the previous one was taken, would commit alone.
+    assert writer.batches_committed - before == 1
+
+
+def test_busy_writer_stops_lingering_once_its_callers_are_back(conn: duckdb.DuckDBPyConnection) -> None:
+    writer = Writer(conn, linger_gap=2.0, linger_max=2.0)
+    writer.start()
+    _shared_batch(writer, 2)
+    before = writer.batches_committed
+    started = time.monotonic()
+    assert _spaced_jobs(writer, range(2), gap=0.02) == [0, 1]
+    # Both callers of the last batch are back: the batch commits without waiting out the 2 s gap.
+    assert time.monotonic() - started < 1.5
+    writer.stop()
     assert writer.batches_committed - before == 1
 
 
