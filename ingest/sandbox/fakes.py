@@ -229,6 +229,10 @@ class Sandbox:
         """Return what one fake received, oldest first (control calls under /_sandbox/ excluded)."""
         return self._harnesses[dest].log.all()
 
+    def arrived(self, dest: Destination) -> int:
+        """How many requests reached one fake (body read), including those a latency fault still holds."""
+        return self._harnesses[dest].log.arrived()
+
     def clear(self, dest: Destination) -> None:
         """Forget the requests one fake recorded."""
         self._harnesses[dest].log.clear()

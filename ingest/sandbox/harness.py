@@ -169,11 +169,23 @@ class FaultPlan:
 
 
 class RequestLog:
-    """Thread-safe list of recorded requests."""
+    """Thread-safe list of recorded requests, and a count of those that arrived (body read) but are not answered
+    yet: a test can tell a request is on the wire before any fault (latency) lets it finish."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._items: list[RecordedRequest] = []
+        self._arrived = 0
+
+    def arrive(self) -> None:
+        """Count one request whose body has been read."""
+        with self._lock:
+            self._arrived += 1
+
+    def arrived(self) -> int:
+        """How many requests arrived since the last clear (answered or not)."""
+        with self._lock:
+            return self._arrived
 
     def add(self, item: RecordedRequest) -> None:
         """Append one record."""
@@ -189,6 +201,7 @@ class RequestLog:
         """Forget every record."""
         with self._lock:
             self._items.clear()
+            self._arrived = 0
 
 
 _FAULT_MESSAGES = {
@@ -274,6 +287,7 @@ class Harness:
 
     async def _serve_faked(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw = await _read_body(receive)
+        self.log.arrive()
         received_at = self.clock()
         latency = self.faults.latency_seconds()
         if latency > 0:

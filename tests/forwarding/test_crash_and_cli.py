@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -64,15 +63,10 @@ def test_kill_9_with_deliveries_in_flight_delivers_every_one_after_restart_with_
         with httpx.Client(base_url=api.base_url, timeout=10) as client:
             for n in range(leads):
                 assert client.post("/v1/leads", json=lead_body(email=f"k{n}@example.com")).status_code == 200
-            wait_until(
-                lambda: (
-                    client.get("/v1/admin/worker", headers=ADMIN).json()["destinations"]["crm"]["in_flight"]
-                    == leads
-                )
-            )
-        # In flight counts claimed sends; give the last claimed ones a moment to get their bytes on the wire
-        # (6 s of CRM latency keeps every one of them unanswered at the kill).
-        time.sleep(0.5)
+            # Every CRM send has reached the fake (6 s of latency keeps each one unanswered at the kill).
+            wait_until(lambda: sandbox.arrived("crm") == leads)
+            worker = client.get("/v1/admin/worker", headers=ADMIN).json()
+            assert worker["destinations"]["crm"]["in_flight"] == leads
         api.kill()
         sandbox.set_faults("crm", clear=True)
         api.start()

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -538,6 +539,23 @@ def test_latency_delays_the_answer(sandbox: Sandbox, client: httpx.Client) -> No
 
     assert response.status_code == 204
     assert time.monotonic() - started >= 0.3
+
+
+def test_a_request_held_by_latency_counts_as_arrived_before_it_is_recorded(
+    sandbox: Sandbox, client: httpx.Client
+) -> None:
+    sandbox.set_faults("sgtm", latency_ms=800)
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(post_mp, client, sandbox, mp_body())
+        deadline = time.monotonic() + 5
+        while sandbox.arrived("sgtm") == 0:
+            assert time.monotonic() < deadline, "the request never arrived"
+            time.sleep(0.01)
+        assert sandbox.requests("sgtm") == []  # on the wire, held, not answered
+        assert answer.result(timeout=10).status_code == 204
+    assert sandbox.arrived("sgtm") == 1 and len(sandbox.requests("sgtm")) == 1
+    sandbox.clear("sgtm")
+    assert sandbox.arrived("sgtm") == 0
 
 
 def test_reset_connection_drops_the_request_without_an_answer(sandbox: Sandbox, client: httpx.Client) -> None:
