@@ -14,8 +14,10 @@ opens the copy on a connection of its own to compute the heavy SQL models into i
 half-written file; one that already has the old copy open keeps reading it until it refreshes.
 
 What it costs: the copy is a full one (CPU for re-compressing every table, then one pass of the models; see
-bench/report.py for figures), so the next copy starts `interval` after the previous one finished, never back to
-back, and is skipped while nothing was committed. The gap also matters to the writer: DuckDB does not checkpoint automatically while another
+bench/report.py for figures), so the next copy starts `interval` after the previous one finished, or as long
+after as the previous one took when that is longer: on a large database the publisher works at most half the
+time and leaves the rest of the CPU to ingest (the replica is then about two copy-times old at worst). A copy is
+skipped while nothing was committed. The gap also matters to the writer: DuckDB does not checkpoint automatically while another
 transaction is open, so the publisher must not hold one continuously.
 """
 
@@ -279,7 +281,11 @@ class ReplicaPublisher:
                         break  # interrupted by stop()
                     self.failures += 1
                     log.error("replica publish failed", extra={"replica": str(self.path), "error": repr(exc)})
-            self._stop.wait(self.interval)
+            self._stop.wait(self.pause_seconds())
+
+    def pause_seconds(self) -> float:
+        """How long to wait before the next copy: the interval, or the last copy's duration if longer."""
+        return max(self.interval, self.last.seconds if self.last is not None else 0.0)
 
 
 # --- readers --------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import duckdb
@@ -157,6 +158,20 @@ def test_publisher_copies_only_when_something_was_committed(tmp_path: Path) -> N
         publisher.stop()
         database.close()
     assert publisher.failures == 0
+
+
+def test_the_publisher_rests_at_least_as_long_as_its_last_copy_took(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, attribution_replica_seconds=0.5)
+    database = Database.open(settings.attribution_db_path)
+    try:
+        publisher = ReplicaPublisher(database, settings)
+        assert publisher.pause_seconds() == 0.5
+        snapshot = publisher.publish_now()
+        assert publisher.pause_seconds() == max(0.5, snapshot.seconds)
+        publisher.last = replace(snapshot, seconds=40.0)  # as a copy of a large database takes
+        assert publisher.pause_seconds() == 40.0
+    finally:
+        database.close()
 
 
 def test_a_reader_refreshes_onto_the_newest_copy(tmp_path: Path) -> None:
