@@ -491,7 +491,7 @@ def _run_demo(
         console.print(
             f"\ngenerating {spec.leads:,} leads over {spec.days} days through the API over HTTP as visitors and "
             f"Stripe would, {VISITORS} at a time (payments on localstripe, refunds, duplicate webhooks, a CRM "
-            "outage, orphan payments). It takes a while (about {estimate_minutes(spec.leads)} min on two cores; "
+            f"outage, orphan payments). It takes a while (about {estimate_minutes(spec.leads)} min on two cores; "
             "--leads 300 for a quick look): open the dashboard now, it fills in as the API publishes its replica."
         )
         scenario_env = ScenarioEnvironment(

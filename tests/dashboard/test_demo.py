@@ -129,6 +129,7 @@ def test_demo_serves_the_dashboard_the_api_docs_and_the_checkout(demo: DemoProce
     assert httpx.get(docs, timeout=5).status_code == 200
     assert httpx.get(checkout, timeout=5).status_code == 200
     assert f"generated {DEMO_LEADS} leads in" in demo.output
+    assert "(about 1 min on two cores" in " ".join(demo.output.split())  # the estimate, filled in
     env = demo.env()
     assert env["ATTRIBUTION_DB_PATH"] == str(
         demo.data_dir / "attribution.duckdb"
