@@ -66,8 +66,8 @@ READY_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 15.0
 POLL_SECONDS = 0.5
 LOG_TAIL_CHARS = 2000
-# The HTTP scenario, whole run, per lead, on two busy cores (load ~5): 2,000 leads took 410 s (README).
-SECONDS_PER_LEAD = 0.2
+# The HTTP scenario, whole run, per lead, on two cores: 2,000 leads took 198 s when quiet, 410 s at load ~5 (README).
+SECONDS_PER_LEAD = 0.1
 
 
 class DemoError(Exception):
