@@ -34,7 +34,7 @@ import streamlit as st
 from ingest.db import DatabaseLocked, utcnow
 from ingest.reconcile import Metric, ModelParams, success_metrics
 from ingest.replay import DeliveryDetail, DeliveryFilter, get_delivery, list_deliveries
-from ingest.replica import Reader, ReaderUnavailable, open_reader
+from ingest.replica import Reader, ReaderUnavailable, file_identity, open_reader
 from ingest.settings import Settings, load_settings
 
 T = TypeVar("T")
@@ -132,14 +132,6 @@ def plain(frame: pd.DataFrame) -> pd.DataFrame:
         if frame[column].dtype == object and frame[column].map(lambda value: isinstance(value, UUID)).any():
             frame[column] = frame[column].map(lambda value: str(value) if isinstance(value, UUID) else value)
     return frame
-
-
-def _file_identity(path: Path) -> tuple[int, int] | None:
-    try:
-        status = path.stat()
-    except FileNotFoundError:
-        return None
-    return status.st_ino, status.st_mtime_ns
 
 
 def prepare(settings: Settings) -> tuple[Reader, Snapshot]:
@@ -241,7 +233,7 @@ class ReplicaSource:
         self._install(None)
 
     def _prepare_current(self) -> _Prepared:
-        identity = _file_identity(self.path)
+        identity = file_identity(self.path)
         reader, snapshot = prepare(self.settings)
         # The identity read before opening: if the file was replaced meanwhile, the watcher prepares it again.
         return _Prepared(reader, identity or (0, 0), snapshot)
@@ -260,7 +252,7 @@ class ReplicaSource:
         pause = REFRESH_CHECK_SECONDS
         while not self._stop.wait(pause):
             current = self._current
-            identity = _file_identity(self.path)
+            identity = file_identity(self.path)
             pause = REFRESH_CHECK_SECONDS
             if identity is None or current is None or identity == current.identity:
                 continue  # nothing newer (a vanished replica keeps the last copy on screen, its age shown)

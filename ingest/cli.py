@@ -6,12 +6,10 @@ import importlib
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from typer.core import TyperGroup
 
+from ingest.cli_common import console, settings_or_exit
 from ingest.db import DatabaseLocked, connect, migrate
-from ingest.logs import configure_logging
-from ingest.settings import Settings, SettingsError, load_settings
 
 # Commands defined in modules of their own, imported only when the command runs (or a help page lists it): each
 # pulls in what it needs (the sandbox's servers, the scenario, the Stripe SDK, Arrow), and `attribution report`
@@ -53,15 +51,6 @@ class _LazyGroup(TyperGroup):
 app = typer.Typer(help="Attribution ingest and reconciliation toolkit.", no_args_is_help=True, cls=_LazyGroup)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
-console = Console(stderr=True)
-
-
-def _settings() -> Settings:
-    try:
-        return load_settings()
-    except SettingsError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -72,8 +61,7 @@ def serve(
     """Run the API (with its database writer) in this process."""
     import uvicorn
 
-    settings = _settings()
-    configure_logging(settings.attribution_log_level)
+    settings = settings_or_exit(with_logging=True)
     console.print(
         f"API on http://{host}:{port}  ·  docs http://{host}:{port}/docs  ·  database {settings.attribution_db_path}"
     )
@@ -91,7 +79,7 @@ def serve(
 @db_app.command("migrate")
 def db_migrate() -> None:
     """Apply the database migrations not yet applied."""
-    settings = _settings()
+    settings = settings_or_exit()
     try:
         conn = connect(settings.attribution_db_path)
     except DatabaseLocked as exc:

@@ -27,7 +27,6 @@ from typing import IO, Annotated, Any
 
 import httpx
 import typer
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -39,6 +38,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from ingest.cli_common import console, settings_or_exit
 from ingest.reconcile import ModelParams
 from ingest.report import percent
 from ingest.sandbox import LocalStripe, Sandbox
@@ -54,9 +54,7 @@ from ingest.scenario import (
     run_scenario,
     truth_path,
 )
-from ingest.settings import Settings, SettingsError, load_settings
 
-console = Console(stderr=True)
 DASHBOARD_APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
 DEMO_DIR = Path("data/demo")
 DB_NAME = "attribution.duckdb"
@@ -172,14 +170,6 @@ def port_or_free(host: str, wanted: int) -> int:
     raise DemoError(f"no free port on {host}")
 
 
-def _settings() -> Settings:
-    try:
-        return load_settings()
-    except SettingsError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
-
-
 # --- attribution dashboard ------------------------------------------------------------------------------------
 
 
@@ -188,7 +178,7 @@ def dashboard(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
 ) -> None:
     """Run the Streamlit dashboard over the read replica the API publishes (Ctrl-C stops it)."""
-    settings = _settings()
+    settings = settings_or_exit()
     console.print(
         f"dashboard on http://{host}:{port}  ·  reading {settings.attribution_replica_path}  ·  "
         f"replay through {settings.attribution_api_url}"

@@ -10,31 +10,19 @@ from uuid import UUID
 import httpx
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 
 from ingest.admin_client import post_admin
+from ingest.cli_common import console, settings_or_exit
 from ingest.db import Database, DatabaseLocked, utcnow
 from ingest.destinations import MailerLiteSetupError, setup_mailerlite_fields
-from ingest.logs import configure_logging
 from ingest.outbox import Destination
 from ingest.replay import ReplayIn, ReplayOut, ReplayRequest, count_replayable, replay_deliveries
 from ingest.sandbox import run_sandbox_forever
-from ingest.settings import Settings, SettingsError, load_settings
+from ingest.settings import Settings
 
 mailerlite_app = typer.Typer(help="MailerLite account set-up.", no_args_is_help=True)
-console = Console(stderr=True)
 API_TIMEOUT_SECONDS = 120.0
 SANDBOX_PORTS = {"mailerlite": 8101, "crm": 8102, "sgtm": 8103, "stripe": 8420}
-
-
-def _settings() -> Settings:
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
-    configure_logging(settings.attribution_log_level)
-    return settings
 
 
 def _replay_through_api(settings: Settings, request: ReplayIn) -> ReplayOut:
@@ -72,7 +60,7 @@ def replay(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count what would be replayed.")] = False,
 ) -> None:
     """Re-queue deliveries with a fresh retry budget (dead ones by default); their attempt history is kept."""
-    settings = _settings()
+    settings = settings_or_exit(with_logging=True)
     try:
         request = ReplayIn(
             ids=ids or None,
@@ -106,7 +94,7 @@ def replay(
 @mailerlite_app.command("setup-fields")
 def mailerlite_setup_fields() -> None:
     """Create the MailerLite custom fields the subscriber upsert fills; safe to run again."""
-    settings = _settings()
+    settings = settings_or_exit(with_logging=True)
     if settings.mailerlite_api_key is None:
         console.print("[red]MAILERLITE_API_KEY is not set, so MailerLite is not configured[/red]")
         raise typer.Exit(2)
@@ -135,7 +123,7 @@ def sandbox(
     ] = None,
 ) -> None:
     """Run the MailerLite / CRM / sGTM fakes (and localstripe) on loopback until Ctrl-C; prints the env."""
-    settings = _settings()
+    settings = settings_or_exit(with_logging=True)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the launcher's readiness polls are noise here
     webhook_url = stripe_webhook_url or settings.attribution_api_url.rstrip("/") + "/v1/webhooks/stripe"
     ports = {"mailerlite": mailerlite_port, "crm": crm_port, "sgtm": sgtm_port, "stripe": stripe_port}

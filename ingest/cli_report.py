@@ -9,11 +9,10 @@ import duckdb
 import typer
 from rich.console import Console
 
+from ingest.cli_common import console, settings_or_exit
 from ingest.replica import ReaderUnavailable, reading
 from ingest.report import build_report, render_json, render_table
-from ingest.settings import SettingsError, load_settings
 
-console = Console(stderr=True)
 MISSED_EXIT_CODE = 1
 UNAVAILABLE_EXIT_CODE = 2
 
@@ -40,11 +39,7 @@ def report(
     ] = ReadFrom.AUTO,
 ) -> None:
     """Success metrics vs targets, from the replica while the API runs, else from the database."""
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(UNAVAILABLE_EXIT_CODE) from None
+    settings = settings_or_exit()
     try:
         with reading(settings, source.value) as reader:
             result = build_report(reader)

@@ -7,18 +7,16 @@ from datetime import datetime
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from ingest.admin_client import post_admin
+from ingest.cli_common import console, settings_or_exit
 from ingest.db import Database, DatabaseLocked
 from ingest.errors import DomainError
-from ingest.logs import configure_logging
 from ingest.payments import stripe_client
-from ingest.settings import Settings, SettingsError, load_settings
+from ingest.settings import Settings
 from ingest.stripe_sync import SyncReport, sync_stripe_events
 
 sync_app = typer.Typer(help="Backfill from external systems.", no_args_is_help=True)
-console = Console(stderr=True)
 API_TIMEOUT_SECONDS = 600.0
 
 
@@ -45,12 +43,7 @@ def sync_stripe(
     ] = None,
 ) -> None:
     """Process the Stripe events of the last 30 days that webhooks missed, and print the counts."""
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
-    configure_logging(settings.attribution_log_level)
+    settings = settings_or_exit(with_logging=True)
     try:
         client = stripe_client(settings)
         try:

@@ -301,7 +301,8 @@ class ReplicaInfo:
     params: ModelParams
 
 
-def _file_identity(path: Path) -> tuple[int, int] | None:
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """Which copy is at `path` (inode and modification time; None: nothing there): a new publish changes it."""
     try:
         status = path.stat()
     except FileNotFoundError:
@@ -356,7 +357,7 @@ class Reader:
 
         A replica that vanished (deleted by hand) keeps the copy already attached.
         """
-        identity = _file_identity(self.path) if self.source == "replica" else None
+        identity = file_identity(self.path) if self.source == "replica" else None
         if identity is None or identity == self._identity:
             return False
         self.conn.execute(f"detach database if exists {_SOURCE}")
@@ -369,7 +370,7 @@ class Reader:
 
     def _attach(self) -> None:
         for attempt in range(_OPEN_ATTEMPTS):
-            identity = _file_identity(self.path)
+            identity = file_identity(self.path)
             if identity is None:
                 raise ReaderUnavailable(f"nothing at {self.path}")
             try:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -20,6 +20,8 @@ import uvicorn
 
 from api.app import create_app
 from ingest.settings import Settings
+
+T = TypeVar("T")
 
 ADMIN_TOKEN = "test-admin-token"
 
@@ -163,3 +165,17 @@ class ApiProcess:
                 self.process.kill()
                 self.process.wait(5)
             self.process = None
+
+
+def wait_until(
+    predicate: Callable[[], T], timeout: float = 30.0, what: str = "condition", interval: float = 0.02
+) -> T:
+    """Poll until `predicate()` is truthy and return it; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)

@@ -14,7 +14,8 @@ from playwright.sync_api import Page, expect
 
 from ingest.sandbox import LocalStripe, Sandbox
 from tests.browser.conftest import PRICE_CENTS, Shots
-from tests.stripe.conftest import RunningApi, wait_until
+from tests.conftest import wait_until
+from tests.stripe.conftest import RunningApi
 
 UTM_QUERY = "utm_source=instagram&utm_medium=social&utm_campaign=lisbon-launch&utm_content=reel-2"
 GOOD_CARD = "4242424242424242"

@@ -9,8 +9,8 @@ import httpx
 
 from ingest.sandbox import LocalStripe
 from tests.browser.conftest import PRICE_CENTS
-from tests.conftest import free_port
-from tests.stripe.conftest import RunningApi, wait_until
+from tests.conftest import free_port, wait_until
+from tests.stripe.conftest import RunningApi
 
 GOOD_CARD = "4242424242424242"
 DECLINED_CARD = "4000000000000341"

@@ -15,9 +15,9 @@ from streamlit.testing.v1 import AppTest
 from ingest.replica import reading
 from ingest.sandbox import Sandbox
 from ingest.settings import Settings
-from tests.conftest import ADMIN_TOKEN, lead_body, serve
+from tests.conftest import ADMIN_TOKEN, lead_body, serve, wait_until
 from tests.dashboard.conftest import Replica, texts
-from tests.forwarding.conftest import sandbox_settings, wait_until
+from tests.forwarding.conftest import sandbox_settings
 
 Dashboard = Callable[[Replica], AppTest]
 DEAD_LEADS = 3

@@ -50,18 +50,6 @@ def sandbox_settings(tmp_path: Path, sandbox: Sandbox, **overrides: Any) -> Sett
     return make_settings(tmp_path, **(env | FAST | overrides))
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02) -> Any:
-    """Poll until `predicate()` is truthy and return it; fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(interval)
-
-
 async def async_wait_until(
     predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02
 ) -> Any:

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 
 from ingest.sandbox import Sandbox
-from tests.conftest import ADMIN_TOKEN, lead_body, serve
-from tests.forwarding.conftest import sandbox_settings, wait_until
+from tests.conftest import ADMIN_TOKEN, lead_body, serve, wait_until
+from tests.forwarding.conftest import sandbox_settings
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 

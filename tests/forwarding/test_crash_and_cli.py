@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from ingest.cli import app
 from ingest.db import Database
 from ingest.sandbox import Sandbox
-from tests.conftest import ADMIN_TOKEN, ApiProcess, lead_body
+from tests.conftest import ADMIN_TOKEN, ApiProcess, lead_body, wait_until
 from tests.forwarding.conftest import (
     FAST,
     async_wait_until,
@@ -23,7 +23,6 @@ from tests.forwarding.conftest import (
     running_worker,
     sandbox_settings,
     statuses,
-    wait_until,
 )
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

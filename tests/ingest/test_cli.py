@@ -53,8 +53,9 @@ def test_migrate_while_the_api_runs_explains_the_lock(tmp_path: Path) -> None:
 def test_help_lists_every_command_and_each_one_loads() -> None:
     listing = attribution("--help", env={})
     assert listing.returncode == 0, listing.stderr
+    listed = [line.strip("│ ").split(" ")[0] for line in listing.stdout.splitlines() if line.startswith("│ ")]
+    assert set(listed) >= {"serve", "db", *LAZY_COMMANDS}, listed
     for name in ("serve", "db", *LAZY_COMMANDS):
-        assert name in listing.stdout, name
         own = attribution(name, "--help", env={})
         assert own.returncode == 0, (name, own.stderr)
     unknown = attribution("reprot", env={})

@@ -58,6 +58,22 @@ def fake_urls(sandbox: Sandbox) -> dict[str, str]:
     return {name: sandbox.base_url(name) for name in ("mailerlite", "crm", "sgtm")}
 
 
+def scenario_environment(
+    settings: Settings, base_url: str, localstripe: LocalStripe, sandbox: Sandbox
+) -> ScenarioEnvironment:
+    """What the scenario needs to drive the API served at base_url with `settings`."""
+    return ScenarioEnvironment(
+        api_url=base_url,
+        admin_token=ADMIN_TOKEN,
+        stripe_api_base=localstripe.url,
+        stripe_secret_key=localstripe.secret_key,
+        stripe_webhook_secret=localstripe.webhook_secret,
+        fakes=fake_urls(sandbox),
+        params=ModelParams.from_settings(settings),
+        database_path=settings.attribution_db_path,
+    )
+
+
 @dataclass(frozen=True)
 class ScenarioRun:
     """A scenario that ran against the real API: its settings, ground truth and what the API's metrics said."""
@@ -72,17 +88,7 @@ def run_through_api(
 ) -> ScenarioRun:
     """Serve the API with `settings`, drive the scenario through it, stop it; return the ground truth."""
     with serve(settings) as base_url:
-        env = ScenarioEnvironment(
-            api_url=base_url,
-            admin_token=ADMIN_TOKEN,
-            stripe_api_base=localstripe.url,
-            stripe_secret_key=localstripe.secret_key,
-            stripe_webhook_secret=localstripe.webhook_secret,
-            fakes=fake_urls(sandbox),
-            params=ModelParams.from_settings(settings),
-            database_path=settings.attribution_db_path,
-        )
-        truth = run_scenario(env, spec)
+        truth = run_scenario(scenario_environment(settings, base_url, localstripe, sandbox), spec)
         response = httpx.get(
             f"{base_url}/v1/metrics/success", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=60
         )

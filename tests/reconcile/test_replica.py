@@ -22,7 +22,7 @@ from ingest.reconcile import MATERIALISED, success_metrics
 from ingest.replica import ReaderUnavailable, ReplicaPublisher, open_reader, reading
 from ingest.scenario_bulk import BulkSpec, generate_bulk
 from ingest.settings import Settings
-from tests.conftest import lead_body, make_settings, serve
+from tests.conftest import lead_body, make_settings, serve, wait_until
 
 
 def _beat(conn: duckdb.DuckDBPyConnection, items: Sequence[None]) -> list[None]:
@@ -57,13 +57,22 @@ def _env(settings: Settings) -> dict[str, str]:
     }
 
 
+def _replica_leads(settings: Settings) -> int:
+    try:
+        with reading(settings, "replica") as reader:
+            row = reader.conn.execute("select count(*) from leads").fetchone()
+    except ReaderUnavailable:
+        return 0
+    return int(row[0]) if row else 0
+
+
 def test_report_reads_the_replica_from_another_process_while_the_api_writes(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, attribution_replica_seconds=0.2)
     stop = threading.Event()
     with serve(settings) as base_url:
         writers = _writers(base_url, 100, stop)
         try:
-            time.sleep(0.5)
+            wait_until(lambda: _replica_leads(settings) > 0, what="a copy holding leads")
             done = subprocess.run(
                 [sys.executable, "-m", "ingest.cli", "report", "--json"],
                 env=_env(settings),
@@ -149,11 +158,11 @@ def test_publisher_copies_only_when_something_was_committed(tmp_path: Path) -> N
     publisher = ReplicaPublisher(database, settings)
     try:
         publisher.start()
-        _wait(lambda: publisher.publishes == 1)
+        wait_until(lambda: publisher.publishes == 1)
         time.sleep(0.4)
         assert publisher.publishes == 1, "nothing committed: nothing to publish"
         database.writer.submit_sync(_beat, None)
-        _wait(lambda: publisher.publishes == 2)
+        wait_until(lambda: publisher.publishes == 2)
     finally:
         publisher.stop()
         database.close()
@@ -290,7 +299,7 @@ def test_leftovers_of_a_crashed_copy_are_removed_at_start_but_not_a_live_process
         publisher.start()
         assert not leftover.exists()
         assert in_progress.exists()
-        _wait(lambda: publisher.publishes == 1)
+        wait_until(lambda: publisher.publishes == 1)
     finally:
         publisher.stop()
         database.close()
@@ -315,11 +324,3 @@ def test_auto_reads_the_idle_database_else_the_replica_else_says_why(tmp_path: P
         database.close()
     with reading(settings) as reader:
         assert reader.source == "database" and reader.taken_at is None
-
-
-def _wait(condition: object, timeout: float = 10.0) -> None:
-    assert callable(condition)
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)

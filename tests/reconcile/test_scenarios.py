@@ -8,19 +8,18 @@ from typing import Any
 import httpx
 import pytest
 
-from ingest.reconcile import ModelParams, run_data_tests, success_metrics
+from ingest.reconcile import run_data_tests, success_metrics
 from ingest.replica import reading
 from ingest.sandbox import LocalStripe, Sandbox
 from ingest.scenario import (
     GroundTruth,
-    ScenarioEnvironment,
     ScenarioError,
     ScenarioSpec,
     run_scenario,
     truth_path,
 )
-from tests.conftest import ADMIN_TOKEN, lead_body, serve
-from tests.reconcile.conftest import fake_urls, run_through_api, scenario_settings
+from tests.conftest import lead_body, serve
+from tests.reconcile.conftest import run_through_api, scenario_environment, scenario_settings
 
 CONFIGURATIONS: list[tuple[ScenarioSpec, dict[str, Any]]] = [
     (ScenarioSpec(seed=11, leads=30, days=30), {}),
@@ -77,16 +76,7 @@ def test_a_scenario_refuses_a_database_that_already_holds_data(
     settings = scenario_settings(tmp_path, localstripe, sandbox)
     with serve(settings) as base_url:
         assert httpx.post(f"{base_url}/v1/leads", json=lead_body()).status_code == 200
-        env = ScenarioEnvironment(
-            api_url=base_url,
-            admin_token=ADMIN_TOKEN,
-            stripe_api_base=localstripe.url,
-            stripe_secret_key=localstripe.secret_key,
-            stripe_webhook_secret=localstripe.webhook_secret,
-            fakes=fake_urls(sandbox),
-            params=ModelParams.from_settings(settings),
-            database_path=settings.attribution_db_path,
-        )
+        env = scenario_environment(settings, base_url, localstripe, sandbox)
         with pytest.raises(ScenarioError, match="empty"):
             run_scenario(env, ScenarioSpec(seed=1, leads=5))
     assert not truth_path(settings.attribution_db_path).exists()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from api.app import create_app
 from ingest.db import Database
 from ingest.sandbox import LocalStripe, Sandbox
 from ingest.settings import Settings
-from tests.conftest import free_port, lead_body, make_settings
+from tests.conftest import free_port, lead_body, make_settings, wait_until
 from tests.stripe.events import signed
 
 T = TypeVar("T")
@@ -50,17 +49,6 @@ def stripe_settings(tmp_path: Path, localstripe: LocalStripe, sandbox: Sandbox, 
     }
     values |= {"product_price_cents": PRICE_CENTS}
     return make_settings(tmp_path, **(values | overrides))
-
-
-def wait_until(condition: Callable[[], T], timeout: float = 10.0, message: str = "condition") -> T:
-    """Poll `condition` until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {message}")
 
 
 @dataclass

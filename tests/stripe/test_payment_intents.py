@@ -19,8 +19,8 @@ from ingest.payments import (
 )
 from ingest.sandbox import LocalStripe
 from ingest.settings import Settings
-from tests.conftest import free_port
-from tests.stripe.conftest import PRICE_CENTS, RunningApi, wait_until
+from tests.conftest import free_port, wait_until
+from tests.stripe.conftest import PRICE_CENTS, RunningApi
 
 
 def _intents_for(localstripe: LocalStripe, event_id: UUID) -> list[str]:
@@ -39,7 +39,7 @@ def test_payment_intent_carries_the_lead_in_its_metadata(
     event_id = stripe_api.create_lead(full_name="Ana " + "Muito " * 30 + "Longa", utm_content="hero-cta")
     crm_contact_id = wait_until(
         lambda: stripe_api.one("select crm_contact_id from leads where event_id = ?", [event_id]),
-        message="the lead's CRM contact id (delivered to the sandbox CRM)",
+        what="the lead's CRM contact id (delivered to the sandbox CRM)",
     )
 
     response = stripe_api.client.post("/v1/payment-intents", json={"event_id": str(event_id)})
@@ -183,7 +183,7 @@ def test_checkout_to_paid_over_loopback(stripe_api: RunningApi, localstripe: Loc
 
     wait_until(
         lambda: stripe_api.one("select status from leads where event_id = ?", [event_id]) == "paid",
-        message="localstripe's payment_intent.succeeded webhook",
+        what="localstripe's payment_intent.succeeded webhook",
     )
     event = stripe_api.rows("select event_type, source, status, object_id from stripe_events")
     assert event == [("payment_intent.succeeded", "webhook", "processed", intent_id)]

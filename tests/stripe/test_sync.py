@@ -15,14 +15,13 @@ import httpx
 from ingest import stripe_store
 from ingest.db import Database
 from ingest.sandbox import LocalStripe, Sandbox
-from tests.conftest import ADMIN_TOKEN, ApiProcess, free_port, lead_body
+from tests.conftest import ADMIN_TOKEN, ApiProcess, free_port, lead_body, wait_until
 from tests.stripe.conftest import (
     PRICE_CENTS,
     RunningApi,
     rename_table,
     serve_app,
     stripe_settings,
-    wait_until,
 )
 
 DEAD_URL = f"http://127.0.0.1:{free_port()}/v1/webhooks/stripe"
@@ -150,7 +149,7 @@ def test_admin_sync_retries_a_failed_event_and_clamps_the_window(
     try:
         _pay_on_localstripe(localstripe, intent_id)  # its webhook arrives and fails: stored with the error
         wait_until(
-            lambda: stripe_api.one("select status from stripe_events") == "failed", message="failed webhook"
+            lambda: stripe_api.one("select status from stripe_events") == "failed", what="failed webhook"
         )
     finally:
         writer.submit_sync(rename_table, ("payments_away", "payments"))
