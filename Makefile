@@ -25,7 +25,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy ingest api dashboard
+	$(BIN)/mypy ingest api dashboard cli sandbox
 
 pytest: $(STAMP)
 	$(BIN)/pytest

@@ -25,10 +25,10 @@ from api.routes import (
     webhooks,
 )
 from api.security import BodySizeLimit, RateLimiter
-from ingest.db import Database
-from ingest.replica import ReplicaPublisher
-from ingest.settings import Settings, load_settings
-from ingest.worker import DeliveryWorker
+from ingest.core.settings import Settings, load_settings
+from ingest.outbox.worker import DeliveryWorker
+from ingest.reconcile.replica import ReplicaPublisher
+from ingest.store.database import Database
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,10 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from api.security import RateLimiter, check_admin_token, client_ip
-from ingest.consent import RequestContext
-from ingest.db import Database, utcnow
-from ingest.settings import Settings
+from ingest.core.clock import utcnow
+from ingest.core.settings import Settings
+from ingest.leads.consent import RequestContext
+from ingest.store.database import Database
 
 
 async def _settings(request: Request) -> Settings:

@@ -10,9 +10,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ingest.db import DatabaseLocked
-from ingest.errors import Conflict, DomainError, InvalidField, NotConfigured, NotFound
-from ingest.writer import WriterStopped
+from ingest.core.errors import Conflict, DomainError, InvalidField, NotConfigured, NotFound
+from ingest.store.database import DatabaseLocked
+from ingest.store.writer import WriterStopped
 
 _DOMAIN_STATUS: dict[type[DomainError], tuple[int, str]] = {
     InvalidField: (status.HTTP_422_UNPROCESSABLE_CONTENT, "invalid_request"),

@@ -14,7 +14,7 @@ from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ingest.settings import Settings
+from ingest.core.settings import Settings
 
 
 class BodySizeLimit:

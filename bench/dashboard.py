@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import ROOT, save
-from ingest.db import Database
-from ingest.scenario import GroundTruth
-from ingest.scenario_bulk import BulkSpec, generate_bulk
+from ingest.store.database import Database
+from sandbox.bulk import BulkSpec, generate_bulk
+from sandbox.scenario import GroundTruth
 
 APP = ROOT / "dashboard" / "app.py"
 PAGES = {
@@ -56,9 +56,9 @@ def child_env(database: Path, replica: Path) -> dict[str, str]:
 
 def measure_baseline() -> dict[str, float]:
     """In this (fresh) process: open a reader over the replica and compute the five metrics."""
-    from ingest.reconcile import success_metrics
-    from ingest.replica import open_reader
-    from ingest.settings import load_settings
+    from ingest.core.settings import load_settings
+    from ingest.reconcile.models import success_metrics
+    from ingest.reconcile.replica import open_reader
 
     started = time.perf_counter()
     reader = open_reader(load_settings(), "replica")
@@ -124,7 +124,7 @@ def in_child(mode: str, database: Path, replica: Path) -> dict[str, Any]:
 
 def prepare_database(data_dir: Path, leads: int, reuse: bool) -> tuple[Path, Path, dict[str, Any]]:
     """The bulk database (bench/report.py's) and a freshly published replica of it."""
-    from ingest.replica import publish_replica
+    from ingest.reconcile.replica import publish_replica
 
     data_dir.mkdir(parents=True, exist_ok=True)
     database = data_dir / f"bulk-{leads}.duckdb"

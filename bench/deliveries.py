@@ -31,13 +31,14 @@ import httpx
 import uvloop
 
 from bench.common import save, server
-from ingest.db import Database, connect, migrate, utcnow
-from ingest.delivery import deliver_one, settle
-from ingest.destinations import OutgoingRequest, build_clients
-from ingest.outbox import Destination
-from ingest.settings import Settings
-from ingest.worker import ClaimRequest, DeliveryWorker, Flush, claim_deliveries, record_deliveries
-from ingest.writer import Writer
+from ingest.core.clock import utcnow
+from ingest.core.settings import Settings
+from ingest.core.vocabulary import Destination
+from ingest.outbox.delivery import deliver_one, settle
+from ingest.outbox.destinations import OutgoingRequest, build_clients
+from ingest.outbox.worker import ClaimRequest, DeliveryWorker, Flush, claim_deliveries, record_deliveries
+from ingest.store.database import Database, connect, migrate
+from ingest.store.writer import Writer
 
 TARGET_PER_SECOND = 1000
 CONCURRENCY = 16  # per destination, so 48 requests in flight at most

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 
-from ingest.models import LeadIn
+from ingest.leads.schemas import LeadIn
 
 app = FastAPI()
 

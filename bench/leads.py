@@ -47,7 +47,7 @@ def main() -> None:
                 "ATTRIBUTION_RATE_LIMIT_PER_MINUTE": "0",
                 "ATTRIBUTION_LOG_LEVEL": "WARNING",
             }
-            with server(["ingest.cli", "serve"], env) as url:
+            with server(["cli", "serve"], env) as url:
                 run = run_wrk(
                     f"{url}/v1/leads",
                     SCRIPT,

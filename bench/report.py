@@ -33,12 +33,13 @@ import duckdb
 import pandas as pd
 
 from bench.common import ROOT, median_of, run_wrk, save, server
-from ingest.db import Database, utcnow
-from ingest.reconcile import METRIC_NAMES, ModelParams
-from ingest.replica import ReaderUnavailable, open_reader, publish_replica
-from ingest.scenario import GroundTruth
-from ingest.scenario_bulk import BulkSpec, generate_bulk
-from ingest.settings import Settings
+from ingest.core.clock import utcnow
+from ingest.core.settings import Settings
+from ingest.reconcile.models import METRIC_NAMES, ModelParams
+from ingest.reconcile.replica import ReaderUnavailable, open_reader, publish_replica
+from ingest.store.database import Database
+from sandbox.bulk import BulkSpec, generate_bulk
+from sandbox.scenario import GroundTruth
 
 LEAD_SCRIPT = ROOT / "bench" / "lead.lua"
 CONFIGURED = {  # what the bulk database was generated under: every destination on
@@ -232,7 +233,7 @@ def run_report_cli(path: Path, replica: Path, source: str) -> tuple[float, dict[
     }
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "ingest.cli", "report", "--json", "--source", source],
+        [sys.executable, "-m", "cli", "report", "--json", "--source", source],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -396,7 +397,7 @@ def ingest_under_publishing(path: Path, data_dir: Path, seconds: int) -> dict[st
             "ATTRIBUTION_LOG_LEVEL": "WARNING",
             "ATTRIBUTION_DELIVERY_WORKER": "false",  # forwarding is measured elsewhere; nothing to send to here
         }
-        with server(["ingest.cli", "serve"], env) as url:
+        with server(["cli", "serve"], env) as url:
             _wait_for(replica.exists, 600)  # the first copy, made at start, is not what is measured
             staleness: list[float] = []
             stop = threading.Event()

@@ -24,16 +24,17 @@ from typing import Any
 
 import aiohttp
 import duckdb
+from tests.stripe import events
 
 from bench.common import echo_server, load_average, median_of, run_wrk, save, server
-from ingest import stripe_store
-from ingest.consent import RequestContext
-from ingest.db import Database, utcnow
-from ingest.leads import capture_leads, plan_lead
-from ingest.models import ConsentMethod, LeadIn
-from ingest.payments import PaymentIntentLink, payment_metadata
-from ingest.settings import Settings
-from tests.stripe import events
+from ingest.core.clock import utcnow
+from ingest.core.settings import Settings
+from ingest.leads.consent import RequestContext
+from ingest.leads.schemas import ConsentMethod, LeadIn
+from ingest.leads.service import capture_leads, plan_lead
+from ingest.payments import repository as payments_repository
+from ingest.payments.checkout import PaymentIntentLink, payment_metadata
+from ingest.store.database import Database
 
 SCRIPT = Path(__file__).with_name("webhook.lua")
 SECRET = "whsec_bench_only_not_a_real_secret"
@@ -86,8 +87,8 @@ def seed_checkouts(db_path: Path, count: int) -> list[tuple[dict[str, Any], str]
 def _link_all(conn: duckdb.DuckDBPyConnection, batches: Sequence[list[PaymentIntentLink]]) -> list[None]:
     """What `link_payment_intents` writes for each checkout, in two bulk statements (seeding only)."""
     links = [link for batch in batches for link in batch]
-    stripe_store.insert_payments(conn, [link.payment_row() for link in links])
-    stripe_store.update_lead_payments(
+    payments_repository.insert_payments(conn, [link.payment_row() for link in links])
+    payments_repository.update_lead_payments(
         conn,
         [
             {
@@ -186,7 +187,7 @@ def throughput_round(
     db_path = tmp / f"bench-{time.monotonic_ns()}.duckdb"
     checkouts = seed_checkouts(db_path, count)
     size = write_events(prefix, [succeeded_event(lead, pi, settings) for lead, pi in checkouts])
-    with server(["ingest.cli", "serve"], api_env(db_path)) as url:
+    with server(["cli", "serve"], api_env(db_path)) as url:
         api = run_wrk(
             f"{url}/v1/webhooks/stripe",
             SCRIPT,
@@ -239,7 +240,7 @@ def duplicate_storm(args: argparse.Namespace, tmp: Path, settings: Settings) -> 
     signed = [events.signed(succeeded_event(lead, pi, settings), SECRET) for lead, pi in checkouts]
     deliveries = [item for item in signed for _ in range(args.storm_copies)]
     random.Random(7).shuffle(deliveries)
-    with server(["ingest.cli", "serve"], api_env(db_path)) as url:
+    with server(["cli", "serve"], api_env(db_path)) as url:
         started = time.perf_counter()
         answers = asyncio.run(_deliver_all(f"{url}/v1/webhooks/stripe", deliveries, args.storm_connections))
         seconds = time.perf_counter() - started

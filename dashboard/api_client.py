@@ -8,8 +8,8 @@ from uuid import UUID
 
 import httpx
 
-from ingest.replay import DeliveryDetail, ReplayIn, ReplayOut
-from ingest.settings import Settings
+from ingest.core.settings import Settings
+from ingest.outbox.replay import DeliveryDetail, ReplayIn, ReplayOut
 
 HEALTH_TIMEOUT_SECONDS = 2.0
 REPLAY_TIMEOUT_SECONDS = 120.0

@@ -7,7 +7,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ingest.reconcile import METRIC_NAMES, Metric
+from ingest.reconcile.models import METRIC_NAMES, Metric
 
 GOOD_COLOUR = "#2e7d32"
 BAD_COLOUR = "#c62828"

@@ -2,15 +2,15 @@
 
 The dashboard never opens the API's database: DuckDB lets one process hold a file for writing and then nobody
 else may open it, so it reads the read-only replica the API publishes every ATTRIBUTION_REPLICA_SECONDS
-(`ingest.replica`). One `ReplicaSource` per replica path lives for the whole Streamlit server
+(`ingest.reconcile.replica`). One `ReplicaSource` per replica path lives for the whole Streamlit server
 (`st.cache_resource`). The publisher has already computed the heavy models into each copy
-(`ingest.reconcile.MATERIALISED`), so the metrics, the coverage matrix and the funnel are short queries instead of
+(`ingest.reconcile.models.MATERIALISED`), so the metrics, the coverage matrix and the funnel are short queries instead of
 a fresh pass over every lead and delivery (bench/dashboard.py has the figures). Each copy is *prepared* once
 (opened, its models loaded, its row counts read); newer copies are prepared in a background thread while pages
 keep reading the previous one. Results are cached with `st.cache_data`, keyed by
 the copy they were read from, so two sessions looking at the same copy query it once.
 
-All SQL here reads the models of sql/, or the outbox tables for what the models leave out (last errors,
+All SQL here reads the models of ingest/sql/, or the outbox tables for what the models leave out (last errors,
 payloads); every value comes in as a parameter.
 """
 
@@ -31,11 +31,12 @@ import duckdb
 import pandas as pd
 import streamlit as st
 
-from ingest.db import DatabaseLocked, utcnow
-from ingest.reconcile import Metric, ModelParams, success_metrics
-from ingest.replay import DeliveryDetail, DeliveryFilter, get_delivery, list_deliveries
-from ingest.replica import Reader, ReaderUnavailable, file_identity, open_reader
-from ingest.settings import Settings, load_settings
+from ingest.core.clock import utcnow
+from ingest.core.settings import Settings, load_settings
+from ingest.outbox.replay import DeliveryDetail, DeliveryFilter, get_delivery, list_deliveries
+from ingest.reconcile.models import Metric, ModelParams, success_metrics
+from ingest.reconcile.replica import Reader, ReaderUnavailable, file_identity, open_reader
+from ingest.store.database import DatabaseLocked
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ import streamlit as st
 
 from dashboard import data
 from dashboard.api_client import AdminApi, ApiStatus
-from ingest.report import percent
+from ingest.reconcile.report import percent
 
 STALE_AFTER_INTERVALS = 6  # a replica older than this many publish intervals means the API stopped publishing
 API_STATUS_SECONDS = 10

@@ -19,7 +19,7 @@ import pytest
 import uvicorn
 
 from api.app import create_app
-from ingest.settings import Settings
+from ingest.core.settings import Settings
 
 T = TypeVar("T")
 
@@ -131,7 +131,7 @@ class ApiProcess:
     def start(self, timeout: float = 30) -> None:
         """Start the server and wait until /readyz answers."""
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ingest.cli", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "cli", "serve", "--port", str(self.port)],
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -7,7 +7,8 @@ from typing import Any
 from fastapi import APIRouter
 
 from api.deps import AdminOnly, DatabaseDep
-from ingest import store
+from ingest.outbox.repository import deliveries_by_status
+from ingest.store.status import table_counts
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[AdminOnly])
 
@@ -15,11 +16,11 @@ router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[AdminOnly])
 @router.get("/status")
 async def admin_status(database: DatabaseDep) -> dict[str, Any]:
     """Row counts, deliveries by status and the writer's group-commit counters."""
-    counts = database.read(store.table_counts)
+    counts = database.read(table_counts)
     return {
         "database": str(database.path),
         "tables": counts,
-        "deliveries_by_status": database.read(store.deliveries_by_status),
+        "deliveries_by_status": database.read(deliveries_by_status),
         "writer": {
             "batches_committed": database.writer.batches_committed,
             "jobs_committed": database.writer.jobs_committed,

@@ -7,8 +7,8 @@ import logging
 from fastapi import APIRouter
 
 from api.deps import BrowserCallDep
-from ingest.consent import consent_row, record_consents
-from ingest.models import ConsentIn, ConsentOut
+from ingest.leads.consent import consent_row, record_consents
+from ingest.leads.schemas import ConsentIn, ConsentOut
 
 router = APIRouter(tags=["consent"])
 log = logging.getLogger(__name__)

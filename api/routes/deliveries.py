@@ -10,10 +10,10 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Query, Request
 
 from api.deps import AdminOnly, DatabaseDep
-from ingest.db import utcnow
-from ingest.errors import NotFound
-from ingest.outbox import Destination
-from ingest.replay import (
+from ingest.core.clock import utcnow
+from ingest.core.errors import NotFound
+from ingest.core.vocabulary import Destination
+from ingest.outbox.replay import (
     DeliveryDetail,
     DeliveryFilter,
     DeliveryList,
@@ -26,7 +26,7 @@ from ingest.replay import (
     list_deliveries,
     replay_deliveries,
 )
-from ingest.worker import DeliveryWorker
+from ingest.outbox.worker import DeliveryWorker
 
 router = APIRouter(prefix="/v1/admin", tags=["deliveries"], dependencies=[AdminOnly])
 log = logging.getLogger(__name__)

@@ -13,10 +13,10 @@ from pydantic import BaseModel
 
 from api.assets import DEMO_DIR
 from api.deps import RateLimited, SettingsDep
-from ingest.demo_card import CardConfirmIn, CardConfirmOut, CardDeclined, confirm_card_payment
-from ingest.errors import NotConfigured
-from ingest.payments import StripeUnavailable, stripe_client
-from ingest.settings import Settings
+from ingest.core.errors import NotConfigured
+from ingest.core.settings import Settings
+from ingest.payments.checkout import StripeUnavailable, stripe_client
+from ingest.payments.demo_card import CardConfirmIn, CardConfirmOut, CardDeclined, confirm_card_payment
 
 CHECKOUT_PATH = "/demo/checkout"
 STRIPE_JS_PATH = "/js.stripe.com/v3/"

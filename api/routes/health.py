@@ -10,9 +10,9 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from api.deps import DatabaseDep
-from ingest import store
-from ingest.db import utcnow
-from ingest.writer import WriterStopped
+from ingest.core.clock import utcnow
+from ingest.store.status import beat
+from ingest.store.writer import WriterStopped
 
 router = APIRouter(tags=["health"])
 READY_TIMEOUT_SECONDS = 5.0
@@ -25,7 +25,7 @@ async def healthz() -> dict[str, str]:
 
 
 def _beat(conn: duckdb.DuckDBPyConnection, items: Sequence[None]) -> list[None]:
-    store.beat(conn, utcnow())
+    beat(conn, utcnow())
     return [None for _ in items]
 
 

@@ -8,8 +8,8 @@ from fastapi import APIRouter
 
 from api.deps import BrowserCallDep
 from api.routes.deliveries import WorkerDep
-from ingest.leads import capture_leads, inline_delivery_ids, lead_answer, plan_lead
-from ingest.models import LeadIn, LeadOut
+from ingest.leads.schemas import LeadIn, LeadOut
+from ingest.leads.service import capture_leads, inline_delivery_ids, lead_answer, plan_lead
 
 router = APIRouter(tags=["leads"])
 log = logging.getLogger(__name__)

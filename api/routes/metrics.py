@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from api.deps import AdminOnly, DatabaseDep, SettingsDep
-from ingest.reconcile import Metric, ModelParams, live_success_metrics
+from ingest.reconcile.models import Metric, ModelParams, live_success_metrics
 
 router = APIRouter(prefix="/v1/metrics", tags=["metrics"], dependencies=[AdminOnly])
 

@@ -8,7 +8,13 @@ from fastapi import APIRouter, Request, status
 from fastapi.responses import JSONResponse
 
 from api.deps import DatabaseDep, RateLimited, SettingsDep
-from ingest.payments import Checkout, PaymentIntentIn, PaymentIntentOut, StripeUnavailable, stripe_client
+from ingest.payments.checkout import (
+    Checkout,
+    PaymentIntentIn,
+    PaymentIntentOut,
+    StripeUnavailable,
+    stripe_client,
+)
 
 router = APIRouter(tags=["payments"])
 _checkout_guard = threading.Lock()

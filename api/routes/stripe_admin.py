@@ -9,8 +9,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from api.deps import AdminOnly, DatabaseDep, SettingsDep
-from ingest.payments import StripeUnavailable, stripe_client
-from ingest.stripe_sync import SyncReport, sync_stripe_events
+from ingest.payments.checkout import StripeUnavailable, stripe_client
+from ingest.payments.sync import SyncReport, sync_stripe_events
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[AdminOnly])
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, status
 from fastapi.responses import JSONResponse, Response
 
-from ingest.db import Database, utcnow
-from ingest.settings import Settings
-from ingest.webhooks import EventAck, EventJob, EventProcessingFailed, receive_event, verify_event
+from ingest.core.clock import utcnow
+from ingest.core.settings import Settings
+from ingest.payments.webhooks import EventAck, EventJob, EventProcessingFailed, receive_event, verify_event
+from ingest.store.database import Database
 
 router = APIRouter(tags=["webhooks"])
 

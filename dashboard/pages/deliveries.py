@@ -11,7 +11,7 @@ import streamlit as st
 
 from dashboard import charts, data, ui
 from dashboard.api_client import ApiError
-from ingest.replay import ReplayIn
+from ingest.outbox.replay import ReplayIn
 
 LIVE_STATE_LIMIT = 20  # deliveries whose state after a replay is fetched from the API one by one
 PENDING_KEY = "replay-pending"

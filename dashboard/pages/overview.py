@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, data, ui
-from ingest.report import percent
+from ingest.reconcile.report import percent
 
 st.title("Overview")
 snapshot = ui.require_snapshot()

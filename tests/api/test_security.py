@@ -5,9 +5,9 @@ from typing import Any
 
 import httpx
 
-from tests.api.test_consent import consent_body
-from tests.api.test_leads import query
 from tests.conftest import ADMIN_TOKEN, lead_body
+from tests.leads.test_consent_api import consent_body
+from tests.leads.test_leads_api import query
 
 SHOP = "https://shop.example"
 

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from ingest.sandbox import LocalStripe, Sandbox
+from sandbox import LocalStripe, Sandbox
 from tests.conftest import make_settings
-from tests.stripe.conftest import RunningApi, serve_app
+from tests.payments.conftest import RunningApi, serve_app
 
 CHROMIUM = Path("/usr/bin/chromium")
 # As root Chromium needs --no-sandbox; without the background-networking flags it keeps dialling Google's

@@ -12,10 +12,10 @@ from uuid import UUID
 
 from playwright.sync_api import Page, expect
 
-from ingest.sandbox import LocalStripe, Sandbox
+from sandbox import LocalStripe, Sandbox
 from tests.browser.conftest import PRICE_CENTS, Shots
 from tests.conftest import wait_until
-from tests.stripe.conftest import RunningApi
+from tests.payments.conftest import RunningApi
 
 UTM_QUERY = "utm_source=instagram&utm_medium=social&utm_campaign=lisbon-launch&utm_content=reel-2"
 GOOD_CARD = "4242424242424242"

@@ -7,10 +7,10 @@ from typing import Any
 
 import httpx
 
-from ingest.sandbox import LocalStripe
+from sandbox import LocalStripe
 from tests.browser.conftest import PRICE_CENTS
 from tests.conftest import free_port, wait_until
-from tests.stripe.conftest import RunningApi
+from tests.payments.conftest import RunningApi
 
 GOOD_CARD = "4242424242424242"
 DECLINED_CARD = "4000000000000341"

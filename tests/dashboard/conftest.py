@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from ingest.db import Database
-from ingest.reconcile import Metric, ModelParams, success_metrics
-from ingest.replica import publish_replica, reading
-from ingest.scenario import GroundTruth
-from ingest.scenario_bulk import BulkSpec, generate_bulk
-from ingest.settings import Settings
+from ingest.core.settings import Settings
+from ingest.reconcile.models import Metric, ModelParams, success_metrics
+from ingest.reconcile.replica import publish_replica, reading
+from ingest.store.database import Database
+from sandbox.bulk import BulkSpec, generate_bulk
+from sandbox.scenario import GroundTruth
 from tests.conftest import ADMIN_TOKEN, make_settings
 
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"

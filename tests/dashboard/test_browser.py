@@ -15,7 +15,7 @@ import pytest
 from playwright.sync_api import Browser, expect
 
 from dashboard.ui import METRIC_LABELS
-from ingest.report import percent
+from ingest.reconcile.report import percent
 from tests.browser.conftest import browser  # noqa: F401 - the session's chromium
 from tests.conftest import free_port
 from tests.dashboard.conftest import Replica, dashboard_env
@@ -30,7 +30,7 @@ def dashboard_url(demo_replica: Replica) -> Iterator[str]:
     """`attribution dashboard --port N` as a child process over the generated replica; stopped with Ctrl-C."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "ingest.cli", "dashboard", "--port", str(port)],
+        [sys.executable, "-m", "cli", "dashboard", "--port", str(port)],
         env={**os.environ, **dashboard_env(demo_replica.settings)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -8,7 +8,7 @@ from datetime import date
 from streamlit.testing.v1 import AppTest
 
 from dashboard.ui import METRIC_LABELS
-from ingest.report import percent
+from ingest.reconcile.report import percent
 from tests.dashboard.conftest import PAGES, Replica, texts
 
 Dashboard = Callable[[Replica], AppTest]

@@ -12,12 +12,12 @@ import httpx
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from ingest.replica import reading
-from ingest.sandbox import Sandbox
-from ingest.settings import Settings
+from ingest.core.settings import Settings
+from ingest.reconcile.replica import reading
+from sandbox import Sandbox
 from tests.conftest import ADMIN_TOKEN, lead_body, serve, wait_until
 from tests.dashboard.conftest import Replica, texts
-from tests.forwarding.conftest import sandbox_settings
+from tests.outbox.conftest import sandbox_settings
 
 Dashboard = Callable[[Replica], AppTest]
 DEAD_LEADS = 3

@@ -10,16 +10,16 @@ from typing import Any
 import httpx
 import pytest
 
-from ingest.reconcile import ModelParams
-from ingest.sandbox import LocalStripe, Sandbox
-from ingest.scenario import (
+from ingest.core.settings import Settings
+from ingest.reconcile.models import ModelParams
+from sandbox import LocalStripe, Sandbox
+from sandbox.scenario import (
     SCENARIO_API_SETTINGS,
     GroundTruth,
     ScenarioEnvironment,
     ScenarioSpec,
     run_scenario,
 )
-from ingest.settings import Settings
 from tests.conftest import ADMIN_TOKEN, make_settings, serve
 
 

@@ -7,8 +7,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from ingest.db import Database, connect, migrate
-from ingest.reconcile import (
+from ingest.reconcile.models import (
     LAYERS,
     METRIC_NAMES,
     SQL_DIR,
@@ -20,9 +19,10 @@ from ingest.reconcile import (
     run_data_tests,
     success_metrics,
 )
-from ingest.replica import reading
-from ingest.scenario import GroundTruth
-from ingest.scenario_bulk import BulkSpec, generate_bulk
+from ingest.reconcile.replica import reading
+from ingest.store.database import Database, connect, migrate
+from sandbox.bulk import BulkSpec, generate_bulk
+from sandbox.scenario import GroundTruth
 from tests.conftest import make_settings
 
 ALL_ON = ModelParams(

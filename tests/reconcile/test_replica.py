@@ -16,17 +16,18 @@ import duckdb
 import httpx
 import pytest
 
-from ingest import store
-from ingest.db import Database, utcnow
-from ingest.reconcile import MATERIALISED, success_metrics
-from ingest.replica import ReaderUnavailable, ReplicaPublisher, open_reader, reading
-from ingest.scenario_bulk import BulkSpec, generate_bulk
-from ingest.settings import Settings
+from ingest.core.clock import utcnow
+from ingest.core.settings import Settings
+from ingest.reconcile.models import MATERIALISED, success_metrics
+from ingest.reconcile.replica import ReaderUnavailable, ReplicaPublisher, open_reader, reading
+from ingest.store.database import Database
+from ingest.store.status import beat
+from sandbox.bulk import BulkSpec, generate_bulk
 from tests.conftest import lead_body, make_settings, serve, wait_until
 
 
 def _beat(conn: duckdb.DuckDBPyConnection, items: Sequence[None]) -> list[None]:
-    store.beat(conn, utcnow())
+    beat(conn, utcnow())
     return [None for _ in items]
 
 
@@ -74,7 +75,7 @@ def test_report_reads_the_replica_from_another_process_while_the_api_writes(tmp_
         try:
             wait_until(lambda: _replica_leads(settings) > 0, what="a copy holding leads")
             done = subprocess.run(
-                [sys.executable, "-m", "ingest.cli", "report", "--json"],
+                [sys.executable, "-m", "cli", "report", "--json"],
                 env=_env(settings),
                 capture_output=True,
                 text=True,

@@ -9,13 +9,13 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from ingest.cli import app
-from ingest.db import Database, connect, migrate
-from ingest.reconcile import METRIC_NAMES
-from ingest.replica import publish_replica
-from ingest.report import percent
-from ingest.scenario import GroundTruth
-from ingest.scenario_bulk import BulkSpec, generate_bulk
+from cli.main import app
+from ingest.reconcile.models import METRIC_NAMES
+from ingest.reconcile.replica import publish_replica
+from ingest.reconcile.report import percent
+from ingest.store.database import Database, connect, migrate
+from sandbox.bulk import BulkSpec, generate_bulk
+from sandbox.scenario import GroundTruth
 from tests.conftest import ADMIN_TOKEN, make_settings, serve
 
 runner = CliRunner()

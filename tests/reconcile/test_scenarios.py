@@ -8,16 +8,10 @@ from typing import Any
 import httpx
 import pytest
 
-from ingest.reconcile import run_data_tests, success_metrics
-from ingest.replica import reading
-from ingest.sandbox import LocalStripe, Sandbox
-from ingest.scenario import (
-    GroundTruth,
-    ScenarioError,
-    ScenarioSpec,
-    run_scenario,
-    truth_path,
-)
+from ingest.reconcile.models import run_data_tests, success_metrics
+from ingest.reconcile.replica import reading
+from sandbox import LocalStripe, Sandbox
+from sandbox.scenario import GroundTruth, ScenarioError, ScenarioSpec, run_scenario, truth_path
 from tests.conftest import lead_body, serve
 from tests.reconcile.conftest import run_through_api, scenario_environment, scenario_settings
 

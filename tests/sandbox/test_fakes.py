@@ -16,9 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from ingest.sandbox import Sandbox
-from ingest.sandbox.crm import sign_crm_body
-from ingest.sandbox.fakes import CRM_API_TOKEN, CRM_SIGNING_SECRET, MAILERLITE_API_KEY, MAILERLITE_GROUP_ID
+from sandbox import Sandbox
+from sandbox.crm import sign_crm_body
+from sandbox.fakes import CRM_API_TOKEN, CRM_SIGNING_SECRET, MAILERLITE_API_KEY, MAILERLITE_GROUP_ID
 
 ML_AUTH = {"Authorization": f"Bearer {MAILERLITE_API_KEY}"}
 
@@ -637,7 +637,7 @@ def test_stopped_sandbox_no_longer_answers(client: httpx.Client) -> None:
 
 
 def test_run_sandbox_forever_serves_until_interrupted() -> None:
-    code = "from ingest.sandbox import run_sandbox_forever; run_sandbox_forever(with_stripe=False)"
+    code = "from sandbox import run_sandbox_forever; run_sandbox_forever(with_stripe=False)"
     process = subprocess.Popen(
         [sys.executable, "-c", code],
         stdout=subprocess.PIPE,

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import stripe
 
-from ingest.sandbox import LocalStripe
+from sandbox import LocalStripe
 
 WEBHOOK_SECRET = "whsec_test_sandbox_receiver"
 
@@ -148,7 +148,7 @@ def test_register_webhook_refuses_a_non_http_url(localstripe: LocalStripe) -> No
 
 def test_child_stops_when_its_parent_disappears() -> None:
     code = (
-        "import sys, time; from ingest.sandbox import LocalStripe; "
+        "import sys, time; from sandbox import LocalStripe; "
         "ls = LocalStripe().start(); print(ls.url, flush=True); time.sleep(60)"
     )
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

@@ -1,0 +1,95 @@
+"""The `attribution` command line."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from cli.common import console, settings_or_exit
+from ingest.store.database import DatabaseLocked, connect, migrate
+
+# Commands defined in modules of their own, imported only when the command runs (or a help page lists it): each
+# pulls in what it needs (the sandbox's servers, the scenario, the Stripe SDK, Arrow), and `attribution report`
+# should not wait for all of that. Values: "module:attribute", a command function or a Typer group.
+LAZY_COMMANDS = {
+    "report": "cli.report:report",
+    "replay": "cli.outbox:replay",
+    "sandbox": "cli.outbox:sandbox",
+    "mailerlite": "cli.outbox:mailerlite_app",
+    "sync": "cli.stripe:sync_app",
+    "dashboard": "cli.demo:dashboard",
+    "demo": "cli.demo:demo",
+}
+
+
+class _LazyGroup(TyperGroup):
+    """The top-level group: its own commands, plus LAZY_COMMANDS loaded by name.
+
+    The context and command types are those of the click Typer vendors privately, hence `Any` here.
+    """
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [*super().list_commands(ctx), *LAZY_COMMANDS]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name not in LAZY_COMMANDS:
+            return super().get_command(ctx, cmd_name)
+        module, attribute = LAZY_COMMANDS[cmd_name].split(":")
+        target: Any = getattr(importlib.import_module(module), attribute)
+        if isinstance(target, typer.Typer):
+            group = typer.main.get_group(target)
+            group.name = cmd_name
+            return group
+        single = typer.Typer()  # one command: Typer makes it the click command itself
+        single.command(cmd_name)(target)
+        return typer.main.get_command(single)
+
+
+app = typer.Typer(help="Attribution ingest and reconciliation toolkit.", no_args_is_help=True, cls=_LazyGroup)
+db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+) -> None:
+    """Run the API (with its database writer) in this process."""
+    import uvicorn
+
+    settings = settings_or_exit(with_logging=True)
+    console.print(
+        f"API on http://{host}:{port}  ·  docs http://{host}:{port}/docs  ·  database {settings.attribution_db_path}"
+    )
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        proxy_headers=False,
+    )
+
+
+@db_app.command("migrate")
+def db_migrate() -> None:
+    """Apply the database migrations not yet applied."""
+    settings = settings_or_exit()
+    try:
+        conn = connect(settings.attribution_db_path)
+    except DatabaseLocked as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    try:
+        applied = migrate(conn)
+    finally:
+        conn.close()
+    if applied:
+        console.print(f"applied {len(applied)} migration(s): {', '.join(applied)}")
+    else:
+        console.print("database is up to date")

@@ -1,0 +1,614 @@
+"""The delivery worker: an asyncio loop in the API process that claims due outbox rows through the writer,
+sends them with per-destination concurrency, pacing and a circuit breaker, and records every attempt."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+from uuid import UUID
+
+import duckdb
+
+from ingest.core.clock import utcnow
+from ingest.core.settings import Settings
+from ingest.core.vocabulary import DEAD, Destination
+from ingest.outbox import repository
+from ingest.outbox.delivery import AttemptResult, Verdict, deliver_one, send_time_gate, settle
+from ingest.outbox.destinations import DestinationClient, build_clients, destination_limits
+from ingest.outbox.repository import ClaimedDelivery, RecordedOutcome, Unclaimed
+from ingest.store.database import Database
+from ingest.store.writer import Writer, WriterStopped
+
+log = logging.getLogger(__name__)
+
+# A lease outlives any send (timeout <= 120 s) and the short wait for a rate-limit slot; a process that dies
+# leaves it behind and the next start releases it.
+LEASE = timedelta(minutes=10)
+MAX_CLAIM = 1024  # most deliveries one destination holds claimed (sending or queued to send) at once
+# Claim about this long's worth of sends: long enough that claims (a few table scans each) stay rare under
+# load, short enough that a claimed delivery goes out soon after its consent was checked.
+QUEUE_SECONDS = 1.0
+PACING_HORIZON_SECONDS = 1.0  # a rate-limited destination claims only what it may send within this long
+LONG_PAUSE_SECONDS = 1.0  # a claimed delivery facing a longer Retry-After pause goes back to the table
+RECORD_INTERVAL_SECONDS = 0.1  # outcomes are committed at most this often
+
+
+# --- writer batch handlers ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClaimRequest:
+    """Lease up to `limits[destination]` due deliveries, skipping journeys already in flight there."""
+
+    now: datetime
+    limits: dict[str, int]
+    busy: frozenset[tuple[str, UUID]] = frozenset()
+    urgent: tuple[UUID, ...] = ()
+
+
+def pick_claims(
+    candidates: Sequence[dict[str, Any]], limits: dict[str, int], busy: frozenset[tuple[str, UUID]]
+) -> list[dict[str, Any]]:
+    """In candidate order: up to each destination's limit, and one delivery per (destination, event_id) out at
+    a time, so two updates about one person never race each other at the receiver."""
+    taken: set[tuple[str, UUID]] = set(busy)
+    seen: set[UUID] = set()
+    counts: Counter[str] = Counter()
+    picked = []
+    for row in candidates:
+        destination, event_id = row["destination"], row["event_id"]
+        if row["delivery_id"] in seen or counts[destination] >= limits.get(destination, 0):
+            continue
+        if event_id is not None and (destination, event_id) in taken:
+            continue
+        picked.append(row)
+        seen.add(row["delivery_id"])
+        counts[destination] += 1
+        if event_id is not None:
+            taken.add((destination, event_id))
+    return picked
+
+
+def claim_deliveries(
+    conn: duckdb.DuckDBPyConnection, requests: Sequence[ClaimRequest]
+) -> list[list[ClaimedDelivery]]:
+    """Writer batch handler: lease due deliveries and read their lead and the consent in force."""
+    results: list[list[ClaimedDelivery]] = []
+    for request in requests:
+        # Fetch a little beyond the limit: some candidates may be skipped as their journey is in flight (a
+        # claim that comes up short is topped up by the next; every row fetched costs Python objects).
+        fetch = {
+            destination: limit + limit // 4 + 8 for destination, limit in request.limits.items() if limit > 0
+        }
+        candidates = repository.due_candidates(conn, fetch, request.now, request.urgent)
+        picked = pick_claims(candidates, request.limits, request.busy)
+        if not picked:
+            results.append([])
+            continue
+        repository.lease(conn, [row["delivery_id"] for row in picked], request.now + LEASE)
+        journeys = repository.journeys(
+            conn, [row["event_id"] for row in picked], [row["user_session_id"] for row in picked]
+        )
+        results.append([repository.claimed_delivery(row, journeys) for row in picked])
+    return results
+
+
+@dataclass(frozen=True)
+class Flush:
+    """Outcomes and given-back leases gathered since the last commit."""
+
+    outcomes: tuple[RecordedOutcome, ...]
+    released: tuple[Unclaimed, ...] = ()
+
+
+def record_deliveries(conn: duckdb.DuckDBPyConnection, flushes: Sequence[Flush]) -> list[None]:
+    """Writer batch handler: attempts, delivery states and learned ids of many sends in a few statements."""
+    repository.record_outcomes(conn, [item for flush in flushes for item in flush.outcomes], utcnow())
+    repository.release_claims(conn, [item for flush in flushes for item in flush.released])
+    return [None] * len(flushes)
+
+
+def _any_due(destinations: list[str], conn: duckdb.DuckDBPyConnection) -> bool:
+    return repository.any_due(conn, destinations, utcnow())
+
+
+def release_all_deliveries(conn: duckdb.DuckDBPyConnection, items: Sequence[None]) -> list[int]:
+    """Writer batch handler: drop every lease (start-up: they belong to a process that is gone)."""
+    released = repository.release_all_claims(conn)
+    return [released] + [0] * (len(items) - 1)
+
+
+# --- per-destination controls -------------------------------------------------------------------------------
+
+
+class BreakerState(StrEnum):
+    """Circuit breaker states."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class CircuitBreaker:
+    """Opens after `threshold` consecutive outage failures; after `cooldown` one probe may go, and its
+    answer closes the circuit again or re-opens it for another cool-down."""
+
+    def __init__(self, threshold: int, cooldown: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self._clock = clock
+        self.consecutive_failures = 0
+        self.opened_at: float | None = None
+        self.probing = False
+        self.times_opened = 0
+
+    @property
+    def state(self) -> BreakerState:
+        """Closed, open (cooling down) or half-open (cool-down over: a probe may go)."""
+        if self.opened_at is None:
+            return BreakerState.CLOSED
+        if self._clock() - self.opened_at < self.cooldown:
+            return BreakerState.OPEN
+        return BreakerState.HALF_OPEN
+
+    def seconds_to_probe(self) -> float | None:
+        """How long until a probe may go, when open."""
+        if self.opened_at is None:
+            return None
+        return max(0.0, self.opened_at + self.cooldown - self._clock())
+
+    def start_probe(self) -> bool:
+        """Take the one probe slot of a half-open circuit."""
+        if self.state is not BreakerState.HALF_OPEN or self.probing:
+            return False
+        self.probing = True
+        return True
+
+    def record(self, result: AttemptResult, *, probe: bool) -> None:
+        """Count an attempt's result; only outages (5xx, timeouts, refused connections) are failures."""
+        if probe:
+            self.probing = False
+        if result.outage:
+            self.consecutive_failures += 1
+            if probe or (self.opened_at is None and self.consecutive_failures >= self.threshold):
+                if self.opened_at is None:
+                    self.times_opened += 1
+                self.opened_at = self._clock()
+        elif result.status_code is not None and (self.opened_at is None or probe):
+            # Any answer that is not an outage shows the destination is up (nothing sent shows nothing). A
+            # late success from a request sent before the circuit opened does not close it: only the probe does.
+            self.consecutive_failures = 0
+            self.opened_at = None
+
+
+class Pacer:
+    """Spaces requests to at most `per_minute` (0 = unlimited), and holds them while a Retry-After lasts."""
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = 60.0 / per_minute if per_minute > 0 else 0.0
+        self._clock = clock
+        self._next_slot = 0.0
+        self.paused_until = 0.0
+
+    def reserve(self) -> float:
+        """Take the next slot; return how long to wait for it."""
+        now = self._clock()
+        slot = max(now, self._next_slot, self.paused_until)
+        if self.interval:
+            self._next_slot = slot + self.interval
+        return slot - now
+
+    def pause(self, seconds: float) -> None:
+        """Hold every request for `seconds` (a 429's Retry-After)."""
+        self.paused_until = max(self.paused_until, self._clock() + seconds)
+
+    def holds(self) -> bool:
+        """Whether a request may have to wait (a rate limit, or a Retry-After pause that is not over)."""
+        return bool(self.interval) or self.paused_until > self._clock()
+
+    def paused_for(self) -> float:
+        """Seconds left of a Retry-After pause."""
+        return max(0.0, self.paused_until - self._clock())
+
+    def slots_within(self, horizon: float) -> int | None:
+        """How many requests may start within `horizon` seconds, or None when unlimited."""
+        if not self.interval:
+            return None
+        now = self._clock()
+        start = max(now, self._next_slot)
+        return max(0, int((now + horizon - start) / self.interval) + 1)
+
+
+@dataclass
+class _Lane:
+    """One destination's client, limits and in-flight bookkeeping."""
+
+    destination: Destination
+    client: DestinationClient | None  # None: not configured, deliveries are recorded as disabled
+    concurrency: int
+    pacer: Pacer
+    breaker: CircuitBreaker
+    semaphore: asyncio.Semaphore
+    inflight: dict[UUID, UUID | None] = field(default_factory=dict)  # delivery_id -> event_id
+    seconds_per_send: float | None = None  # moving average of request durations
+    sent: int = 0
+
+    def observe(self, result: AttemptResult) -> None:
+        """Fold a request's duration into the moving average that sizes claims."""
+        if result.duration_ms is None:
+            return
+        seconds = result.duration_ms / 1000
+        previous = self.seconds_per_send
+        self.seconds_per_send = seconds if previous is None else 0.9 * previous + 0.1 * seconds
+
+    def queue_cap(self) -> int:
+        """How many to hold claimed: about QUEUE_SECONDS of sends at the observed speed."""
+        floor = 2 * self.concurrency
+        if self.seconds_per_send is None:
+            return floor
+        wanted = int(self.concurrency * QUEUE_SECONDS / max(self.seconds_per_send, 0.001))
+        return max(floor, min(wanted, MAX_CLAIM))
+
+    def claimable(self) -> tuple[int, bool, bool]:
+        """(How many it could take now, whether that is worth a claim on its own, whether it is a probe)."""
+        if self.pacer.paused_for() > 0:
+            return 0, False, False
+        state = self.breaker.state
+        if state is BreakerState.OPEN:
+            return 0, False, False
+        if state is BreakerState.HALF_OPEN:
+            return (1, True, True) if not self.breaker.probing else (0, False, False)
+        cap = self.queue_cap()
+        room = cap - len(self.inflight)
+        slots = self.pacer.slots_within(PACING_HORIZON_SECONDS)
+        if slots is not None:
+            room = min(room, slots)
+        # Worth a claim when empty or half drained: a busy lane then costs few claim transactions.
+        worth = room > 0 and (not self.inflight or room >= cap // 2)
+        return max(room, 0), worth, False
+
+
+class _Recorder:
+    """Gathers outcomes and given-back leases, committing each gathering as one writer job (group commit
+    on top of the writer's, so a thousand sends a second cost a handful of transactions)."""
+
+    def __init__(self, writer: Writer) -> None:
+        self._writer = writer
+        self._pending: list[tuple[RecordedOutcome | Unclaimed, asyncio.Future[None]]] = []
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the flushing task."""
+        self._task = asyncio.create_task(self._run(), name="delivery-recorder")
+
+    async def record(self, item: RecordedOutcome | Unclaimed) -> None:
+        """Queue an outcome (or a given-back lease) and wait until it is committed."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        self._ready.set()
+        await future
+
+    async def _run(self) -> None:
+        last_flush = -RECORD_INTERVAL_SECONDS
+        while True:
+            await self._ready.wait()
+            # At most one flush per interval: a flush costs a few table scans however many rows it holds, so
+            # under load rows are gathered; after a quiet spell an outcome is committed at once.
+            wait = last_flush + RECORD_INTERVAL_SECONDS - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._ready.clear()
+            last_flush = time.monotonic()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        taken, self._pending = self._pending, []
+        if not taken:
+            return
+        flush = Flush(
+            outcomes=tuple(item for item, _ in taken if isinstance(item, RecordedOutcome)),
+            released=tuple(item for item, _ in taken if isinstance(item, Unclaimed)),
+        )
+        try:
+            await self._writer.submit(record_deliveries, flush)
+        except (WriterStopped, duckdb.Error) as exc:
+            # Nothing of this flush is committed; its leases stay, so the next start sends those again.
+            log.exception("recording delivery outcomes failed", extra={"count": len(taken)})
+            for _, future in taken:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for _, future in taken:
+            if not future.done():
+                future.set_result(None)
+
+    async def close(self) -> None:
+        """Commit what is still gathered, then stop."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._flush()
+
+
+# --- the worker ---------------------------------------------------------------------------------------------
+
+
+class DeliveryWorker:
+    """Claims, sends and records deliveries until stopped; one per API process."""
+
+    def __init__(
+        self,
+        database: Database,
+        settings: Settings,
+        *,
+        clients: dict[Destination, DestinationClient] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._database = database
+        self._settings = settings
+        self._clients = clients if clients is not None else build_clients(settings)
+        self._rng = rng or random.Random()
+        self._lanes: dict[Destination, _Lane] = {}
+        for destination in Destination:
+            concurrency, per_minute = destination_limits(settings, destination)
+            self._lanes[destination] = _Lane(
+                destination=destination,
+                client=self._clients.get(destination),
+                concurrency=concurrency,
+                pacer=Pacer(per_minute),
+                breaker=CircuitBreaker(
+                    settings.attribution_circuit_breaker_threshold,
+                    settings.attribution_circuit_breaker_cooldown_seconds,
+                ),
+                semaphore=asyncio.Semaphore(concurrency),
+            )
+        self._recorder = _Recorder(database.writer)
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._waiters: dict[UUID, list[asyncio.Future[None]]] = {}
+        self._urgent: set[UUID] = set()
+        self._found_none = False  # the last claim leased nothing: the next one reads before it writes
+
+    async def start(self) -> None:
+        """Release leases a dead process left behind, then start claiming."""
+        released = await self._database.writer.submit(release_all_deliveries, None)
+        if released:
+            log.warning("released deliveries left in flight by a previous run", extra={"count": released})
+        self._recorder.start()
+        self._dispatcher = asyncio.create_task(self._dispatch(), name="delivery-dispatcher")
+
+    async def stop(self, grace_seconds: float = 5.0) -> None:
+        """Stop claiming, let sends in flight finish for up to `grace_seconds`, then close the clients.
+
+        A send cut off here keeps its lease, so the next start sends it again with the same idempotency key.
+        """
+        self._stopping = True
+        self._wake.set()
+        if self._dispatcher is not None:
+            await self._dispatcher
+            self._dispatcher = None
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace_seconds)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        await self._recorder.close()
+        for client in self._clients.values():
+            await client.aclose()
+        for futures in self._waiters.values():
+            for future in futures:
+                if not future.done():
+                    future.set_result(None)
+
+    def wake(self) -> None:
+        """Look for due deliveries now rather than at the next poll."""
+        self._wake.set()
+
+    async def wait_for(self, ids: Iterable[UUID], timeout: float) -> None:
+        """Send these deliveries ahead of the queue and wait up to `timeout` s until each has an outcome."""
+        wanted = list(ids)
+        if not wanted or self._stopping:
+            return
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[None]] = []
+        for item in wanted:
+            future: asyncio.Future[None] = loop.create_future()
+            self._waiters.setdefault(item, []).append(future)
+            futures.append(future)
+        self._urgent.update(wanted)
+        self._wake.set()
+        try:
+            await asyncio.wait(futures, timeout=timeout)
+        finally:
+            for item, future in zip(wanted, futures, strict=True):
+                waiting = self._waiters.get(item, [])
+                if future in waiting:
+                    waiting.remove(future)
+                if not waiting:
+                    self._waiters.pop(item, None)
+                    self._urgent.discard(item)
+
+    def status(self) -> dict[str, Any]:
+        """Per destination: configured, breaker state, failures in a row, in flight, sent since start."""
+        return {
+            lane.destination.value: {
+                "configured": lane.client is not None,
+                "breaker": lane.breaker.state.value,
+                "breaker_opened": lane.breaker.times_opened,
+                "consecutive_failures": lane.breaker.consecutive_failures,
+                "in_flight": len(lane.inflight),
+                "paused_seconds": round(lane.pacer.paused_for(), 3),
+                "sent": lane.sent,
+            }
+            for lane in self._lanes.values()
+        }
+
+    # -- dispatching --
+
+    async def _dispatch(self) -> None:
+        poll = self._settings.attribution_delivery_poll_seconds
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                sleep = await self._claim_round(poll)
+            except WriterStopped:
+                return
+            except duckdb.Error:
+                # A failed claim rolled back and leased nothing; say so loudly and try again after a poll.
+                log.exception("claiming deliveries failed")
+                sleep = poll
+            if self._stopping:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=sleep)
+
+    async def _claim_round(self, poll: float) -> float:
+        """Claim for every lane with room in one transaction; return how long to sleep unless woken."""
+        sleep = poll
+        limits: dict[str, int] = {}
+        probes: set[Destination] = set()
+        worth_it = False
+        for lane in self._lanes.values():
+            count, worth, probe = lane.claimable()
+            if count and (not probe or lane.breaker.start_probe()):
+                # A lane with some room rides along on another lane's claim: one transaction fills all.
+                limits[lane.destination.value] = count
+                worth_it = worth_it or worth
+                if probe:
+                    probes.add(lane.destination)
+                continue
+            for wait in (lane.breaker.seconds_to_probe(), lane.pacer.paused_for() or None):
+                if wait is not None:
+                    sleep = min(sleep, wait + 0.001)
+        worth_it = worth_it or bool(self._urgent)  # a lead capture is waiting for one of them
+        if worth_it and self._found_none and not self._urgent:
+            # The last claim found nothing: look with a read first, so an idle worker commits nothing (the
+            # replica publisher republishes after every commit). Only this worker claims, so a row the read
+            # misses is simply claimed at the next poll.
+            worth_it = await asyncio.to_thread(self._database.read, functools.partial(_any_due, list(limits)))
+        if not worth_it:
+            for destination in probes:
+                self._lanes[destination].breaker.probing = False
+            return sleep
+        busy = frozenset(
+            (lane.destination.value, event_id)
+            for lane in self._lanes.values()
+            for event_id in lane.inflight.values()
+            if event_id is not None
+        )
+        request = ClaimRequest(utcnow(), limits, busy, tuple(self._urgent))
+        try:
+            claimed = await self._database.writer.submit(claim_deliveries, request)
+        except BaseException:
+            for destination in probes:
+                self._lanes[destination].breaker.probing = False
+            raise
+        self._found_none = not claimed
+        got: Counter[str] = Counter(item.destination for item in claimed)
+        for destination in probes:
+            if not got[destination.value]:
+                self._lanes[destination].breaker.probing = False  # nothing due to probe with yet
+        for item in claimed:
+            lane = self._lanes[Destination(item.destination)]
+            if item.delivery_id in lane.inflight:
+                continue  # its lease ran out while it still waits here: it is not sent twice
+            probe = lane.destination in probes
+            self._urgent.discard(item.delivery_id)
+            lane.inflight[item.delivery_id] = item.event_id
+            task = asyncio.create_task(self._send(lane, item, probe))
+            self._tasks.add(task)
+            task.add_done_callback(self._task_done)
+        if any(got[destination] >= limit for destination, limit in limits.items()):
+            return 0.0  # there may be more due: look again as soon as there is room
+        return sleep
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery task failed", exc_info=task.exception())
+
+    # -- sending --
+
+    async def _send(self, lane: _Lane, claimed: ClaimedDelivery, probe: bool) -> None:
+        try:
+            async with lane.semaphore:
+                if not probe and lane.breaker.state is not BreakerState.CLOSED:
+                    await self._recorder.record(Unclaimed(claimed.delivery_id))
+                    return
+                paused = lane.pacer.paused_for()
+                if paused > LONG_PAUSE_SECONDS:
+                    not_before = utcnow() + timedelta(seconds=paused)
+                    await self._recorder.record(Unclaimed(claimed.delivery_id, not_before))
+                    return
+                # Only a request takes a rate-limit slot; a delivery gated by consent or configuration does not.
+                if (
+                    lane.client is not None
+                    and lane.pacer.holds()
+                    and send_time_gate(claimed, self._settings) is None
+                ):
+                    wait = lane.pacer.reserve()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                result = await deliver_one(lane.client, claimed, settings=self._settings, now=utcnow())
+            before = lane.breaker.state
+            lane.breaker.record(result, probe=probe)
+            self._log_breaker(lane, before)
+            lane.observe(result)
+            if result.verdict is Verdict.RATE_LIMITED and result.retry_after:
+                lane.pacer.pause(result.retry_after)
+            if result.attempted:
+                lane.sent += 1
+            outcome = settle(
+                claimed, result, settings=self._settings, now=utcnow(), rng=self._rng, probe=probe
+            )
+            await self._recorder.record(outcome)
+            self._log_outcome(lane, claimed, outcome)
+        finally:
+            if probe:
+                lane.breaker.probing = False
+            lane.inflight.pop(claimed.delivery_id, None)
+            for future in self._waiters.get(claimed.delivery_id, []):
+                if not future.done():
+                    future.set_result(None)
+            self._wake.set()
+
+    def _log_outcome(self, lane: _Lane, claimed: ClaimedDelivery, outcome: RecordedOutcome) -> None:
+        if outcome.status != DEAD and outcome.outcome not in ("retrying", "probe_failed", "rate_limited"):
+            return
+        extra = {
+            "delivery_id": str(claimed.delivery_id),
+            "event_id": str(claimed.event_id) if claimed.event_id else None,
+            "destination": lane.destination.value,
+            "kind": claimed.kind,
+            "status": outcome.status,
+            "status_code": outcome.status_code,
+        }
+        if outcome.status == DEAD:
+            log.warning("delivery dead", extra=extra | {"reason": outcome.reason})
+        else:
+            log.info("delivery attempt failed", extra=extra | {"error": outcome.error})
+
+    def _log_breaker(self, lane: _Lane, before: BreakerState) -> None:
+        after = lane.breaker.state
+        extra = {"destination": lane.destination.value, "failures": lane.breaker.consecutive_failures}
+        if before is BreakerState.CLOSED and after is not BreakerState.CLOSED:
+            log.warning(
+                "circuit opened: nothing is sent to this destination until a probe succeeds", extra=extra
+            )
+        elif before is not BreakerState.CLOSED and after is BreakerState.CLOSED:
+            log.warning("circuit closed: the destination answers again", extra=extra)

@@ -1,0 +1,581 @@
+"""Stripe events: verify the signature, store each event once by its id, and apply payment changes exactly once.
+
+Webhooks and `attribution sync stripe` feed the same batch handler, `handle_events`, which runs in the writer's
+transaction: it decides "new, already settled, or a retry of a failure" there (the writer serialises every write,
+so concurrent copies of one event cannot both pass), inserts the raw event, and applies the allow-listed types
+together with the payment and lead state change and the outbox rows it causes. A failure rolls all of that back;
+`record_failures` then stores the event with its error in a second writer job, so the error row survives and the
+next delivery of that event is processed (the bug of dj-stripe issue #832 is to treat it as already seen).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import duckdb
+import stripe
+from pydantic import BaseModel, SecretStr
+
+from ingest.core.clock import utcnow
+from ingest.core.errors import DomainError, NotConfigured
+from ingest.core.settings import Settings
+from ingest.core.vocabulary import Destination
+from ingest.outbox.gate import ConsentState
+from ingest.outbox.planning import Delivery, plan_delivery
+from ingest.payments import repository
+from ingest.store.database import Database
+from ingest.store.rows import insert_rows
+from ingest.store.writer import WriterStopped
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_TOLERANCE_SECONDS = 300
+HANDLED_TYPES = frozenset(
+    {
+        "payment_intent.succeeded",
+        "payment_intent.payment_failed",
+        "payment_intent.canceled",
+        "charge.refunded",
+    }
+)
+_TARGET_STATUS = {
+    "payment_intent.succeeded": "succeeded",
+    "payment_intent.payment_failed": "failed",
+    "payment_intent.canceled": "canceled",
+}
+
+# stripe_events.status: settled rows are never processed again; a failed row is, on its next delivery.
+PROCESSED, IGNORED, DUPLICATE, FAILED = "processed", "ignored", "duplicate", "failed"
+SETTLED = frozenset({PROCESSED, IGNORED, DUPLICATE})
+
+# payments.status and leads.status only move forward along these orders.
+PAYMENT_RANK = {"open": 0, "failed": 1, "canceled": 2, "succeeded": 3, "refunded": 4}
+LEAD_RANK = {"lead": 0, "paid": 1, "refunded": 2}
+LEAD_STATUS_OF_PAYMENT = {"succeeded": "paid", "refunded": "refunded"}
+
+# Outbox kinds a payment causes (the delivery worker renders them from `kind`, `payload` and the lead row).
+CRM_KIND, MAILERLITE_KIND, PURCHASE_KIND, REFUND_KIND = (
+    "contact_upsert",
+    "subscriber_upsert",
+    "purchase",
+    "refund",
+)
+
+_MAX_ID_LENGTH = 255
+_MAX_ERROR_LENGTH = 2000
+
+
+class InvalidWebhook(DomainError):
+    """The webhook's signature, body or event shape is unacceptable (answered 400, nothing recorded)."""
+
+
+class EventProcessingFailed(Exception):
+    """Processing a stored event failed; the error is kept on its row and the next delivery retries it."""
+
+    def __init__(self, stripe_event_id: str, error: str) -> None:
+        super().__init__(f"processing Stripe event {stripe_event_id} failed: {error}")
+        self.stripe_event_id = stripe_event_id
+        self.error = error
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentChange:
+    """What an allow-listed event says about one PaymentIntent."""
+
+    payment_intent_id: str
+    target_status: str | None  # None: a partial refund, which only moves refunded_cents
+    amount_cents: int | None
+    currency: str | None
+    refunded_cents: int
+    metadata_event_id: UUID | None
+    failure_code: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StripeEvent:
+    """A Stripe Event whose shape is checked, with its raw JSON kept for the record."""
+
+    stripe_event_id: str
+    event_type: str
+    object_id: str
+    created_at: datetime
+    payload: str
+    change: PaymentChange | None  # None for types we store and acknowledge without processing
+    change_key: str
+
+
+class EventAck(BaseModel):
+    """The answer to Stripe: the event is committed (and processed, if it is a type we handle)."""
+
+    received: bool = True
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EventJob:
+    """One event to store and process, and where it came from (webhook | sync)."""
+
+    event: StripeEvent
+    source: str
+    received_at: datetime
+    settings: Settings
+
+
+@dataclass(frozen=True, slots=True)
+class EventOutcome:
+    """How a committed event was settled; `duplicate` when it, or the change it reports, was already settled."""
+
+    stripe_event_id: str
+    status: str
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EventFailure:
+    """A processing failure to record on the event row."""
+
+    job: EventJob
+    error: str
+
+
+# --- parsing and verification ------------------------------------------------------------------------------
+
+
+def _text(value: Any, field: str, *, required: bool = True) -> str | None:
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value or len(value) > _MAX_ID_LENGTH:
+        raise InvalidWebhook(f"{field} must be a non-empty string of at most {_MAX_ID_LENGTH} characters")
+    return value
+
+
+def _cents(value: Any, field: str, *, required: bool = True) -> int | None:
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidWebhook(f"{field} must be a non-negative integer")
+    return value
+
+
+def _id_of(value: Any) -> Any:
+    """An id field that Stripe may send as a string or, expanded, as an object (localstripe's latest_charge)."""
+    return value.get("id") if isinstance(value, dict) else value
+
+
+def _metadata_event_id(data_object: dict[str, Any]) -> UUID | None:
+    metadata = data_object.get("metadata")
+    raw = metadata.get("event_id") if isinstance(metadata, dict) else None
+    if not isinstance(raw, str):
+        return None
+    try:
+        return UUID(raw)
+    except ValueError:
+        return None  # not one of ours: the payment is kept as an orphan
+
+
+def _payment_change(event_type: str, obj: dict[str, Any]) -> PaymentChange:
+    currency = _text(obj.get("currency"), "data.object.currency", required=False)
+    if event_type == "charge.refunded":
+        payment_intent_id = _text(
+            _id_of(obj.get("payment_intent")), "data.object.payment_intent", required=False
+        )
+        refunded = obj.get("refunded")
+        if not isinstance(refunded, bool):
+            raise InvalidWebhook("data.object.refunded must be a boolean")
+        return PaymentChange(
+            # A charge made without a PaymentIntent (the legacy Charges API) is tracked under its own id.
+            payment_intent_id=payment_intent_id or str(obj["id"]),
+            target_status="refunded" if refunded else None,
+            amount_cents=_cents(obj.get("amount"), "data.object.amount"),
+            currency=currency,
+            refunded_cents=_cents(obj.get("amount_refunded"), "data.object.amount_refunded") or 0,
+            metadata_event_id=_metadata_event_id(obj),
+            failure_code=None,
+        )
+    error = obj.get("last_payment_error")
+    failure_code = error.get("decline_code") or error.get("code") if isinstance(error, dict) else None
+    received = _cents(obj.get("amount_received"), "data.object.amount_received", required=False)
+    return PaymentChange(
+        payment_intent_id=str(obj["id"]),
+        target_status=_TARGET_STATUS[event_type],
+        amount_cents=received or _cents(obj.get("amount"), "data.object.amount"),
+        currency=currency,
+        refunded_cents=0,
+        metadata_event_id=_metadata_event_id(obj),
+        failure_code=str(failure_code)[:100] if failure_code else None,
+    )
+
+
+def parse_event(payload: str) -> StripeEvent:
+    """Check an Event's shape (id, type, created, data.object) and read the payment change it reports."""
+    try:
+        event = json.loads(payload)
+    except ValueError:
+        raise InvalidWebhook("body is not valid JSON") from None
+    if not isinstance(event, dict):
+        raise InvalidWebhook("body is not a JSON object")
+    stripe_event_id = str(_text(event.get("id"), "id"))
+    event_type = str(_text(event.get("type"), "type"))
+    created = event.get("created")
+    if isinstance(created, bool) or not isinstance(created, int) or created < 0:
+        raise InvalidWebhook("created must be a Unix timestamp")
+    data = event.get("data")
+    obj = data.get("object") if isinstance(data, dict) else None
+    if not isinstance(obj, dict):
+        raise InvalidWebhook("event has no data.object")
+    object_id = str(_text(obj.get("id"), "data.object.id"))
+    change = _payment_change(event_type, obj) if event_type in HANDLED_TYPES else None
+    change_key = f"{event_type}:{object_id}"
+    if change is not None and event_type == "charge.refunded":
+        # Each refund of one charge is its own change; the running refunded amount tells them apart.
+        change_key += f":{change.refunded_cents}"
+    return StripeEvent(
+        stripe_event_id=stripe_event_id,
+        event_type=event_type,
+        object_id=object_id,
+        created_at=datetime.fromtimestamp(created, UTC).replace(tzinfo=None),
+        payload=payload,
+        change=change,
+        change_key=change_key,
+    )
+
+
+def verify_event(
+    body: bytes,
+    signature: str | None,
+    secret: SecretStr | None,
+    *,
+    tolerance: int = SIGNATURE_TOLERANCE_SECONDS,
+) -> StripeEvent:
+    """Verify `Stripe-Signature` on the raw body (HMAC-SHA256, timestamp tolerance), then parse the event."""
+    if secret is None:
+        # An empty secret would make every forged body "verify": refuse to process webhooks at all.
+        raise NotConfigured("Stripe webhooks are not configured: set STRIPE_WEBHOOK_SECRET")
+    if not signature:
+        raise InvalidWebhook("missing Stripe-Signature header")
+    try:
+        payload = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidWebhook("body is not UTF-8") from None
+    try:
+        stripe.WebhookSignature.verify_header(payload, signature, secret.get_secret_value(), tolerance)
+    except stripe.SignatureVerificationError as exc:
+        raise InvalidWebhook(f"signature verification failed: {exc.user_message or exc}") from None
+    return parse_event(payload)
+
+
+# --- processing (writer batch handlers) --------------------------------------------------------------------
+
+
+def _event_row(
+    job: EventJob, status: str, *, error: str | None = None, duplicate_of: str | None = None
+) -> dict[str, Any]:
+    event = job.event
+    return {
+        "stripe_event_id": event.stripe_event_id,
+        "event_type": event.event_type,
+        "object_id": event.object_id,
+        "stripe_created_at": event.created_at,
+        "received_at": job.received_at,
+        "source": job.source,
+        "payload": event.payload,
+        "status": status,
+        "error": error,
+        "processing_attempts": 1 if status in (PROCESSED, FAILED) else 0,
+        "processed_at": job.received_at if status != FAILED else None,
+        "change_key": event.change_key,
+        "duplicate_of": duplicate_of,
+    }
+
+
+def _new_payment(change: PaymentChange, source: str, now: datetime) -> dict[str, Any]:
+    return {
+        "payment_intent_id": change.payment_intent_id,
+        "event_id": None,
+        "user_session_id": None,
+        "amount_cents": None,
+        "currency": None,
+        "status": "open",
+        "is_orphan": True,
+        "refunded_cents": 0,
+        "failure_code": None,
+        "source": source,
+        "created_at": now,
+        "updated_at": now,
+        "succeeded_at": None,
+        "refunded_at": None,
+        "last_stripe_event_id": None,
+    }
+
+
+def _apply_change(
+    payment: dict[str, Any], change: PaymentChange, stripe_event_id: str, now: datetime
+) -> None:
+    """Move one payment forward by what an event reports; a change that would move it back is ignored."""
+    if payment["event_id"] is None and change.metadata_event_id is not None:
+        payment["event_id"] = change.metadata_event_id
+    if change.target_status == "succeeded" and change.amount_cents is not None:
+        payment["amount_cents"] = change.amount_cents  # what was actually received
+    elif payment["amount_cents"] is None:
+        payment["amount_cents"] = change.amount_cents
+    payment["currency"] = payment["currency"] or change.currency
+    payment["refunded_cents"] = max(payment["refunded_cents"], change.refunded_cents)
+    target = change.target_status
+    if target is not None and PAYMENT_RANK[target] > PAYMENT_RANK[payment["status"]]:
+        payment["status"] = target
+    if target == "failed" and payment["status"] == "failed":
+        payment["failure_code"] = change.failure_code
+    # Also set when a refund got here first: the payment did succeed, and this is when we heard of it.
+    if change.target_status == "succeeded" and payment["succeeded_at"] is None:
+        payment["succeeded_at"] = now
+    if payment["status"] == "refunded" and payment["refunded_at"] is None:
+        payment["refunded_at"] = now
+    payment["updated_at"] = now
+    payment["last_stripe_event_id"] = stripe_event_id
+
+
+def _implied_deliveries(
+    settings: Settings,
+    payment: dict[str, Any],
+    lead: repository.LeadJourney,
+    consent: ConsentState,
+    now: datetime,
+) -> list[Delivery]:
+    """The outbox rows a payment's state implies (those already stored are skipped by idempotency key).
+
+    The CRM and MailerLite hold a state, so they get the current one (paid or refunded); sGTM gets events, so
+    a refund also implies the purchase before it, even when the refund was heard of first.
+    """
+    status = payment["status"]
+    if status not in LEAD_STATUS_OF_PAYMENT:
+        return []
+    state = LEAD_STATUS_OF_PAYMENT[status]
+    payment_intent_id = payment["payment_intent_id"]
+    amount = payment["amount_cents"] or 0
+    currency = (payment["currency"] or settings.product_currency).upper()
+    common: dict[str, Any] = {
+        "event_id": lead.event_id,
+        "user_session_id": lead.user_session_id,
+        "consent": consent,
+        "now": now,
+    }
+    planned = [
+        plan_delivery(
+            settings,
+            destination=Destination.CRM,
+            kind=CRM_KIND,
+            key_suffix=state,
+            payload={
+                "lead_status": state,
+                "amount_cents": amount,
+                "currency": currency,
+                "payment_intent_id": payment_intent_id,
+            },
+            **common,
+        ),
+        plan_delivery(
+            settings,
+            destination=Destination.MAILERLITE,
+            kind=MAILERLITE_KIND,
+            key_suffix=state,
+            payload={"payment_status": state},
+            **common,
+        ),
+        plan_delivery(
+            settings,
+            destination=Destination.SGTM,
+            kind=PURCHASE_KIND,
+            key_suffix=payment_intent_id,
+            payload={"transaction_id": payment_intent_id, "value": amount / 100, "currency": currency},
+            **common,
+        ),
+    ]
+    if status == "refunded":
+        refunded = payment["refunded_cents"] or amount
+        planned.append(
+            plan_delivery(
+                settings,
+                destination=Destination.SGTM,
+                kind=REFUND_KIND,
+                key_suffix=payment_intent_id,
+                payload={"transaction_id": payment_intent_id, "value": refunded / 100, "currency": currency},
+                **common,
+            )
+        )
+    return planned
+
+
+def _apply_events(
+    conn: duckdb.DuckDBPyConnection, jobs: Sequence[EventJob], now: datetime, *, lone: bool
+) -> None:
+    """Apply the payment changes of `jobs` in order: payments, leads and outbox rows, a few statements in all."""
+    changes = [(job, job.event.change) for job in jobs if job.event.change is not None]
+    payments = repository.get_payments(conn, {change.payment_intent_id for _, change in changes})
+    stored = {key: dict(row) for key, row in payments.items()}  # as they were, to write only what changes
+    named = {change.metadata_event_id for _, change in changes if change.metadata_event_id is not None}
+    named |= {row["event_id"] for row in payments.values() if row["event_id"] is not None}
+    leads = repository.lead_journeys(conn, named)
+    lead_status = {event_id: lead.status for event_id, lead in leads.items()}
+    touched_leads: dict[UUID, dict[str, Any]] = {}
+    planned: dict[str, Delivery] = {}
+    for job, change in changes:
+        payment = payments.get(change.payment_intent_id)
+        if payment is None:
+            payment = payments[change.payment_intent_id] = _new_payment(change, job.source, now)
+        _apply_change(payment, change, job.event.stripe_event_id, now)
+        lead = leads.get(payment["event_id"]) if payment["event_id"] is not None else None
+        payment["is_orphan"] = lead is None
+        if lead is None:
+            log.warning(
+                "orphan payment: its metadata names no stored lead",
+                extra={
+                    "payment_intent_id": payment["payment_intent_id"],
+                    "stripe_event_id": job.event.stripe_event_id,
+                },
+            )
+            continue
+        payment["user_session_id"] = lead.user_session_id
+        wanted = LEAD_STATUS_OF_PAYMENT.get(payment["status"])
+        current = lead_status[lead.event_id]
+        if wanted is not None and LEAD_RANK[wanted] > LEAD_RANK[current]:
+            lead_status[lead.event_id] = current = wanted
+        if wanted is not None or lead.payment_intent_id is None:
+            touched_leads[lead.event_id] = {
+                "event_id": lead.event_id,
+                "status": current,
+                "payment_intent_id": payment["payment_intent_id"],
+                "updated_at": now,
+            }
+        # No decision on record means nothing consent-gated is sent.
+        consent = ConsentState(
+            marketing=lead.consent is not None and lead.consent.marketing,
+            analytics=lead.consent is not None and lead.consent.analytics,
+        )
+        for delivery in _implied_deliveries(job.settings, payment, lead, consent, now):
+            planned.setdefault(delivery.idempotency_key, delivery)
+    # A batch inserts its outbox rows optimistically: in DuckDB a plain insert costs a fraction of an
+    # insert-if-absent. A row whose key exists (the state was reached before, e.g. a refund heard of before the
+    # success) makes the insert raise; the writer then retries each job alone, and a lone job filters first.
+    existing = repository.existing_delivery_keys(conn, planned) if lone else set()
+    repository.insert_payments(conn, [row for key, row in payments.items() if key not in stored])
+    changed = {
+        key: {name for name in repository.PAYMENT_UPDATES if row[name] != stored[key][name]}
+        for key, row in payments.items()
+        if key in stored
+    }
+    repository.update_payments(
+        conn,
+        [payments[key] for key, names in changed.items() if names],
+        set().union(*changed.values()),
+    )
+    repository.update_lead_payments(conn, list(touched_leads.values()))
+    insert_rows(conn, "deliveries", [d.as_row() for key, d in planned.items() if key not in existing])
+
+
+def handle_events(conn: duckdb.DuckDBPyConnection, jobs: Sequence[EventJob]) -> list[EventOutcome]:
+    """Writer batch handler: store each event once and apply the allow-listed ones, in one transaction."""
+    now = utcnow()
+    lookup = repository.lookup_events(
+        conn,
+        [job.event.stripe_event_id for job in jobs],
+        [job.event.change_key for job in jobs if job.event.change is not None],
+    )
+    stored, done_changes = lookup.statuses, lookup.processed_changes
+    outcomes: list[EventOutcome] = []
+    new_rows: list[dict[str, Any]] = []
+    settled_failures: list[tuple[str, str, str | None]] = []
+    to_apply: list[EventJob] = []
+    for job in jobs:
+        event = job.event
+        prior = stored.get(event.stripe_event_id)
+        if prior in SETTLED:
+            outcomes.append(EventOutcome(event.stripe_event_id, str(prior), duplicate=True))
+            continue
+        duplicate_of = None
+        if event.change is None:
+            status = IGNORED
+        elif event.change_key in done_changes:
+            status, duplicate_of = DUPLICATE, done_changes[event.change_key]
+        else:
+            status = PROCESSED
+            done_changes[event.change_key] = event.stripe_event_id
+            to_apply.append(job)
+        stored[event.stripe_event_id] = status
+        if prior is None:
+            new_rows.append(_event_row(job, status, duplicate_of=duplicate_of))
+        else:  # it failed before: this delivery settles it (dj-stripe #832)
+            settled_failures.append((event.stripe_event_id, status, duplicate_of))
+        outcomes.append(EventOutcome(event.stripe_event_id, status, duplicate=status == DUPLICATE))
+    if to_apply:
+        _apply_events(conn, to_apply, now, lone=len(jobs) == 1)
+    repository.insert_events(conn, new_rows)
+    for stripe_event_id, status, duplicate_of in settled_failures:
+        repository.settle_event(conn, stripe_event_id, status, duplicate_of, now)
+    return outcomes
+
+
+def record_failures(conn: duckdb.DuckDBPyConnection, failures: Sequence[EventFailure]) -> list[None]:
+    """Writer batch handler: keep each failed event with its error, in a transaction of its own."""
+    for failure in failures:
+        repository.record_event_failure(conn, _event_row(failure.job, FAILED, error=failure.error))
+    return [None for _ in failures]
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:_MAX_ERROR_LENGTH]
+
+
+def _log_failure(job: EventJob, error: str) -> None:
+    log.error(
+        "Stripe event processing failed; kept for retry",
+        extra={
+            "stripe_event_id": job.event.stripe_event_id,
+            "event_type": job.event.event_type,
+            "error": error,
+        },
+    )
+
+
+async def receive_event(database: Database, job: EventJob) -> EventOutcome:
+    """Store and process one event; on failure keep the error on its row and raise EventProcessingFailed."""
+    try:
+        return await database.writer.submit(handle_events, job)
+    except WriterStopped:
+        raise
+    except Exception as exc:  # any failure rolls the processing back; it is recorded, logged and answered 5xx
+        error = _describe(exc)
+        _log_failure(job, error)
+        try:
+            await database.writer.submit(record_failures, EventFailure(job, error))
+        except duckdb.Error as record_exc:
+            log.error(
+                "recording the failure failed too",
+                extra={"stripe_event_id": job.event.stripe_event_id, "error": _describe(record_exc)},
+            )
+        raise EventProcessingFailed(job.event.stripe_event_id, error) from exc
+
+
+def receive_events_sync(
+    database: Database, jobs: Sequence[EventJob]
+) -> list[EventOutcome | EventProcessingFailed]:
+    """Blocking form of receive_event for many events at once (sync, CLI): queue all, then wait for each."""
+    futures: list[Future[EventOutcome]] = [database.writer.submit_nowait(handle_events, job) for job in jobs]
+    results: list[EventOutcome | EventProcessingFailed] = []
+    for job, future in zip(jobs, futures, strict=True):
+        try:
+            results.append(future.result())
+        except WriterStopped:
+            raise
+        except Exception as exc:  # recorded on the event row and counted as failed, like a webhook's 5xx
+            error = _describe(exc)
+            _log_failure(job, error)
+            database.writer.submit_sync(record_failures, EventFailure(job, error))
+            results.append(EventProcessingFailed(job.event.stripe_event_id, error))
+    return results

@@ -1,0 +1,108 @@
+"""The DuckDB file: opening it, versioned migrations, and the one writer that owns it."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TypeVar
+
+import duckdb
+
+from ingest.core.clock import utcnow
+from ingest.store.writer import Writer
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
+
+
+class DatabaseLocked(Exception):
+    """Another process holds the database file open for writing."""
+
+
+def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open the database file, creating its folder; explain a lock held by another process."""
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as exc:
+        if "lock" in str(exc).lower():
+            raise DatabaseLocked(
+                f"{path} is open in another process (DuckDB allows one writer); stop it, or go through "
+                "the running API's admin endpoints"
+            ) from exc
+        raise
+
+
+def available_migrations() -> list[tuple[int, str, str]]:
+    """(version, file name, SQL) of every migration shipped in ingest/store/migrations, in order."""
+    found = []
+    for entry in resources.files("ingest.store.migrations").iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def migrate(conn: duckdb.DuckDBPyConnection) -> list[str]:
+    """Apply the migrations not yet applied, each in its own transaction; return their names."""
+    conn.execute(
+        "create table if not exists schema_migrations ("
+        "version integer primary key, name varchar not null, applied_at timestamp not null)"
+    )
+    done = {row[0] for row in conn.execute("select version from schema_migrations").fetchall()}
+    applied = []
+    for version, name, sql in available_migrations():
+        if version in done:
+            continue
+        conn.begin()
+        try:
+            conn.execute(sql)
+            conn.execute("insert into schema_migrations values (?, ?, ?)", [version, name, utcnow()])
+            conn.commit()
+        except duckdb.Error:
+            conn.rollback()
+            raise
+        log.info("migration applied", extra={"migration": name})
+        applied.append(name)
+    return applied
+
+
+@dataclass
+class Database:
+    """The read-write database of the API process: its connection and its writer thread."""
+
+    path: Path
+    conn: duckdb.DuckDBPyConnection
+    writer: Writer
+
+    @classmethod
+    def open(cls, path: Path) -> Database:
+        """Open the file, apply migrations and start the writer."""
+        conn = connect(path)
+        migrate(conn)
+        writer = Writer(conn)
+        writer.start()
+        return cls(path=path, conn=conn, writer=writer)
+
+    def read(self, query: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """Run a read on its own cursor, so readers in other threads never share the writer's transaction."""
+        cursor = self.conn.cursor()
+        try:
+            return query(cursor)
+        finally:
+            cursor.close()
+
+    def close(self) -> None:
+        """Drain the writer, checkpoint and close the file."""
+        self.writer.stop()
+        try:
+            self.conn.execute("checkpoint")
+        finally:
+            self.conn.close()

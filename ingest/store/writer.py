@@ -1,0 +1,226 @@
+"""The single DuckDB writer: one thread that commits concurrent units of work in shared transactions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+import duckdb
+
+from ingest.core.errors import DomainError
+
+log = logging.getLogger(__name__)
+
+I = TypeVar("I")  # noqa: E741 - item type of a batch handler
+R = TypeVar("R")
+
+# A batch handler applies many items of one kind inside the writer's open transaction. It returns one
+# result per item, in order; a DomainError result refuses that item alone and must not have written anything.
+BatchHandler = Callable[[duckdb.DuckDBPyConnection, Sequence[I]], Sequence[R | DomainError]]
+
+
+class WriterStopped(Exception):
+    """The writer is not running, so nothing can be committed."""
+
+
+@dataclass
+class _Job:
+    handler: BatchHandler[Any, Any]
+    item: Any
+    done: Future[Any] | asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop | None = None
+
+    def take(self) -> bool:
+        """Whether the job still wants doing; once taken, a thread-side future can no longer be cancelled."""
+        if isinstance(self.done, Future):
+            return self.done.set_running_or_notify_cancel()
+        return not self.done.cancelled()
+
+
+def _settle(outcomes: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    for future, outcome in outcomes:
+        if future.done():
+            continue  # the caller gave up after its job was taken
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+
+_STOP = object()
+
+# Under load, the callers answered by the previous commit come back a request later, one event-loop turn apart:
+# without waiting for them a busy API alternates two half-size batches, and a batch's statements cost nearly the
+# same whatever its size. So a writer whose previous batch was shared waits for as many jobs as it just answered
+# (besides those already queued), as long as they keep arriving within the gap, and at most the cap in all.
+LINGER_GAP_SECONDS = 0.005
+LINGER_MAX_SECONDS = 0.030
+
+
+class Writer:
+    """Group commit: jobs queued while a transaction commits share the next one, and each is answered after it."""
+
+    def __init__(
+        self,
+        conn: duckdb.DuckDBPyConnection,
+        *,
+        max_batch: int = 512,
+        linger_gap: float = LINGER_GAP_SECONDS,
+        linger_max: float = LINGER_MAX_SECONDS,
+    ) -> None:
+        self._conn = conn
+        self._max_batch = max_batch
+        self._linger_gap = linger_gap
+        self._linger_max = linger_max
+        self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self.batches_committed = 0
+        self.jobs_committed = 0
+
+    def start(self) -> None:
+        """Start the writer thread."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="duckdb-writer", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Finish the queued jobs, then stop the thread."""
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join()
+            self._thread = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the writer thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def submit_nowait(self, handler: BatchHandler[I, R], item: I) -> Future[R]:
+        """Queue one item and return the future answered once its transaction has committed."""
+        future: Future[R] = Future()
+        self._put(_Job(handler, item, future))
+        return future
+
+    async def submit(self, handler: BatchHandler[I, R], item: I) -> R:
+        """Queue one item and wait, without blocking the event loop, until it is committed."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        self._put(_Job(handler, item, future, loop))
+        return await future
+
+    def _put(self, job: _Job) -> None:
+        if not self.running:
+            raise WriterStopped("the database writer is not running")
+        self._queue.put(job)
+
+    def submit_sync(self, handler: BatchHandler[I, R], item: I) -> R:
+        """Queue one item and block until it is committed (CLI and worker threads)."""
+        return self.submit_nowait(handler, item).result()
+
+    def _run(self) -> None:
+        stopping = False
+        answered = 0  # jobs in the previous batch: under load, their callers come back with their next job
+        while not stopping:
+            try:
+                first, waiting = self._queue.get_nowait(), True
+            except queue.Empty:
+                first, waiting = self._queue.get(), False
+            if first is _STOP:
+                break
+            taken = [cast(_Job, first)]
+            stopping = self._drain(taken)
+            # Only linger under load (the previous batch was shared): a lone caller is not kept waiting. Jobs that
+            # were waiting when the last batch ended come from other callers; those just answered come on top.
+            if answered > 1 and not stopping:
+                expected = min(self._max_batch, (len(taken) if waiting else 0) + answered)
+                stopping = self._linger(taken, expected=expected)
+            # A job whose caller gave up before it started is dropped; once running it can't be cancelled.
+            jobs = [job for job in taken if job.take()]
+            answered = len(jobs)
+            if jobs:
+                self._run_batch(jobs)
+
+    def _drain(self, taken: list[_Job]) -> bool:
+        """Add the jobs already queued to `taken`; whether a stop was queued among them."""
+        while len(taken) < self._max_batch:
+            try:
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            if nxt is _STOP:
+                return True
+            taken.append(cast(_Job, nxt))
+        return False
+
+    def _linger(self, taken: list[_Job], *, expected: int) -> bool:
+        """Add jobs until `expected` are taken, while they keep arriving within the gap, up to the cap.
+
+        Returns whether a stop arrived.
+        """
+        deadline = time.monotonic() + self._linger_max
+        while len(taken) < expected:
+            wait = min(self._linger_gap, deadline - time.monotonic())
+            if wait <= 0:
+                return False
+            try:
+                nxt = self._queue.get(timeout=wait)
+            except queue.Empty:
+                return False
+            if nxt is _STOP:
+                return True
+            taken.append(cast(_Job, nxt))
+            if self._drain(taken):
+                return True
+        return False
+
+    def _run_batch(self, jobs: list[_Job]) -> None:
+        groups: dict[BatchHandler[Any, Any], list[_Job]] = {}
+        for job in jobs:
+            groups.setdefault(job.handler, []).append(job)
+        outcomes: list[tuple[_Job, Any]] = []
+        try:
+            self._conn.begin()
+            for handler, group in groups.items():
+                results = handler(self._conn, [job.item for job in group])
+                outcomes.extend(zip(group, results, strict=True))
+            self._conn.commit()
+        except Exception as exc:
+            self._rollback()
+            if len(jobs) == 1:
+                log.warning("write failed", extra={"error": repr(exc)})
+                self._answer([(jobs[0], exc)])
+                return
+            # One bad job must not sink its batch-mates: retry each in its own transaction.
+            for job in jobs:
+                self._run_batch([job])
+            return
+        self.batches_committed += 1
+        self.jobs_committed += len(jobs)
+        self._answer(outcomes)
+
+    def _answer(self, outcomes: list[tuple[_Job, Any]]) -> None:
+        # One wake-up per event loop for the whole batch, not one per job: the hand-off is on the hot path.
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
+        for job, outcome in outcomes:
+            if job.loop is not None:
+                by_loop.setdefault(job.loop, []).append((cast(asyncio.Future[Any], job.done), outcome))
+            elif isinstance(outcome, BaseException):
+                job.done.set_exception(outcome)
+            else:
+                job.done.set_result(outcome)
+        for loop, settled in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop closed while its jobs were in flight
+                loop.call_soon_threadsafe(_settle, settled)
+
+    def _rollback(self) -> None:
+        # The failed statement may already have ended the transaction.
+        with contextlib.suppress(duckdb.TransactionException):
+            self._conn.rollback()

@@ -1,0 +1,522 @@
+"""POST /v1/webhooks/stripe: verification, exactly-once processing, late and out-of-order events, failures."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from uuid import UUID, uuid4
+
+import httpx
+import pytest
+
+from ingest.payments import repository as payments_repository
+from tests.payments import events
+from tests.payments.conftest import PRICE_CENTS, RunningApi, rename_table
+
+
+def _payment(api: RunningApi, payment_intent_id: str) -> dict[str, Any]:
+    payment = api.database.read(lambda conn: payments_repository.get_payment(conn, payment_intent_id))
+    assert payment is not None, f"no payment {payment_intent_id}"
+    return payment
+
+
+def _deliveries(api: RunningApi, event_id: UUID) -> dict[tuple[str, str], tuple[str, dict[str, Any]]]:
+    """A lead's payment deliveries keyed by (kind, idempotency-key suffix) → (status, payload)."""
+    rows = api.rows(
+        "select kind, idempotency_key, status, payload from deliveries "
+        "where event_id = ? and idempotency_key like '%:%:%:%'",
+        [event_id],
+    )
+    result = {}
+    for kind, key, status, payload in rows:
+        suffix = key.split(":", 3)[3]
+        assert (kind, suffix) not in result
+        result[(kind, suffix)] = (status, json.loads(payload))
+    return result
+
+
+def _lead_status(api: RunningApi, event_id: UUID) -> str:
+    return str(api.one("select status from leads where event_id = ?", [event_id]))
+
+
+def _event_row(api: RunningApi, stripe_event_id: str) -> tuple[Any, ...] | None:
+    rows = api.rows(
+        "select status, error, processing_attempts, duplicate_of from stripe_events where stripe_event_id = ?",
+        [stripe_event_id],
+    )
+    return rows[0] if rows else None
+
+
+# --- bad input ---------------------------------------------------------------------------------------------
+
+
+def _tampered(api: RunningApi, secret: str) -> httpx.Response:
+    text, headers = events.signed(events.succeeded(events.new_id("pi")), secret)
+    return api.client.post("/v1/webhooks/stripe", content=text.replace("4700", "1"), headers=headers)
+
+
+def _wrong_secret(api: RunningApi, secret: str) -> httpx.Response:
+    return api.post_event(events.succeeded(events.new_id("pi")), secret="whsec_not_ours")
+
+
+def _old_timestamp(api: RunningApi, secret: str) -> httpx.Response:
+    return api.post_event(events.succeeded(events.new_id("pi")), timestamp=int(time.time()) - 301)
+
+
+def _missing_header(api: RunningApi, secret: str) -> httpx.Response:
+    return api.client.post("/v1/webhooks/stripe", content=json.dumps(events.succeeded(events.new_id("pi"))))
+
+
+def _garbled_header(api: RunningApi, secret: str) -> httpx.Response:
+    body = json.dumps(events.succeeded(events.new_id("pi")))
+    return api.client.post("/v1/webhooks/stripe", content=body, headers={"Stripe-Signature": "t=abc,v1"})
+
+
+def _not_json(api: RunningApi, secret: str) -> httpx.Response:
+    return api.post_event("this is not json {", secret=secret)
+
+
+def _json_array(api: RunningApi, secret: str) -> httpx.Response:
+    return api.post_event("[1, 2, 3]", secret=secret)
+
+
+def _not_utf8(api: RunningApi, secret: str) -> httpx.Response:
+    body = b'{"id": "evt_\xff"}'
+    header = events.stripe.WebhookSignature.generate_signature_header(body.decode("latin-1"), secret)
+    return api.client.post("/v1/webhooks/stripe", content=body, headers={"Stripe-Signature": header})
+
+
+def _no_data_object(api: RunningApi, secret: str) -> httpx.Response:
+    body = events.succeeded(events.new_id("pi"))
+    del body["data"]["object"]
+    return api.post_event(body, secret=secret)
+
+
+def _object_without_id(api: RunningApi, secret: str) -> httpx.Response:
+    body = events.succeeded(events.new_id("pi"))
+    del body["data"]["object"]["id"]
+    return api.post_event(body, secret=secret)
+
+
+def _amount_not_a_number(api: RunningApi, secret: str) -> httpx.Response:
+    body = events.succeeded(events.new_id("pi"))
+    body["data"]["object"]["amount"] = "47.00"
+    body["data"]["object"]["amount_received"] = None
+    return api.post_event(body, secret=secret)
+
+
+def _oversized(api: RunningApi, secret: str) -> httpx.Response:
+    body = events.succeeded(events.new_id("pi"))
+    body["data"]["object"]["metadata"]["padding"] = "x" * 70_000
+    return api.post_event(body, secret=secret)
+
+
+@pytest.mark.parametrize(
+    ("send", "status"),
+    [
+        (_tampered, 400),
+        (_wrong_secret, 400),
+        (_old_timestamp, 400),
+        (_missing_header, 400),
+        (_garbled_header, 400),
+        (_not_json, 400),
+        (_json_array, 400),
+        (_not_utf8, 400),
+        (_no_data_object, 400),
+        (_object_without_id, 400),
+        (_amount_not_a_number, 400),
+        (_oversized, 413),
+    ],
+)
+def test_bad_deliveries_are_refused_and_nothing_is_recorded(
+    stripe_api: RunningApi, send: Callable[[RunningApi, str], httpx.Response], status: int
+) -> None:
+    secret = stripe_api.settings.stripe_webhook_secret.get_secret_value()  # type: ignore[union-attr]
+    response = send(stripe_api, secret)
+    assert response.status_code == status, response.text
+    assert "error" in response.json()
+    assert stripe_api.one("select count(*) from stripe_events") == 0
+    assert stripe_api.one("select count(*) from payments") == 0
+
+
+def test_webhooks_answer_503_when_no_secret_is_configured(stripe_api_with: Callable[..., RunningApi]) -> None:
+    api = stripe_api_with(stripe_webhook_secret="   ")
+    response = api.post_event(events.succeeded(events.new_id("pi")), secret="whsec_anything")
+    assert response.status_code == 503
+    assert response.json()["error"] == "not_configured"
+    assert "STRIPE_WEBHOOK_SECRET" in response.json()["message"]
+    assert api.one("select count(*) from stripe_events") == 0
+
+
+# --- processing --------------------------------------------------------------------------------------------
+
+
+def test_succeeded_marks_the_lead_paid_with_its_outbox_rows(stripe_api: RunningApi) -> None:
+    event_id = stripe_api.create_lead()
+    pi = events.new_id("pi")
+    body = events.succeeded(pi, event_id)
+
+    response = stripe_api.post_event(body)
+
+    assert response.status_code == 200
+    assert response.json() == {"received": True, "duplicate": False}
+    assert _lead_status(stripe_api, event_id) == "paid"
+    payment = _payment(stripe_api, pi)
+    assert (payment["status"], payment["amount_cents"], payment["is_orphan"]) == (
+        "succeeded",
+        PRICE_CENTS,
+        False,
+    )
+    assert stripe_api.one("select payment_intent_id from leads where event_id = ?", [event_id]) == pi
+    deliveries = _deliveries(stripe_api, event_id)
+    assert set(deliveries) == {("contact_upsert", "paid"), ("subscriber_upsert", "paid"), ("purchase", pi)}
+    assert deliveries[("contact_upsert", "paid")][1] == {
+        "lead_status": "paid", "amount_cents": PRICE_CENTS, "currency": "EUR", "payment_intent_id": pi,
+    }  # fmt: skip
+    assert deliveries[("subscriber_upsert", "paid")][1] == {"payment_status": "paid"}
+    assert deliveries[("purchase", pi)][1] == {"transaction_id": pi, "value": 47.0, "currency": "EUR"}
+    assert all(status != "suppressed" for status, _ in deliveries.values())
+    row = _event_row(stripe_api, body["id"])
+    assert row is not None and row[0] == "processed" and row[2] == 1
+
+
+def test_analytics_and_marketing_follow_the_consent_in_force(stripe_api: RunningApi) -> None:
+    event_id = stripe_api.create_lead(marketing_consent=True, analytics_consent=True)
+    session = stripe_api.one("select user_session_id from leads where event_id = ?", [event_id])
+    withdrawn = stripe_api.client.post(
+        "/v1/consent",
+        json={
+            "user_session_id": str(session),
+            "marketing_consent": False,
+            "analytics_consent": False,
+            "consent_method": "modal",
+            "consent_version": "1.0",
+        },
+    )
+    assert withdrawn.status_code == 200
+    pi = events.new_id("pi")
+
+    assert stripe_api.post_event(events.succeeded(pi, event_id)).status_code == 200
+
+    deliveries = _deliveries(stripe_api, event_id)
+    assert deliveries[("purchase", pi)][0] == "suppressed"
+    assert deliveries[("subscriber_upsert", "paid")][0] == "suppressed"
+    assert deliveries[("contact_upsert", "paid")][0] != "suppressed"  # the CRM is the business's own record
+
+
+def test_a_repeated_event_is_processed_once(stripe_api: RunningApi) -> None:
+    event_id = stripe_api.create_lead()
+    body = events.succeeded(events.new_id("pi"), event_id)
+
+    first = stripe_api.post_event(body)
+    second = stripe_api.post_event(body)
+
+    assert first.json() == {"received": True, "duplicate": False}
+    assert second.status_code == 200
+    assert second.json() == {"received": True, "duplicate": True}
+    assert len(_deliveries(stripe_api, event_id)) == 3
+    assert _event_row(stripe_api, body["id"])[2] == 1  # type: ignore[index]
+
+
+def test_twenty_concurrent_copies_are_processed_once(stripe_api: RunningApi) -> None:
+    event_id = stripe_api.create_lead()
+    text, headers = events.signed(
+        events.succeeded(events.new_id("pi"), event_id),
+        stripe_api.settings.stripe_webhook_secret.get_secret_value(),
+    )  # type: ignore[union-attr]
+    url = stripe_api.webhook_url
+
+    def deliver(_: int) -> httpx.Response:
+        with httpx.Client(timeout=30) as client:
+            return client.post(url, content=text, headers=headers)
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        responses = list(pool.map(deliver, range(20)))
+
+    assert [r.status_code for r in responses] == [200] * 20
+    assert sorted(r.json()["duplicate"] for r in responses) == [False] + [True] * 19
+    assert stripe_api.one("select count(*) from stripe_events") == 1
+    assert len(_deliveries(stripe_api, event_id)) == 3
+
+
+def test_two_event_objects_for_one_change_are_processed_once(stripe_api: RunningApi) -> None:
+    event_id = stripe_api.create_lead()
+    pi = events.new_id("pi")
+    first, second = events.succeeded(pi, event_id), events.succeeded(pi, event_id)
+
+    assert stripe_api.post_event(first).json()["duplicate"] is False
+    answer = stripe_api.post_event(second)
+
+    assert answer.status_code == 200 and answer.json()["duplicate"] is True
+    assert _event_row(stripe_api, second["id"]) == ("duplicate", None, 0, first["id"])
+    assert len(_deliveries(stripe_api, event_id)) == 3
+
+
+def test_an_unhandled_type_is_stored_and_acknowledged(stripe_api: RunningApi) -> None:
+    body = events.event("customer.created", {"id": events.new_id("cus"), "object": "customer", "email": None})
+
+    response = stripe_api.post_event(body)
+
+    assert response.status_code == 200 and response.json()["duplicate"] is False
+    assert _event_row(stripe_api, body["id"])[0] == "ignored"  # type: ignore[index]
+    assert stripe_api.post_event(body).json()["duplicate"] is True
+
+
+def test_a_refund_before_the_success_still_ends_refunded(stripe_api: RunningApi) -> None:
+    event_id = stripe_api.create_lead()
+    created = stripe_api.client.post("/v1/payment-intents", json={"event_id": str(event_id)})
+    assert created.status_code == 200
+    pi = created.json()["payment_intent_id"]
+
+    # The refund's Charge carries no metadata: the PaymentIntent our checkout linked names the lead.
+    assert stripe_api.post_event(events.refunded(pi)).status_code == 200
+    assert stripe_api.post_event(events.succeeded(pi, event_id)).status_code == 200
+
+    payment = _payment(stripe_api, pi)
+    assert (payment["status"], payment["refunded_cents"], payment["is_orphan"]) == (
+        "refunded",
+        PRICE_CENTS,
+        False,
+    )
+    assert payment["succeeded_at"] is not None and payment["refunded_at"] is not None
+    assert _lead_status(stripe_api, event_id) == "refunded"
+    deliveries = _deliveries(stripe_api, event_id)
+    # The CRM and MailerLite hold a state and get the final one; sGTM gets both events, purchase and refund.
+    assert set(deliveries) == {
+        ("contact_upsert", "refunded"), ("subscriber_upsert", "refunded"), ("purchase", pi), ("refund", pi),
+    }  # fmt: skip
+    kinds = stripe_api.rows(
+        "select kind, payload from deliveries where destination = 'sgtm' and event_id = ? and kind <> 'generate_lead' order by kind",
+        [event_id],
+    )
+    assert [(kind, json.loads(payload)["value"]) for kind, payload in kinds] == [
+        ("purchase", 47.0),
+        ("refund", 47.0),
+    ]
+
+
+def test_a_refund_heard_of_before_anything_else_is_matched_when_the_success_arrives(
+    stripe_api: RunningApi,
+) -> None:
+    event_id = stripe_api.create_lead()
+    pi = events.new_id("pi")
+
+    assert stripe_api.post_event(events.refunded(pi)).status_code == 200
+    payment = _payment(stripe_api, pi)
+    assert (payment["status"], payment["is_orphan"], payment["event_id"]) == ("refunded", True, None)
+
+    assert stripe_api.post_event(events.succeeded(pi, event_id)).status_code == 200
+
+    payment = _payment(stripe_api, pi)
+    assert (payment["status"], payment["is_orphan"], payment["event_id"]) == ("refunded", False, event_id)
+    assert _lead_status(stripe_api, event_id) == "refunded"
+    assert {
+        ("contact_upsert", "refunded"),
+        ("subscriber_upsert", "refunded"),
+        ("purchase", pi),
+        ("refund", pi),
+    } == set(_deliveries(stripe_api, event_id))
+
+
+def test_a_refund_after_the_success_moves_the_lead_to_refunded(stripe_api: RunningApi) -> None:
+    event_id = stripe_api.create_lead()
+    pi = events.new_id("pi")
+    assert stripe_api.post_event(events.succeeded(pi, event_id)).status_code == 200
+    charge = events.new_id("ch")
+
+    partial = stripe_api.post_event(events.refunded(pi, charge_id=charge, amount_refunded=1000))
+    assert partial.status_code == 200
+    assert (_payment(stripe_api, pi)["status"], _payment(stripe_api, pi)["refunded_cents"]) == (
+        "succeeded",
+        1000,
+    )
+    assert _lead_status(stripe_api, event_id) == "paid"
+
+    full = stripe_api.post_event(events.refunded(pi, charge_id=charge))
+    assert full.status_code == 200 and full.json()["duplicate"] is False
+
+    assert _payment(stripe_api, pi)["status"] == "refunded"
+    assert _lead_status(stripe_api, event_id) == "refunded"
+    deliveries = _deliveries(stripe_api, event_id)
+    assert {
+        ("contact_upsert", "paid"),
+        ("contact_upsert", "refunded"),
+        ("subscriber_upsert", "paid"),
+        ("subscriber_upsert", "refunded"),
+    } <= set(deliveries)
+    assert deliveries[("contact_upsert", "refunded")][1]["lead_status"] == "refunded"
+
+
+def test_a_late_failure_does_not_undo_a_success(stripe_api: RunningApi) -> None:
+    event_id = stripe_api.create_lead()
+    pi = events.new_id("pi")
+    failed = events.event(
+        "payment_intent.payment_failed",
+        events.payment_intent_object(
+            pi,
+            status="requires_payment_method",
+            metadata={"event_id": str(event_id)},
+            decline_code="insufficient_funds",
+        ),
+    )
+    canceled = events.event(
+        "payment_intent.canceled",
+        events.payment_intent_object(pi, status="canceled", metadata={"event_id": str(event_id)}),
+    )
+
+    assert stripe_api.post_event(events.succeeded(pi, event_id)).status_code == 200
+    assert stripe_api.post_event(failed).status_code == 200
+    assert stripe_api.post_event(canceled).status_code == 200
+
+    assert _payment(stripe_api, pi)["status"] == "succeeded"
+    assert _lead_status(stripe_api, event_id) == "paid"
+
+
+def test_a_failure_then_a_success_ends_paid(stripe_api: RunningApi) -> None:
+    event_id = stripe_api.create_lead()
+    pi = events.new_id("pi")
+    failed = events.event(
+        "payment_intent.payment_failed",
+        events.payment_intent_object(
+            pi,
+            status="requires_payment_method",
+            metadata={"event_id": str(event_id)},
+            decline_code="insufficient_funds",
+        ),
+    )
+
+    assert stripe_api.post_event(failed).status_code == 200
+    payment = _payment(stripe_api, pi)
+    assert (payment["status"], payment["failure_code"]) == ("failed", "insufficient_funds")
+    assert _lead_status(stripe_api, event_id) == "lead"
+    assert _deliveries(stripe_api, event_id) == {}
+
+    assert stripe_api.post_event(events.succeeded(pi, event_id)).status_code == 200
+    assert _payment(stripe_api, pi)["status"] == "succeeded"
+    assert _lead_status(stripe_api, event_id) == "paid"
+
+
+def _failed(pi: str, event_id: UUID) -> dict[str, Any]:
+    return events.event(
+        "payment_intent.payment_failed",
+        events.payment_intent_object(
+            pi,
+            status="requires_payment_method",
+            metadata={"event_id": str(event_id)},
+            decline_code="expired_card",
+        ),
+    )
+
+
+def test_concurrent_changes_of_different_kinds_each_keep_their_own_state(stripe_api: RunningApi) -> None:
+    # Events sharing a writer batch update only the columns the batch changed: each row must still get its own.
+    journeys = [(stripe_api.create_lead(), events.new_id("pi")) for _ in range(6)]
+    for event_id, pi in journeys:
+        assert stripe_api.post_event(_failed(pi, event_id)).status_code == 200
+    canceled = [
+        events.event(
+            "payment_intent.canceled",
+            events.payment_intent_object(pi, status="canceled", metadata={"event_id": str(event_id)}),
+        )
+        for event_id, pi in journeys
+    ]
+    second = [
+        events.succeeded(pi, event_id) if n % 2 else canceled[n] for n, (event_id, pi) in enumerate(journeys)
+    ]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        assert [r.status_code for r in pool.map(stripe_api.post_event, second)] == [200] * 6
+
+    for n, (event_id, pi) in enumerate(journeys):
+        payment = _payment(stripe_api, pi)
+        if n % 2:
+            assert (payment["status"], payment["failure_code"], payment["amount_cents"]) == (
+                "succeeded", "expired_card", PRICE_CENTS,
+            )  # fmt: skip
+            assert payment["succeeded_at"] is not None and _lead_status(stripe_api, event_id) == "paid"
+        else:
+            assert (payment["status"], payment["failure_code"], payment["succeeded_at"]) == (
+                "canceled", "expired_card", None,
+            )  # fmt: skip
+            assert _lead_status(stripe_api, event_id) == "lead"
+        assert payment["last_stripe_event_id"] == second[n]["id"]
+        assert (payment["event_id"], payment["is_orphan"]) == (event_id, False)
+
+
+@pytest.mark.parametrize("metadata_event_id", [uuid4(), "not-a-uuid", None])
+def test_a_payment_naming_no_known_lead_is_kept_as_an_orphan(
+    stripe_api: RunningApi, metadata_event_id: object
+) -> None:
+    pi = events.new_id("pi")
+
+    response = stripe_api.post_event(events.succeeded(pi, metadata_event_id))
+
+    assert response.status_code == 200
+    payment = _payment(stripe_api, pi)
+    assert (payment["status"], payment["is_orphan"], payment["amount_cents"]) == (
+        "succeeded",
+        True,
+        PRICE_CENTS,
+    )
+    expected = metadata_event_id if isinstance(metadata_event_id, UUID) else None
+    assert payment["event_id"] == expected
+    assert stripe_api.one("select count(*) from deliveries") == 0
+
+
+def test_a_failed_processing_is_kept_and_the_next_delivery_processes_it(stripe_api: RunningApi) -> None:
+    event_id = stripe_api.create_lead()
+    body = events.succeeded(events.new_id("pi"), event_id)
+    writer = stripe_api.database.writer
+    writer.submit_sync(rename_table, ("payments", "payments_away"))
+    try:
+        failed = stripe_api.post_event(body)
+        assert failed.status_code == 500
+        assert failed.json()["error"] == "processing_failed"
+        status, error, attempts, _ = _event_row(stripe_api, body["id"])  # type: ignore[misc]
+        assert (status, attempts) == ("failed", 1)
+        assert "payments" in error
+        assert (
+            _lead_status(stripe_api, event_id) == "lead"
+        )  # the state change was rolled back with the failure
+        assert stripe_api.post_event(body).status_code == 500  # still broken: failed again, counted
+        assert _event_row(stripe_api, body["id"])[:3] == ("failed", error, 2)  # type: ignore[index]
+    finally:
+        writer.submit_sync(rename_table, ("payments_away", "payments"))
+
+    retried = stripe_api.post_event(body)
+
+    assert retried.status_code == 200
+    assert retried.json() == {"received": True, "duplicate": False}
+    status, error, attempts, _ = _event_row(stripe_api, body["id"])  # type: ignore[misc]
+    assert (status, attempts) == ("processed", 3)
+    assert error is not None  # the earlier failure stays on record
+    assert _lead_status(stripe_api, event_id) == "paid"
+    assert len(_deliveries(stripe_api, event_id)) == 3
+    assert stripe_api.post_event(body).json()["duplicate"] is True
+
+
+def test_concurrent_copies_of_a_failing_event_all_fail_and_none_is_half_written(
+    stripe_api: RunningApi,
+) -> None:
+    event_id = stripe_api.create_lead()
+    text, headers = events.signed(
+        events.succeeded(events.new_id("pi"), event_id),
+        stripe_api.settings.stripe_webhook_secret.get_secret_value(),
+    )  # type: ignore[union-attr]
+    url = stripe_api.webhook_url
+    writer = stripe_api.database.writer
+    writer.submit_sync(rename_table, ("payments", "payments_away"))
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            codes = list(
+                pool.map(
+                    lambda _: httpx.post(url, content=text, headers=headers, timeout=30).status_code, range(8)
+                )
+            )
+    finally:
+        writer.submit_sync(rename_table, ("payments_away", "payments"))
+    assert codes == [500] * 8
+    assert stripe_api.rows("select status, processing_attempts from stripe_events") == [("failed", 8)]
+    assert stripe_api.one("select count(*) from deliveries where kind = 'purchase'") == 0
