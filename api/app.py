@@ -27,6 +27,7 @@ from api.routes import (
 from api.security import BodySizeLimit, RateLimiter
 from ingest.core.settings import Settings, load_settings
 from ingest.outbox.worker import DeliveryWorker
+from ingest.payments.checkout import Checkout, stripe_client
 from ingest.reconcile.replica import ReplicaPublisher
 from ingest.store.database import Database
 
@@ -41,6 +42,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         database = Database.open(settings.attribution_db_path)
         app.state.database = database
+        # One Stripe SDK client and one Checkout (it holds the per-lead locks) for the app's life.
+        client = stripe_client(settings) if settings.stripe_secret_key is not None else None
+        app.state.stripe = client
+        app.state.checkout = Checkout(settings, database, client) if client is not None else None
         publisher = ReplicaPublisher(database, settings)
         app.state.replica_publisher = publisher
         publisher.start()

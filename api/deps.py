@@ -5,12 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
+import stripe
 from fastapi import Depends, Header, Request
 
 from api.security import RateLimiter, check_admin_token, client_ip
 from ingest.core.clock import utcnow
+from ingest.core.errors import NotConfigured
 from ingest.core.settings import Settings
 from ingest.leads.consent import RequestContext
+from ingest.payments.checkout import Checkout
 from ingest.store.database import Database
 
 
@@ -24,8 +27,24 @@ async def _database(request: Request) -> Database:
     return database
 
 
+def _stripe(request: Request) -> stripe.StripeClient:
+    client: stripe.StripeClient | None = request.app.state.stripe
+    if client is None:
+        raise NotConfigured("Stripe is not configured: set STRIPE_SECRET_KEY")
+    return client
+
+
+def _checkout(request: Request) -> Checkout:
+    checkout: Checkout | None = request.app.state.checkout
+    if checkout is None:
+        raise NotConfigured("Stripe is not configured: set STRIPE_SECRET_KEY")
+    return checkout
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 DatabaseDep = Annotated[Database, Depends(_database)]
+StripeDep = Annotated[stripe.StripeClient, Depends(_stripe)]
+CheckoutDep = Annotated[Checkout, Depends(_checkout)]
 
 
 @dataclass(frozen=True)

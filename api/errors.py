@@ -11,10 +11,16 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ingest.core.errors import Conflict, DomainError, InvalidField, NotConfigured, NotFound
+from ingest.payments.checkout import StripeUnavailable
+from ingest.payments.demo_card import CardDeclined
+from ingest.payments.webhooks import EventProcessingFailed
 from ingest.store.database import DatabaseLocked
 from ingest.store.writer import WriterStopped
 
+# Every DomainError the domain raises, answered here and nowhere else (checked in order: subclasses first).
 _DOMAIN_STATUS: dict[type[DomainError], tuple[int, str]] = {
+    CardDeclined: (status.HTTP_402_PAYMENT_REQUIRED, "card_declined"),
+    StripeUnavailable: (status.HTTP_502_BAD_GATEWAY, "stripe_unavailable"),
     InvalidField: (status.HTTP_422_UNPROCESSABLE_CONTENT, "invalid_request"),
     Conflict: (status.HTTP_409_CONFLICT, "conflict"),
     NotFound: (status.HTTP_404_NOT_FOUND, "not_found"),
@@ -68,6 +74,17 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _processing_failed(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, EventProcessingFailed)
+    message = "processing this event failed; it is kept with its error and the next delivery retries it"
+    return _error(
+        status.HTTP_500_INTERNAL_SERVER_ERROR,
+        "processing_failed",
+        message,
+        stripe_event_id=exc.stripe_event_id,
+    )
+
+
 async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     return _error(status.HTTP_503_SERVICE_UNAVAILABLE, "unavailable", str(exc), headers={"Retry-After": "5"})
 
@@ -77,5 +94,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(DomainError, _domain)
     app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(EventProcessingFailed, _processing_failed)
     app.add_exception_handler(WriterStopped, _unavailable)
     app.add_exception_handler(DatabaseLocked, _unavailable)

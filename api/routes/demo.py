@@ -7,16 +7,15 @@ CORS for any origin.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi import APIRouter
+from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
 from api.assets import DEMO_DIR
-from api.deps import RateLimited, SettingsDep
+from api.deps import RateLimited, SettingsDep, StripeDep
 from ingest.core.errors import NotConfigured
 from ingest.core.settings import Settings
-from ingest.payments.checkout import StripeUnavailable, stripe_client
-from ingest.payments.demo_card import CardConfirmIn, CardConfirmOut, CardDeclined, confirm_card_payment
+from ingest.payments.demo_card import CardConfirmIn, CardConfirmOut, confirm_card_payment
 
 CHECKOUT_PATH = "/demo/checkout"
 STRIPE_JS_PATH = "/js.stripe.com/v3/"
@@ -83,15 +82,6 @@ async def demo_config(settings: SettingsDep) -> DemoConfig:
         502: {"description": "Stripe (localstripe) could not be reached"},
     },
 )
-def confirm_card(body: CardConfirmIn, settings: SettingsDep) -> CardConfirmOut | JSONResponse:
+def confirm_card(body: CardConfirmIn, client: StripeDep) -> CardConfirmOut:
     """Attach a card tokenised by localstripe's Stripe.js stand-in to a PaymentIntent and confirm it."""
-    try:
-        return confirm_card_payment(stripe_client(settings), body)
-    except CardDeclined as exc:
-        return JSONResponse(
-            {"error": "card_declined", "message": str(exc)}, status_code=status.HTTP_402_PAYMENT_REQUIRED
-        )
-    except StripeUnavailable as exc:
-        return JSONResponse(
-            {"error": "stripe_unavailable", "message": str(exc)}, status_code=status.HTTP_502_BAD_GATEWAY
-        )
+    return confirm_card_payment(client, body)

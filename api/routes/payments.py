@@ -2,32 +2,12 @@
 
 from __future__ import annotations
 
-import threading
+from fastapi import APIRouter
 
-from fastapi import APIRouter, Request, status
-from fastapi.responses import JSONResponse
-
-from api.deps import DatabaseDep, RateLimited, SettingsDep
-from ingest.payments.checkout import (
-    Checkout,
-    PaymentIntentIn,
-    PaymentIntentOut,
-    StripeUnavailable,
-    stripe_client,
-)
+from api.deps import CheckoutDep, RateLimited
+from ingest.payments.checkout import PaymentIntentIn, PaymentIntentOut
 
 router = APIRouter(tags=["payments"])
-_checkout_guard = threading.Lock()
-
-
-def _checkout(request: Request, settings: SettingsDep, database: DatabaseDep) -> Checkout:
-    # One Checkout per app (it holds the SDK client and the per-lead locks), made on first use.
-    with _checkout_guard:
-        checkout: Checkout | None = getattr(request.app.state, "checkout", None)
-        if checkout is None:
-            checkout = Checkout(settings, database, stripe_client(settings))
-            request.app.state.checkout = checkout
-    return checkout
 
 
 @router.post(
@@ -40,13 +20,6 @@ def _checkout(request: Request, settings: SettingsDep, database: DatabaseDep) ->
         503: {"description": "payments are not configured (no price or no Stripe key)"},
     },
 )
-def create_payment_intent(
-    body: PaymentIntentIn, request: Request, settings: SettingsDep, database: DatabaseDep
-) -> PaymentIntentOut | JSONResponse:
+def create_payment_intent(body: PaymentIntentIn, checkout: CheckoutDep) -> PaymentIntentOut:
     """The lead's PaymentIntent, with its attribution in the metadata; the same event_id gives the same one."""
-    try:
-        return _checkout(request, settings, database).payment_intent(body.event_id)
-    except StripeUnavailable as exc:
-        return JSONResponse(
-            {"error": "stripe_unavailable", "message": str(exc)}, status_code=status.HTTP_502_BAD_GATEWAY
-        )
+    return checkout.payment_intent(body.event_id)

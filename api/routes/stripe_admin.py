@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fastapi import APIRouter, status
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
 
-from api.deps import AdminOnly, DatabaseDep, SettingsDep
-from ingest.payments.checkout import StripeUnavailable, stripe_client
+from api.deps import AdminOnly, DatabaseDep, SettingsDep, StripeDep
 from ingest.payments.sync import SyncReport, sync_stripe_events
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[AdminOnly])
@@ -33,14 +31,7 @@ class StripeSyncIn(BaseModel):
     },
 )
 def sync_stripe(
-    settings: SettingsDep, database: DatabaseDep, body: StripeSyncIn | None = None
-) -> SyncReport | JSONResponse:
+    settings: SettingsDep, database: DatabaseDep, client: StripeDep, body: StripeSyncIn | None = None
+) -> SyncReport:
     """List recent Stripe events and process the ones not yet settled; answer the counts."""
-    try:
-        return sync_stripe_events(
-            settings, database, stripe_client(settings), since=body.since if body else None
-        )
-    except StripeUnavailable as exc:
-        return JSONResponse(
-            {"error": "stripe_unavailable", "message": str(exc)}, status_code=status.HTTP_502_BAD_GATEWAY
-        )
+    return sync_stripe_events(settings, database, client, since=body.since if body else None)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, status
-from fastapi.responses import JSONResponse, Response
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
 
 from ingest.core.clock import utcnow
 from ingest.core.settings import Settings
-from ingest.payments.webhooks import EventAck, EventJob, EventProcessingFailed, receive_event, verify_event
+from ingest.payments.webhooks import EventAck, EventJob, receive_event, verify_event
 from ingest.store.database import Database
 
 router = APIRouter(tags=["webhooks"])
@@ -43,15 +43,5 @@ async def stripe_webhook(request: Request) -> Response:
     body = await request.body()
     event = verify_event(body, request.headers.get("stripe-signature"), settings.stripe_webhook_secret)
     job = EventJob(event=event, source="webhook", received_at=utcnow(), settings=settings)
-    try:
-        outcome = await receive_event(database, job)
-    except EventProcessingFailed as exc:
-        return JSONResponse(
-            {
-                "error": "processing_failed",
-                "message": "processing this event failed; it is kept with its error and the next delivery retries it",
-                "stripe_event_id": exc.stripe_event_id,
-            },
-            status_code=status.HTTP_500_INTERNAL_SERVER_ERROR,
-        )
+    outcome = await receive_event(database, job)  # EventProcessingFailed: a 500, so Stripe retries
     return Response(_ACK[outcome.duplicate], media_type="application/json")
