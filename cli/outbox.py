@@ -11,7 +11,7 @@ import httpx
 import typer
 from pydantic import ValidationError
 
-from cli.admin import post_admin
+from cli.admin import through_api
 from cli.common import console, settings_or_exit
 from ingest.core.clock import utcnow
 from ingest.core.settings import Settings
@@ -22,21 +22,12 @@ from ingest.store.database import Database, DatabaseLocked
 from sandbox import run_sandbox_forever
 
 mailerlite_app = typer.Typer(help="MailerLite account set-up.", no_args_is_help=True)
-API_TIMEOUT_SECONDS = 120.0
 SANDBOX_PORTS = {"mailerlite": 8101, "crm": 8102, "sgtm": 8103, "stripe": 8420}
 
 
 def _replay_through_api(settings: Settings, request: ReplayIn) -> ReplayOut:
     """Ask the running API (the database's one writer) to replay."""
-    answer = post_admin(
-        settings,
-        console,
-        "/v1/admin/deliveries/replay",
-        body=request.model_dump_json(exclude_none=True),
-        doing="replaying",
-        timeout=API_TIMEOUT_SECONDS,
-    )
-    return ReplayOut.model_validate(answer)
+    return through_api(settings, "replaying", lambda api: api.replay(request))
 
 
 def _replay_on_file(settings: Settings, database: Database, request: ReplayIn) -> ReplayOut:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Annotated
 
 import typer
 
-from cli.admin import post_admin
+from cli.admin import through_api
 from cli.common import console, settings_or_exit
 from ingest.core.errors import DomainError
 from ingest.core.settings import Settings
@@ -17,20 +16,11 @@ from ingest.payments.sync import SyncReport, sync_stripe_events
 from ingest.store.database import Database, DatabaseLocked
 
 sync_app = typer.Typer(help="Backfill from external systems.", no_args_is_help=True)
-API_TIMEOUT_SECONDS = 600.0
 
 
 def _sync_through_api(settings: Settings, since: datetime | None) -> SyncReport:
     """Ask the running API (the database's one writer) to sync."""
-    answer = post_admin(
-        settings,
-        console,
-        "/v1/admin/sync/stripe",
-        body=json.dumps({"since": since.isoformat() if since else None}),
-        doing="syncing",
-        timeout=API_TIMEOUT_SECONDS,
-    )
-    return SyncReport.model_validate(answer)
+    return through_api(settings, "syncing", lambda api: api.sync_stripe(since))
 
 
 @sync_app.command("stripe")

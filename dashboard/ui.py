@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import data
-from dashboard.api_client import AdminApi, ApiStatus
+from ingest.admin_client import AdminApi, ApiStatus
 from ingest.reconcile.report import percent
 
 STALE_AFTER_INTERVALS = 6  # a replica older than this many publish intervals means the API stopped publishing

@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, data, ui
-from dashboard.api_client import ApiError
+from ingest.admin_client import ApiError
 from ingest.outbox.replay import ReplayIn
 
 LIVE_STATE_LIMIT = 20  # deliveries whose state after a replay is fetched from the API one by one

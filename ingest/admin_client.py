@@ -1,8 +1,14 @@
-"""The dashboard's client of the running API's admin endpoints (the database's one writer): health and replay."""
+"""The one client of the running API's admin endpoints, shared by the CLI and the dashboard.
+
+On the embedded store the API process is the database's one writer, so every write from outside (replay, a Stripe
+sync) goes through these endpoints; the dashboard reaches the API over HTTP only. Errors carry a sentence saying
+what to do, for the CLI to print and the dashboard to show.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -10,9 +16,11 @@ import httpx
 
 from ingest.core.settings import Settings
 from ingest.outbox.replay import DeliveryDetail, ReplayIn, ReplayOut
+from ingest.payments.sync import SyncReport
 
 HEALTH_TIMEOUT_SECONDS = 2.0
 REPLAY_TIMEOUT_SECONDS = 120.0
+SYNC_TIMEOUT_SECONDS = 600.0
 READ_TIMEOUT_SECONDS = 10.0
 
 
@@ -25,7 +33,7 @@ class ApiUnreachable(ApiError):
 
 
 class AdminTokenMissing(ApiError):
-    """ATTRIBUTION_ADMIN_TOKEN is not set in the dashboard's environment."""
+    """ATTRIBUTION_ADMIN_TOKEN is not set in this process's environment."""
 
 
 class ApiRefused(ApiError):
@@ -75,6 +83,12 @@ class AdminApi:
         response = self._admin("POST", "/v1/admin/deliveries/replay", REPLAY_TIMEOUT_SECONDS, json=body)
         return ReplayOut.model_validate(response.json())
 
+    def sync_stripe(self, since: datetime | None) -> SyncReport:
+        """POST /v1/admin/sync/stripe: backfill the Stripe events webhooks missed."""
+        body = {"since": since.isoformat() if since else None}
+        response = self._admin("POST", "/v1/admin/sync/stripe", SYNC_TIMEOUT_SECONDS, json=body)
+        return SyncReport.model_validate(response.json())
+
     def delivery(self, delivery_id: UUID) -> DeliveryDetail:
         """GET /v1/admin/deliveries/{id}: the live state of one delivery with its attempts."""
         response = self._admin("GET", f"/v1/admin/deliveries/{delivery_id}", READ_TIMEOUT_SECONDS)
@@ -83,8 +97,8 @@ class AdminApi:
     def _admin(self, method: str, path: str, timeout: float, **kwargs: Any) -> httpx.Response:
         if self.token is None:
             raise AdminTokenMissing(
-                "ATTRIBUTION_ADMIN_TOKEN is not set for the dashboard: set it to the API's admin token and "
-                "restart `attribution dashboard`."
+                f"ATTRIBUTION_ADMIN_TOKEN is not set, so the admin endpoint {path} of the API at {self.base_url} "
+                "can't be used: set it to the API's admin token (a running dashboard needs a restart to see it)."
             )
         headers = {"Authorization": f"Bearer {self.token}"}
         try:
