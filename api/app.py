@@ -24,7 +24,7 @@ from api.routes import (
     stripe_admin,
     webhooks,
 )
-from api.security import BodySizeLimit, RateLimiter
+from api.security import RateLimiter, RequestLimits
 from ingest.core.settings import Settings, load_settings
 from ingest.outbox.worker import DeliveryWorker
 from ingest.payments.checkout import Checkout, stripe_client
@@ -86,6 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.rate_limiter = RateLimiter(settings.attribution_rate_limit_per_minute)
     install_error_handlers(app)
+    # The last added is the outermost: CORS wraps the limits, so a refusal (413, 415, 431) carries CORS headers.
+    app.add_middleware(RequestLimits, max_bytes=settings.attribution_max_body_bytes)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=list(settings.attribution_allowed_origins),
@@ -93,7 +95,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow_headers=["Content-Type"],
         max_age=600,
     )
-    app.add_middleware(BodySizeLimit, max_bytes=settings.attribution_max_body_bytes)
     for router in (
         health.router,
         leads.router,

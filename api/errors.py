@@ -7,8 +7,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from ingest.core.errors import Conflict, DomainError, InvalidField, NotConfigured, NotFound
 from ingest.payments.checkout import StripeUnavailable
@@ -16,6 +17,8 @@ from ingest.payments.demo_card import CardDeclined
 from ingest.payments.webhooks import EventProcessingFailed
 from ingest.store.database import DatabaseLocked
 from ingest.store.writer import WriterStopped
+
+CLIENT_CLOSED_REQUEST = 499  # nginx's code for a request whose client left before the answer
 
 # Every DomainError the domain raises, answered here and nowhere else (checked in order: subclasses first).
 _DOMAIN_STATUS: dict[type[DomainError], tuple[int, str]] = {
@@ -62,6 +65,10 @@ async def _domain(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == status.HTTP_400_BAD_REQUEST:
+        # FastAPI's answer to a body it could not decode at all (bytes that are not UTF-8, nesting deeper than the
+        # JSON parser recurses); a body that decodes but is not JSON arrives as a RequestValidationError instead.
+        return _error(status.HTTP_400_BAD_REQUEST, "malformed_json", "request body is not valid JSON")
     slug = {
         401: "unauthorized",
         403: "forbidden",
@@ -85,6 +92,12 @@ async def _processing_failed(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    # The client went away (or the body limit cut it off, having answered 413): nobody reads this answer, and it
+    # is no server error, so no traceback is logged.
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
 async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     return _error(status.HTTP_503_SERVICE_UNAVAILABLE, "unavailable", str(exc), headers={"Retry-After": "5"})
 
@@ -94,6 +107,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(DomainError, _domain)
     app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(EventProcessingFailed, _processing_failed)
     app.add_exception_handler(WriterStopped, _unavailable)
     app.add_exception_handler(DatabaseLocked, _unavailable)

@@ -1,4 +1,4 @@
-"""Browser-facing safety: body size limit, client address, per-IP rate limit and the admin token."""
+"""Browser-facing safety: request limits, client address, per-IP rate limit and the admin token."""
 
 from __future__ import annotations
 
@@ -16,9 +16,25 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ingest.core.settings import Settings
 
+# Caps on what the server reads before any route runs. A reverse proxy should hold the same or tighter limits
+# (nginx: large_client_header_buffers); uvicorn's httptools parser has none of its own.
+MAX_HEADER_BYTES = 16 * 1024  # request line (path and query) plus every header name and value
+MAX_HEADER_COUNT = 100
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
-class BodySizeLimit:
-    """ASGI middleware answering 413 for bodies over the limit, whether Content-Length is sent or not."""
+
+def _is_json(content_type: bytes) -> bool:
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
+
+
+class RequestLimits:
+    """ASGI middleware refusing, before any route runs, what no route accepts.
+
+    431 for a request line and headers over MAX_HEADER_BYTES or with more than MAX_HEADER_COUNT headers; 415 for
+    a body sent as anything but JSON (a body with no Content-Type is read as JSON); 413 for bodies over the limit,
+    whether Content-Length is sent or not. Installed inside the CORS middleware, so a browser can read the answer.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -28,10 +44,29 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await self._refuse(send)
+        headers = scope["headers"]
+        size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+        size += sum(len(name) + len(value) for name, value in headers)
+        if len(headers) > MAX_HEADER_COUNT or size > MAX_HEADER_BYTES:
+            message = f"request headers are over {MAX_HEADER_BYTES} bytes or {MAX_HEADER_COUNT} fields"
+            await _refuse(send, status.HTTP_431_REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large", message)
+            return
+        declared: int | None = None
+        for name, value in headers:
+            if name == b"content-length" and value.isdigit():
+                declared = int(value)
+            elif name == b"content-type" and scope["method"] in _BODY_METHODS and not _is_json(value):
+                media = value.split(b";", 1)[0].strip().decode("latin-1")[:100]
+                await _refuse(
+                    send,
+                    status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    f"the body must be JSON (Content-Type: application/json), not {media}",
+                )
                 return
+        if declared is not None and declared > self.max_bytes:
+            await self._too_large(send)
+            return
         seen = 0
         refused = False
 
@@ -45,7 +80,7 @@ class BodySizeLimit:
                 if seen > self.max_bytes:
                     # Answer 413 now and tell the app the client left, so it never handles a truncated body.
                     refused = True
-                    await self._refuse(send)
+                    await self._too_large(send)
                     return {"type": "http.disconnect"}
             return message
 
@@ -55,21 +90,21 @@ class BodySizeLimit:
 
         await self.app(scope, limited_receive, guarded_send)
 
-    async def _refuse(self, send: Send) -> None:
-        body = json.dumps(
-            {"error": "payload_too_large", "message": f"request body is over {self.max_bytes} bytes"}
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status.HTTP_413_CONTENT_TOO_LARGE,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+    async def _too_large(self, send: Send) -> None:
+        message = f"request body is over {self.max_bytes} bytes"
+        await _refuse(send, status.HTTP_413_CONTENT_TOO_LARGE, "payload_too_large", message)
+
+
+async def _refuse(send: Send, code: int, error: str, message: str) -> None:
+    body = json.dumps({"error": error, "message": message}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": code,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def client_ip(request: Request, settings: Settings) -> str | None:
