@@ -16,7 +16,7 @@ from ingest.payments.checkout import StripeUnavailable
 from ingest.payments.demo_card import CardDeclined
 from ingest.payments.webhooks import EventProcessingFailed
 from ingest.store.database import DatabaseLocked
-from ingest.store.writer import WriterStopped
+from ingest.store.writer import StoreUnavailable
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's code for a request whose client left before the answer
 
@@ -109,5 +109,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(EventProcessingFailed, _processing_failed)
-    app.add_exception_handler(WriterStopped, _unavailable)
+    app.add_exception_handler(StoreUnavailable, _unavailable)  # WriterStopped too
     app.add_exception_handler(DatabaseLocked, _unavailable)

@@ -10,6 +10,7 @@ from typer.core import TyperGroup
 
 from cli.common import console, settings_or_exit
 from ingest.store.database import DatabaseLocked, connect, migrate
+from ingest.store.writer import StoreUnavailable
 
 # Commands defined in modules of their own, imported only when the command runs (or a help page lists it): each
 # pulls in what it needs (the sandbox's servers, the scenario, the Stripe SDK, Arrow), and `attribution report`
@@ -62,6 +63,11 @@ def serve(
     import uvicorn
 
     settings = settings_or_exit(with_logging=True)
+    try:  # say in one line why the store can't be opened, before uvicorn would print a traceback for it
+        connect(settings.attribution_db_path).close()
+    except (DatabaseLocked, StoreUnavailable) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
     console.print(
         f"API on http://{host}:{port}  ·  docs http://{host}:{port}/docs  ·  database {settings.attribution_db_path}"
     )
@@ -82,7 +88,7 @@ def db_migrate() -> None:
     settings = settings_or_exit()
     try:
         conn = connect(settings.attribution_db_path)
-    except DatabaseLocked as exc:
+    except (DatabaseLocked, StoreUnavailable) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
     try:

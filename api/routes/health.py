@@ -12,10 +12,13 @@ from fastapi.responses import JSONResponse
 from api.deps import DatabaseDep
 from ingest.core.clock import utcnow
 from ingest.store.status import beat
-from ingest.store.writer import WriterStopped
+from ingest.store.writer import StoreUnavailable
 
 router = APIRouter(tags=["health"])
 READY_TIMEOUT_SECONDS = 5.0
+# After a write failed for the storage's sake, stay "not ready" this long even if the tiny probe write goes
+# through: a nearly full disk takes a heartbeat row and refuses a lead.
+READY_HOLD_SECONDS = 10.0
 
 
 @router.get("/healthz")
@@ -31,10 +34,13 @@ def _beat(conn: duckdb.DuckDBPyConnection, items: Sequence[None]) -> list[None]:
 
 @router.get("/readyz", responses={503: {"description": "the database does not accept writes"}})
 async def readyz(database: DatabaseDep) -> JSONResponse:
-    """The database accepts and commits a write."""
+    """The database accepts and commits a write, and no write failed for the storage's sake just before."""
+    if database.writer.faulted_within(READY_HOLD_SECONDS):
+        reason = f"a write failed in the last {READY_HOLD_SECONDS:.0f} s: {database.writer.last_fault}"
+        return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
     try:
         await asyncio.wait_for(database.writer.submit(_beat, None), READY_TIMEOUT_SECONDS)
-    except (duckdb.Error, TimeoutError, WriterStopped) as exc:
+    except (duckdb.Error, TimeoutError, StoreUnavailable) as exc:
         return JSONResponse(
             {"status": "unavailable", "reason": str(exc) or type(exc).__name__}, status_code=503
         )

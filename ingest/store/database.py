@@ -13,7 +13,7 @@ from typing import TypeVar
 import duckdb
 
 from ingest.core.clock import utcnow
-from ingest.store.writer import Writer
+from ingest.store.writer import StoreUnavailable, Writer
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +26,11 @@ class DatabaseLocked(Exception):
 
 
 def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """Open the database file, creating its folder; explain a lock held by another process."""
-    if not read_only:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    """Open the database file, creating its folder; explain a lock held by another process or a file that can't be
+    opened (StoreUnavailable: a folder or file that is read-only, a full disk)."""
     try:
+        if not read_only:
+            path.parent.mkdir(parents=True, exist_ok=True)
         return duckdb.connect(str(path), read_only=read_only)
     except duckdb.IOException as exc:
         if "lock" in str(exc).lower():
@@ -37,7 +38,13 @@ def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection
                 f"{path} is open in another process (DuckDB allows one writer); stop it, or go through "
                 "the running API's admin endpoints"
             ) from exc
-        raise
+        raise StoreUnavailable(f"cannot open {path}: {_first_line(exc)}") from exc
+    except (OSError, duckdb.PermissionException) as exc:
+        raise StoreUnavailable(f"cannot open {path}: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def available_migrations() -> list[tuple[int, str, str]]:
@@ -100,9 +107,18 @@ class Database:
             cursor.close()
 
     def close(self) -> None:
-        """Drain the writer, checkpoint and close the file."""
+        """Drain the writer, checkpoint and close the file.
+
+        A checkpoint that fails (a read-only folder, a full disk) loses nothing: what was committed is in the
+        write-ahead log, which the next open replays. So the stop still ends cleanly, with a warning.
+        """
         self.writer.stop()
         try:
             self.conn.execute("checkpoint")
+        except duckdb.Error as exc:
+            log.warning(
+                "checkpoint failed at shutdown; the write-ahead log keeps every committed write",
+                extra={"error": _first_line(exc)},
+            )
         finally:
             self.conn.close()

@@ -27,8 +27,16 @@ R = TypeVar("R")
 BatchHandler = Callable[[duckdb.DuckDBPyConnection, Sequence[I]], Sequence[R | DomainError]]
 
 
-class WriterStopped(Exception):
+class StoreUnavailable(Exception):
+    """The store cannot write now (disk full, read-only, an I/O error): nothing was written; try again later."""
+
+
+class WriterStopped(StoreUnavailable):
     """The writer is not running, so nothing can be committed."""
+
+
+# Errors that say the storage failed, not the item: retrying the batch's jobs one by one would fail the same way.
+_STORE_FAULTS: tuple[type[BaseException], ...] = (duckdb.IOException, duckdb.PermissionException, OSError)
 
 
 @dataclass
@@ -84,6 +92,8 @@ class Writer:
         self._thread: threading.Thread | None = None
         self.batches_committed = 0
         self.jobs_committed = 0
+        self._last_fault_at: float | None = None  # time.monotonic() of the last storage fault
+        self.last_fault: str | None = None
 
     def start(self) -> None:
         """Start the writer thread."""
@@ -102,6 +112,10 @@ class Writer:
     def running(self) -> bool:
         """Whether the writer thread is alive."""
         return self._thread is not None and self._thread.is_alive()
+
+    def faulted_within(self, seconds: float) -> bool:
+        """Whether a write failed for the storage's sake (not an item's) in the last `seconds`."""
+        return self._last_fault_at is not None and time.monotonic() - self._last_fault_at < seconds
 
     def submit_nowait(self, handler: BatchHandler[I, R], item: I) -> Future[R]:
         """Queue one item and return the future answered once its transaction has committed."""
@@ -191,9 +205,11 @@ class Writer:
             for handler, group in groups.items():
                 results = handler(self._conn, [job.item for job in group])
                 outcomes.extend(zip(group, results, strict=True))
-            self._conn.commit()
         except Exception as exc:
             self._rollback()
+            if isinstance(exc, _STORE_FAULTS):
+                self._fault(jobs, exc)
+                return
             if len(jobs) == 1:
                 log.warning("write failed", extra={"error": repr(exc)})
                 self._answer([(jobs[0], exc)])
@@ -202,9 +218,29 @@ class Writer:
             for job in jobs:
                 self._run_batch([job])
             return
+        try:
+            self._conn.commit()
+        except (
+            duckdb.Error
+        ) as exc:  # every statement went through: the storage refused the commit (disk full)
+            self._rollback()
+            self._fault(jobs, exc)
+            return
+        if self._last_fault_at is not None:
+            log.warning("store writes again", extra={"after": self.last_fault})
+            self._last_fault_at = None
+            self.last_fault = None
         self.batches_committed += 1
         self.jobs_committed += len(jobs)
         self._answer(outcomes)
+
+    def _fault(self, jobs: list[_Job], exc: BaseException) -> None:
+        reason = f"{type(exc).__name__}: {exc}"[:300]
+        if self._last_fault_at is None:
+            log.error("store cannot write", extra={"error": reason})
+        self._last_fault_at, self.last_fault = time.monotonic(), reason
+        unavailable = StoreUnavailable(f"the database cannot write now ({reason}); try again shortly")
+        self._answer([(job, unavailable) for job in jobs])
 
     def _answer(self, outcomes: list[tuple[_Job, Any]]) -> None:
         # One wake-up per event loop for the whole batch, not one per job: the hand-off is on the hot path.
@@ -221,6 +257,6 @@ class Writer:
                 loop.call_soon_threadsafe(_settle, settled)
 
     def _rollback(self) -> None:
-        # The failed statement may already have ended the transaction.
-        with contextlib.suppress(duckdb.TransactionException):
+        # The failed statement (or commit) may already have ended the transaction.
+        with contextlib.suppress(duckdb.Error):
             self._conn.rollback()
