@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -56,6 +56,7 @@ from sandbox.scenario import (
 )
 
 DASHBOARD_APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+ORPHAN_GUARD = Path(__file__).resolve().with_name("orphan_guard.py")
 DEMO_DIR = Path("data/demo")
 DB_NAME = "attribution.duckdb"
 REPLICA_NAME = "attribution.replica.duckdb"
@@ -101,22 +102,28 @@ def streamlit_argv(host: str, port: int) -> list[str]:
 
 
 class Child:
-    """A child process logging to a file, in the demo's process group.
+    """A child process logging to a file, in a session (and process group) of its own.
 
-    The group, not a session of its own: Ctrl-C in the terminal (and a hang-up, or a kill of the group) reaches the
-    API and the dashboard too, so they stop even when the demo itself cannot clean up; when it can, stop() waits.
+    Not in the demo's group: a terminal signals its whole foreground group at once, in no particular order, so a
+    child would see Ctrl-C as soon as the demo does and stop on its own (Streamlit exits 0), and the demo could not
+    stop the pieces in order or tell that stop from a crash. Only the demo hears the terminal; it stops its children
+    with stop(). On Linux each child also gets SIGTERM from the kernel if the demo dies without cleaning up
+    (SIGKILL, a crash): see cli/orphan_guard.py.
     """
 
     def __init__(self, name: str, argv: list[str], env: Mapping[str, str], log_path: Path) -> None:
         self.name = name
         self.log_path = log_path
         self._log: IO[bytes] = log_path.open("ab")
+        if sys.platform == "linux":
+            argv = [sys.executable, "-P", str(ORPHAN_GUARD), str(os.getpid()), *argv]
         self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and fixed module arguments
             argv,
             env=dict(env),
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def alive(self) -> bool:
@@ -147,15 +154,21 @@ class Child:
         return text[-LOG_TAIL_CHARS:]
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it does not stop in time; safe to call twice."""
+        """SIGTERM to its process group, then SIGKILL if it does not stop in time; safe to call twice."""
         if self.alive():
-            self.process.terminate()
+            self._signal_group(signal.SIGTERM)
             try:
                 self.process.wait(STOP_TIMEOUT_SECONDS)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                self._signal_group(signal.SIGKILL)
                 self.process.wait(STOP_TIMEOUT_SECONDS)
         self._log.close()
+
+    def _signal_group(self, signum: signal.Signals) -> None:
+        # Its group is its own (the child leads its session): whatever it started stops with it. The group is
+        # gone if the child exited, leaving nothing in it, since alive() was asked.
+        with suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signum)
 
 
 def port_or_free(host: str, wanted: int) -> int:
@@ -382,18 +395,38 @@ def print_urls(api_url: str, dashboard_url: str, paths: DemoPaths) -> None:
     )
 
 
+class StopRequest:
+    """The first Ctrl-C, SIGTERM or hang-up stops the demo (as KeyboardInterrupt, through the clean-up); the ones
+    after it are ignored, so stopping the children in order is never cut short."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        """The signal handler."""
+        if not self.requested:
+            self.requested = True
+            raise KeyboardInterrupt
+
+
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM stops the demo as Ctrl-C does: through the same clean-up."""
+def _stop_on_signals() -> Iterator[None]:
+    """Handle SIGINT, SIGTERM and SIGHUP with one StopRequest while the demo runs.
 
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    SIGINT is handled even when inherited as ignored (a job started in the background of a script): Python then
+    leaves it ignored, and Ctrl-C would stop nothing now that the children do not hear it. A hang-up that was
+    ignored on purpose (nohup) stays ignored.
+    """
+    stop = StopRequest()
+    handled = [signal.SIGINT, signal.SIGTERM]
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        handled.append(signal.SIGHUP)
+    previous = {signum: signal.signal(signum, stop) for signum in handled}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def demo(
@@ -419,7 +452,7 @@ def demo(
     if not reuse:
         paths.reset()
     try:
-        with _sigterm_as_interrupt(), ExitStack() as stack:
+        with _stop_on_signals(), ExitStack() as stack:
             _run_demo(stack, paths, reuse, ScenarioSpec(seed=seed, leads=leads, days=days), host, api_port,
                       dashboard_port)  # fmt: skip
     except KeyboardInterrupt:

@@ -130,6 +130,9 @@ class LocalStripe:
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 stderr=self._stderr,
+                # Its own session: a terminal's Ctrl-C reaches only our process, which stops it (stop(), or its
+                # stdin closing when we die), so it never goes before what still talks to it.
+                start_new_session=True,
             )
         finally:
             sock.close()

@@ -93,7 +93,8 @@ class DemoProcess:
         return code
 
     def kill(self) -> None:
-        """After a failed test: Ctrl-C, then SIGKILL to the whole group (the API and the dashboard are in it)."""
+        """After a failed test: Ctrl-C, then SIGKILL to its group; its children, each in a session of its own,
+        follow it (the parent-death signal of cli/orphan_guard.py, localstripe's stdin closing)."""
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGINT)
             try:
@@ -112,6 +113,27 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoProcess]:
         yield running
     finally:
         running.kill()
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is pid, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (command)": state, ppid, ...
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # it exited while we looked
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def gone(pid: int) -> bool:
+    """Whether the process has exited (a zombie nobody reaped counts as exited)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
 
 
 def refused(url: str) -> bool:
@@ -178,11 +200,40 @@ def test_both_notebooks_run_clean_against_the_demo(demo: DemoProcess) -> None:
 def test_ctrl_c_stops_everything(demo: DemoProcess) -> None:
     env = demo.env()
     dashboard = demo.url("Dashboard")
+    children = children_of(demo.process.pid)  # the API, the dashboard and localstripe
+    assert len(children) == 3
+    # Each in a session of its own: the terminal's Ctrl-C reaches only the demo, which stops them in order.
+    assert all(os.getsid(child) == child for child in children)
     assert demo.interrupt() == 0
+    assert "stopped unexpectedly" not in demo.output
     assert refused(f"{env['ATTRIBUTION_API_URL']}/healthz") and refused(f"{dashboard}/_stcore/health")
-    with pytest.raises(
-        ProcessLookupError
-    ):  # nothing is left in its process group: API, dashboard, localstripe
-        os.killpg(demo.process.pid, 0)
+    # Nothing is left in the demo's process group, nor in any child's.
+    for group in (demo.process.pid, *children):
+        with pytest.raises(ProcessLookupError):
+            os.killpg(group, 0)
     # The data stays for the next run, complete: a second run reuses it (see test_demo_data.py).
     assert DemoPaths(demo.data_dir).complete()
+
+
+def test_a_demo_child_stops_when_the_demo_is_killed(tmp_path: Path) -> None:
+    code = (
+        "import os, sys, time; from pathlib import Path; from cli.demo import Child; "
+        "child = Child('sleeper', [sys.executable, '-c', 'import time; time.sleep(60)'], os.environ, "
+        f"Path({str(tmp_path / 'sleeper.log')!r})); print(child.process.pid, flush=True); time.sleep(60)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert (
+            os.getsid(child) == child
+        )  # out of the demo's group, so SIGKILL to the demo does not reach it...
+    finally:
+        parent.kill()  # ... a demo that cannot clean up
+        parent.wait()
+    deadline = time.monotonic() + 10
+    while not gone(child):
+        if time.monotonic() > deadline:
+            os.kill(child, signal.SIGKILL)
+            pytest.fail("the demo's child outlived the demo")
+        time.sleep(0.1)
