@@ -14,7 +14,9 @@ import orjson
 
 from ingest.core.settings import Settings
 from ingest.core.vocabulary import DEAD, DELIVERED, DISABLED, RETRYING, SUPPRESSED, Destination, Purpose
-from ingest.outbox.destinations import CannotRender, DestinationClient, HttpAnswer, TransportError
+from ingest.outbox.destinations import DestinationClient
+from ingest.outbox.destinations.rendering import CannotRender
+from ingest.outbox.destinations.transport import HttpAnswer, TransportError
 from ingest.outbox.gate import ConsentState, consent_gate
 from ingest.outbox.repository import ClaimedDelivery, RecordedOutcome
 
