@@ -37,7 +37,8 @@ from ingest.core.vocabulary import Destination
 from ingest.outbox.delivery import deliver_one, settle
 from ingest.outbox.destinations import build_clients
 from ingest.outbox.destinations.transport import OutgoingRequest
-from ingest.outbox.worker import ClaimRequest, DeliveryWorker, Flush, claim_deliveries, record_deliveries
+from ingest.outbox.leases import ClaimRequest, Flush, claim_deliveries, record_deliveries
+from ingest.outbox.worker import DeliveryWorker
 from ingest.store.database import Database, connect, migrate
 from ingest.store.writer import Writer
 

@@ -14,8 +14,8 @@ from ingest.core.vocabulary import Destination
 from ingest.leads.consent import RequestContext, consent_row, record_consents
 from ingest.leads.schemas import ConsentIn
 from ingest.leads.service import CRM_KIND, MAILERLITE_KIND, SGTM_KIND
+from ingest.outbox.leases import ClaimRequest, claim_deliveries
 from ingest.outbox.replay import DeliveryFilter, ReplayRequest, replay_deliveries
-from ingest.outbox.worker import ClaimRequest, claim_deliveries
 from ingest.store.database import Database
 from sandbox import Sandbox
 from tests.outbox.conftest import (
