@@ -10,7 +10,15 @@ from typing import Any
 from uuid import UUID
 
 from ingest.core.settings import Settings
-from ingest.core.vocabulary import DISABLED, PENDING, PURPOSE_OF, SUPPRESSED, Destination, Purpose
+from ingest.core.vocabulary import (
+    DISABLED,
+    PENDING,
+    PURPOSE_OF,
+    SUPPRESSED,
+    DeliveryKind,
+    Destination,
+    Purpose,
+)
 from ingest.outbox.gate import ConsentState, consent_gate
 
 
@@ -22,7 +30,7 @@ class Delivery:
     event_id: UUID | None
     user_session_id: UUID | None
     destination: Destination
-    kind: str
+    kind: DeliveryKind
     purpose: Purpose
     idempotency_key: str
     payload: str
@@ -41,7 +49,7 @@ def plan_delivery(
     settings: Settings,
     *,
     destination: Destination,
-    kind: str,
+    kind: DeliveryKind,
     event_id: UUID | None,
     user_session_id: UUID | None,
     consent: ConsentState,

@@ -12,8 +12,6 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-UNSUBSCRIBE_KIND = "unsubscribe"
-
 _LISTED_COLUMNS = (
     "delivery_id", "event_id", "user_session_id", "destination", "kind", "purpose", "idempotency_key",
     "payload", "status", "reason", "attempt_count", "failure_count", "next_attempt_at", "last_error",

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 
 from ingest.core.settings import Settings
+from ingest.core.vocabulary import DeliveryKind
 from ingest.outbox.destinations.rendering import (
     UTM_KEYS,
     compact_json,
@@ -20,7 +21,7 @@ from ingest.outbox.destinations.rendering import (
     text_or_none,
 )
 from ingest.outbox.destinations.transport import USER_AGENT, OutgoingRequest
-from ingest.outbox.repository import UNSUBSCRIBE_KIND, ClaimedDelivery
+from ingest.outbox.repository import ClaimedDelivery
 
 MAILERLITE_DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 
@@ -51,7 +52,7 @@ def _is_ip(value: Any) -> bool:
 def mailerlite_body(claimed: ClaimedDelivery, settings: Settings) -> dict[str, Any]:
     """The subscriber upsert (or unsubscribe) body of POST /api/subscribers."""
     email = lead_email(claimed)
-    if claimed.kind == UNSUBSCRIBE_KIND:
+    if claimed.kind == DeliveryKind.UNSUBSCRIBE:
         return {"email": email, "status": "unsubscribed"}
     lead = claimed.lead or {}
     consent = marketing_consent(claimed)

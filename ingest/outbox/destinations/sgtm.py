@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ingest.core.settings import Settings
+from ingest.core.vocabulary import DeliveryKind
 from ingest.outbox.destinations.rendering import compact_json, marketing_consent, text_or_none
 from ingest.outbox.destinations.transport import OutgoingRequest
 from ingest.outbox.repository import ClaimedDelivery
@@ -84,7 +85,7 @@ def _sgtm_event(claimed: ClaimedDelivery, settings: Settings) -> dict[str, Any]:
     payload = claimed.payload
     value = payload.get("value")
     currency = payload.get("currency")
-    if value is None and claimed.kind == "generate_lead" and settings.product_price_cents:
+    if value is None and claimed.kind == DeliveryKind.GENERATE_LEAD and settings.product_price_cents:
         value = settings.product_price_cents / 100
     if value is not None and not currency:
         currency = settings.product_currency
