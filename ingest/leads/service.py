@@ -14,7 +14,7 @@ import phonenumbers
 
 from ingest.core.errors import Conflict, DomainError, InvalidField
 from ingest.core.settings import Settings
-from ingest.core.vocabulary import PENDING, RETRYING, DeliveryKind, Destination
+from ingest.core.vocabulary import WAITING, DeliveryKind, DeliveryStatus, Destination
 from ingest.leads import repository
 from ingest.leads.consent import RequestContext, consent_row
 from ingest.leads.schemas import DestinationOutcome, LeadIn, LeadOut
@@ -111,18 +111,23 @@ def _outcome(
     if state is None:
         return DestinationOutcome(status="disabled", reason="lead capture is off for this destination")
     status, reason = state
-    shown = "queued" if status in (PENDING, RETRYING) else "failed" if status == "dead" else status
+    shown = "queued" if status in WAITING else "failed" if status == DeliveryStatus.DEAD else status
     extra = {id_field: response_id} if response_id else {}
     return DestinationOutcome(status=shown, reason=reason, **extra)
 
 
 def inline_delivery_ids(plan: LeadPlan) -> list[UUID]:
     """The MailerLite and CRM deliveries lead capture waits for, so its answer can carry their ids."""
-    return [d.delivery_id for d in plan.deliveries if d.kind in INLINE_KINDS and d.status == PENDING]
+    return [
+        d.delivery_id
+        for d in plan.deliveries
+        if d.kind in INLINE_KINDS and d.status == DeliveryStatus.PENDING
+    ]
 
 
 def lead_answer(plan: LeadPlan, *, duplicate: bool, conn: duckdb.DuckDBPyConnection | None = None) -> LeadOut:
     """The API answer for a stored lead: from the plan when new, from the stored rows for a repeat."""
+    states: dict[str, tuple[str, str | None]]
     if conn is None:
         states = {
             d.destination.value: (d.status, d.reason) for d in plan.deliveries if d.kind in INLINE_KINDS

@@ -20,9 +20,9 @@ import duckdb
 
 from ingest.core.clock import utcnow
 from ingest.core.settings import Settings
-from ingest.core.vocabulary import DEAD, Destination
+from ingest.core.vocabulary import DeliveryStatus, Destination
 from ingest.outbox.breaker import BreakerState, CircuitBreaker
-from ingest.outbox.delivery import AttemptResult, Verdict, deliver_one, send_time_gate, settle
+from ingest.outbox.delivery import PROBE_FAILED, AttemptResult, Verdict, deliver_one, send_time_gate, settle
 from ingest.outbox.destinations import DestinationClient, build_clients, destination_limits
 from ingest.outbox.leases import (
     ClaimRequest,
@@ -46,6 +46,8 @@ QUEUE_SECONDS = 1.0
 PACING_HORIZON_SECONDS = 1.0  # a rate-limited destination claims only what it may send within this long
 LONG_PAUSE_SECONDS = 1.0  # a claimed delivery facing a longer Retry-After pause goes back to the table
 RECORD_INTERVAL_SECONDS = 0.1  # outcomes are committed at most this often
+# Attempt outcomes logged besides a delivery going dead: failures it may still get over.
+_WORTH_LOGGING = frozenset({DeliveryStatus.RETRYING, PROBE_FAILED, Verdict.RATE_LIMITED})
 
 
 # --- per-destination lanes -----------------------------------------------------------------------------------
@@ -410,7 +412,7 @@ class DeliveryWorker:
             self._wake.set()
 
     def _log_outcome(self, lane: _Lane, claimed: ClaimedDelivery, outcome: RecordedOutcome) -> None:
-        if outcome.status != DEAD and outcome.outcome not in ("retrying", "probe_failed", "rate_limited"):
+        if outcome.status != DeliveryStatus.DEAD and outcome.outcome not in _WORTH_LOGGING:
             return
         extra = {
             "delivery_id": str(claimed.delivery_id),
@@ -420,7 +422,7 @@ class DeliveryWorker:
             "status": outcome.status,
             "status_code": outcome.status_code,
         }
-        if outcome.status == DEAD:
+        if outcome.status == DeliveryStatus.DEAD:
             log.warning("delivery dead", extra=extra | {"reason": outcome.reason})
         else:
             log.info("delivery attempt failed", extra=extra | {"error": outcome.error})
