@@ -35,8 +35,10 @@ from ingest.core.clock import utcnow
 from ingest.core.settings import Settings
 from ingest.core.vocabulary import Destination
 from ingest.outbox.delivery import deliver_one, settle
-from ingest.outbox.destinations import OutgoingRequest, build_clients
-from ingest.outbox.worker import ClaimRequest, DeliveryWorker, Flush, claim_deliveries, record_deliveries
+from ingest.outbox.destinations import build_clients
+from ingest.outbox.destinations.transport import OutgoingRequest
+from ingest.outbox.leases import ClaimRequest, Flush, claim_deliveries, record_deliveries
+from ingest.outbox.worker import DeliveryWorker
 from ingest.store.database import Database, connect, migrate
 from ingest.store.writer import Writer
 

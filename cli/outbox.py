@@ -16,7 +16,7 @@ from cli.common import console, settings_or_exit
 from ingest.core.clock import utcnow
 from ingest.core.settings import Settings
 from ingest.core.vocabulary import Destination
-from ingest.outbox.destinations import MailerLiteSetupError, setup_mailerlite_fields
+from ingest.outbox.destinations.mailerlite import MailerLiteSetupError, setup_mailerlite_fields
 from ingest.outbox.replay import ReplayIn, ReplayOut, ReplayRequest, count_replayable, replay_deliveries
 from ingest.store.database import Database, DatabaseLocked
 from sandbox import run_sandbox_forever

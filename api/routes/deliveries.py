@@ -12,12 +12,11 @@ from fastapi import APIRouter, Depends, Query, Request
 from api.deps import AdminOnly, DatabaseDep
 from ingest.core.clock import utcnow
 from ingest.core.errors import NotFound
-from ingest.core.vocabulary import Destination
+from ingest.core.vocabulary import DeliveryStatus, Destination
 from ingest.outbox.replay import (
     DeliveryDetail,
     DeliveryFilter,
     DeliveryList,
-    DeliveryState,
     ReplayIn,
     ReplayOut,
     ReplayRequest,
@@ -43,7 +42,7 @@ WorkerDep = Annotated[DeliveryWorker | None, Depends(_worker)]
 @router.get("/deliveries")
 async def get_deliveries(
     database: DatabaseDep,
-    status: DeliveryState | None = None,
+    status: DeliveryStatus | None = None,
     destination: Destination | None = None,
     event_id: UUID | None = None,
     since: datetime | None = None,

@@ -51,8 +51,3 @@ class DeliveryStatus(StrEnum):
 
 
 WAITING = frozenset({DeliveryStatus.PENDING, DeliveryStatus.RETRYING})
-
-# Delivery states. `pending` and `retrying` are waiting to be sent; the others are final until a replay.
-PENDING, RETRYING, DELIVERED, DEAD, SUPPRESSED, DISABLED = (
-    "pending", "retrying", "delivered", "dead", "suppressed", "disabled",
-)  # fmt: skip

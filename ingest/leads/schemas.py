@@ -88,13 +88,15 @@ class ConsentIn(ConsentFields):
     event_id: UUID | None = None
 
 
-DeliveryStatus = Literal["delivered", "queued", "suppressed", "disabled", "failed"]
+# Where a destination stands in the lead-capture answer: the delivery's status, with pending and retrying
+# shown as queued and dead as failed (ingest.core.vocabulary.DeliveryStatus is the delivery's own state).
+LeadDeliveryAnswer = Literal["delivered", "queued", "suppressed", "disabled", "failed"]
 
 
 class DestinationOutcome(BaseModel):
     """Where one destination's delivery for this lead stands."""
 
-    status: DeliveryStatus
+    status: LeadDeliveryAnswer
     subscriber_id: str | None = None
     contact_id: str | None = None
     reason: str | None = None

@@ -14,7 +14,7 @@ import phonenumbers
 
 from ingest.core.errors import Conflict, DomainError, InvalidField
 from ingest.core.settings import Settings
-from ingest.core.vocabulary import PENDING, RETRYING, Destination
+from ingest.core.vocabulary import WAITING, DeliveryKind, DeliveryStatus, Destination
 from ingest.leads import repository
 from ingest.leads.consent import RequestContext, consent_row
 from ingest.leads.schemas import DestinationOutcome, LeadIn, LeadOut
@@ -22,8 +22,8 @@ from ingest.outbox.gate import ConsentState
 from ingest.outbox.planning import Delivery, plan_delivery
 from ingest.store.rows import insert_rows
 
-MAILERLITE_KIND, CRM_KIND, SGTM_KIND = "subscriber_upsert", "contact_upsert", "generate_lead"
-LEAD_KINDS = (MAILERLITE_KIND, CRM_KIND)
+# The deliveries lead capture waits for and reports in its answer.
+INLINE_KINDS = (DeliveryKind.SUBSCRIBER_UPSERT, DeliveryKind.CONTACT_UPSERT)
 
 
 def normalise_phone(raw: str, default_region: str) -> str:
@@ -84,13 +84,24 @@ def plan_lead(settings: Settings, lead_in: LeadIn, context: RequestContext) -> L
         "updated_at": now,
     }
     state = ConsentState(marketing=lead_in.marketing_consent, analytics=lead_in.analytics_consent)
-    common = {"event_id": event_id, "user_session_id": user_session_id, "consent": state, "now": now}
+
+    def planned(destination: Destination, kind: DeliveryKind) -> Delivery:
+        return plan_delivery(
+            settings,
+            destination=destination,
+            kind=kind,
+            event_id=event_id,
+            user_session_id=user_session_id,
+            consent=state,
+            now=now,
+        )
+
     deliveries = [
-        plan_delivery(settings, destination=Destination.MAILERLITE, kind=MAILERLITE_KIND, **common),  # type: ignore[arg-type]
-        plan_delivery(settings, destination=Destination.SGTM, kind=SGTM_KIND, **common),  # type: ignore[arg-type]
+        planned(Destination.MAILERLITE, DeliveryKind.SUBSCRIBER_UPSERT),
+        planned(Destination.SGTM, DeliveryKind.GENERATE_LEAD),
     ]
     if settings.crm_enable_lead_capture:
-        deliveries.append(plan_delivery(settings, destination=Destination.CRM, kind=CRM_KIND, **common))  # type: ignore[arg-type]
+        deliveries.append(planned(Destination.CRM, DeliveryKind.CONTACT_UPSERT))
     return LeadPlan(lead=lead, consent=consent, deliveries=deliveries)
 
 
@@ -100,23 +111,30 @@ def _outcome(
     if state is None:
         return DestinationOutcome(status="disabled", reason="lead capture is off for this destination")
     status, reason = state
-    shown = "queued" if status in (PENDING, RETRYING) else "failed" if status == "dead" else status
+    shown = "queued" if status in WAITING else "failed" if status == DeliveryStatus.DEAD else status
     extra = {id_field: response_id} if response_id else {}
     return DestinationOutcome(status=shown, reason=reason, **extra)
 
 
 def inline_delivery_ids(plan: LeadPlan) -> list[UUID]:
     """The MailerLite and CRM deliveries lead capture waits for, so its answer can carry their ids."""
-    return [d.delivery_id for d in plan.deliveries if d.kind in LEAD_KINDS and d.status == PENDING]
+    return [
+        d.delivery_id
+        for d in plan.deliveries
+        if d.kind in INLINE_KINDS and d.status == DeliveryStatus.PENDING
+    ]
 
 
 def lead_answer(plan: LeadPlan, *, duplicate: bool, conn: duckdb.DuckDBPyConnection | None = None) -> LeadOut:
     """The API answer for a stored lead: from the plan when new, from the stored rows for a repeat."""
+    states: dict[str, tuple[str, str | None]]
     if conn is None:
-        states = {d.destination.value: (d.status, d.reason) for d in plan.deliveries if d.kind in LEAD_KINDS}
+        states = {
+            d.destination.value: (d.status, d.reason) for d in plan.deliveries if d.kind in INLINE_KINDS
+        }
         subscriber_id = contact_id = None
     else:
-        states = repository.lead_delivery_states(conn, plan.event_id, LEAD_KINDS)
+        states = repository.lead_delivery_states(conn, plan.event_id, INLINE_KINDS)
         subscriber_id, contact_id = repository.lead_response_ids(conn, plan.event_id)
     return LeadOut(
         event_id=plan.event_id,

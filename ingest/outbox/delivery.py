@@ -13,8 +13,10 @@ from typing import Any
 import orjson
 
 from ingest.core.settings import Settings
-from ingest.core.vocabulary import DEAD, DELIVERED, DISABLED, RETRYING, SUPPRESSED, Destination, Purpose
-from ingest.outbox.destinations import CannotRender, DestinationClient, HttpAnswer, TransportError
+from ingest.core.vocabulary import DeliveryStatus, Destination, Purpose
+from ingest.outbox.destinations import DestinationClient
+from ingest.outbox.destinations.rendering import CannotRender
+from ingest.outbox.destinations.transport import HttpAnswer, TransportError
 from ingest.outbox.gate import ConsentState, consent_gate
 from ingest.outbox.repository import ClaimedDelivery, RecordedOutcome
 
@@ -22,6 +24,8 @@ RESPONSE_BODY_LIMIT = 2048  # bytes of a response kept on the attempt row
 MAX_RETRY_AFTER_SECONDS = 3600.0
 # 4xx answers that mean "not now" rather than "never": worth a retry.
 RETRYABLE_4XX = frozenset({408, 409, 425})
+# The attempt outcome of a circuit-breaker probe that failed (the other outcomes are a verdict or a status).
+PROBE_FAILED = "probe_failed"
 
 
 class Verdict(StrEnum):
@@ -174,16 +178,16 @@ def settle(
     A failed circuit-breaker probe and a 429 do not spend the retry budget: the first tests whether the
     destination is back, the second is the destination pacing us.
     """
-    status, reason, next_at, spent, outcome = RETRYING, None, None, 0, result.verdict.value
+    status, reason, next_at, spent, outcome = DeliveryStatus.RETRYING, None, None, 0, result.verdict.value
     delivered_at = None
     if result.verdict is Verdict.DELIVERED:
-        status, delivered_at, outcome = DELIVERED, now, DELIVERED
+        status, delivered_at, outcome = DeliveryStatus.DELIVERED, now, DeliveryStatus.DELIVERED
     elif result.verdict is Verdict.SUPPRESSED:
-        status, reason, outcome = SUPPRESSED, result.error, SUPPRESSED
+        status, reason, outcome = DeliveryStatus.SUPPRESSED, result.error, DeliveryStatus.SUPPRESSED
     elif result.verdict is Verdict.DISABLED:
-        status, reason, outcome = DISABLED, result.error, DISABLED
+        status, reason, outcome = DeliveryStatus.DISABLED, result.error, DeliveryStatus.DISABLED
     elif result.verdict is Verdict.PERMANENT:
-        status, reason, spent, outcome = DEAD, result.error, 1, DEAD
+        status, reason, spent, outcome = DeliveryStatus.DEAD, result.error, 1, DeliveryStatus.DEAD
     elif result.verdict is Verdict.RATE_LIMITED:
         wait = result.retry_after
         if wait is None:
@@ -195,15 +199,15 @@ def settle(
             )
         next_at = now + timedelta(seconds=wait)
     elif probe:
-        next_at, outcome = now, "probe_failed"
+        next_at, outcome = now, PROBE_FAILED
     else:
         failures = claimed.failure_count + 1
         spent = 1
         if failures > settings.dlq_max_retries:
             status, reason, outcome = (
-                DEAD,
+                DeliveryStatus.DEAD,
                 f"retries used up ({failures} failures); last: {result.error}",
-                DEAD,
+                DeliveryStatus.DEAD,
             )
         else:
             wait = backoff_seconds(
@@ -212,7 +216,7 @@ def settle(
                 multiplier=settings.dlq_backoff_multiplier,
                 rng=rng,
             )
-            next_at, outcome = now + timedelta(seconds=wait), RETRYING
+            next_at, outcome = now + timedelta(seconds=wait), DeliveryStatus.RETRYING
     learned = result.learned_id if result.verdict is Verdict.DELIVERED else None
     known = claimed.lead or {}
     if learned is not None and learned in (

@@ -10,7 +10,7 @@ from typing import Any
 from uuid import UUID
 
 from ingest.core.settings import Settings
-from ingest.core.vocabulary import DISABLED, PENDING, PURPOSE_OF, SUPPRESSED, Destination, Purpose
+from ingest.core.vocabulary import PURPOSE_OF, DeliveryKind, DeliveryStatus, Destination, Purpose
 from ingest.outbox.gate import ConsentState, consent_gate
 
 
@@ -22,11 +22,11 @@ class Delivery:
     event_id: UUID | None
     user_session_id: UUID | None
     destination: Destination
-    kind: str
+    kind: DeliveryKind
     purpose: Purpose
     idempotency_key: str
     payload: str
-    status: str
+    status: DeliveryStatus
     reason: str | None
     next_attempt_at: datetime | None
     created_at: datetime
@@ -41,7 +41,7 @@ def plan_delivery(
     settings: Settings,
     *,
     destination: Destination,
-    kind: str,
+    kind: DeliveryKind,
     event_id: UUID | None,
     user_session_id: UUID | None,
     consent: ConsentState,
@@ -53,11 +53,11 @@ def plan_delivery(
     purpose = PURPOSE_OF[destination]
     reason = consent_gate(purpose, consent, require_consent=settings.require_consent)
     if reason is not None:
-        status = SUPPRESSED
+        status = DeliveryStatus.SUPPRESSED
     elif not settings.destinations_enabled()[destination.value]:
-        status, reason = DISABLED, f"{destination.value} is not configured"
+        status, reason = DeliveryStatus.DISABLED, f"{destination.value} is not configured"
     else:
-        status = PENDING
+        status = DeliveryStatus.PENDING
     key = f"{event_id}:{destination.value}:{kind}" + (f":{key_suffix}" if key_suffix else "")
     return Delivery(
         delivery_id=uuid.uuid4(),
@@ -70,7 +70,7 @@ def plan_delivery(
         payload=json.dumps(payload or {}, default=str),
         status=status,
         reason=reason,
-        next_attempt_at=now if status == PENDING else None,
+        next_attempt_at=now if status is DeliveryStatus.PENDING else None,
         created_at=now,
         updated_at=now,
     )

@@ -6,17 +6,16 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 from uuid import UUID
 
 import duckdb
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ingest.core.vocabulary import Destination
+from ingest.core.vocabulary import DeliveryStatus, Destination
 from ingest.outbox import repository
 from ingest.outbox.repository import DeliveryQuery
 
-DeliveryState = Literal["pending", "retrying", "delivered", "dead", "suppressed", "disabled"]
 MAX_REPLAY_IDS = 10_000
 
 
@@ -33,7 +32,7 @@ class DeliveryFilter(BaseModel):
 
     ids: list[UUID] | None = Field(default=None, min_length=1, max_length=MAX_REPLAY_IDS)
     destination: Destination | None = None
-    status: DeliveryState | None = None
+    status: DeliveryStatus | None = None
     event_id: UUID | None = None
     since: datetime | None = Field(
         default=None, description="created at or after (ISO-8601; naive means UTC)"
@@ -50,7 +49,7 @@ class DeliveryFilter(BaseModel):
             raise ValueError("since must be before until")
         return self
 
-    def query(self, *, default_status: str | None = None) -> DeliveryQuery:
+    def query(self, *, default_status: DeliveryStatus | None = None) -> DeliveryQuery:
         """The store's query; `default_status` applies when neither ids nor a status is given."""
         status = self.status or (default_status if self.ids is None else None)
         return DeliveryQuery(
@@ -148,7 +147,7 @@ def get_delivery(conn: duckdb.DuckDBPyConnection, delivery_id: UUID) -> Delivery
 
 def count_replayable(conn: duckdb.DuckDBPyConnection, wanted: DeliveryFilter) -> int:
     """How many deliveries a replay of `wanted` would re-queue."""
-    return repository.count_deliveries(conn, wanted.query(default_status="dead"))
+    return repository.count_deliveries(conn, wanted.query(default_status=DeliveryStatus.DEAD))
 
 
 @dataclass(frozen=True)
@@ -162,6 +161,10 @@ class ReplayRequest:
 def replay_deliveries(conn: duckdb.DuckDBPyConnection, requests: Sequence[ReplayRequest]) -> list[int]:
     """Writer batch handler: re-queue matching deliveries now with a fresh retry budget; return how many."""
     return [
-        len(repository.requeue_deliveries(conn, request.wanted.query(default_status="dead"), request.now))
+        len(
+            repository.requeue_deliveries(
+                conn, request.wanted.query(default_status=DeliveryStatus.DEAD), request.now
+            )
+        )
         for request in requests
     ]

@@ -12,7 +12,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-UNSUBSCRIBE_KIND = "unsubscribe"
+from ingest.core.vocabulary import WAITING, DeliveryStatus
 
 _LISTED_COLUMNS = (
     "delivery_id", "event_id", "user_session_id", "destination", "kind", "purpose", "idempotency_key",
@@ -71,7 +71,7 @@ class RecordedOutcome:
     response_body: str | None
     error: str | None
     outcome: str  # the attempt's outcome: delivered | retrying | dead | rate_limited | probe_failed | ...
-    status: str  # the delivery's new status
+    status: DeliveryStatus  # the delivery's new status
     reason: str | None
     next_attempt_at: datetime | None
     spent: int  # 1 when this attempt uses up one retry of the budget
@@ -94,7 +94,7 @@ class DeliveryQuery:
 
     ids: tuple[UUID, ...] | None = None
     destination: str | None = None
-    status: str | None = None
+    status: DeliveryStatus | None = None
     event_id: UUID | None = None
     since: datetime | None = None
     until: datetime | None = None
@@ -450,10 +450,10 @@ def requeue_deliveries(conn: duckdb.DuckDBPyConnection, query: DeliveryQuery, no
     """Make matching deliveries not in flight pending now with a fresh retry budget; attempts are kept."""
     where, params = _where(query)
     sql = (
-        "update deliveries set status = 'pending', failure_count = 0, next_attempt_at = ?, reason = null, "  # noqa: S608
+        "update deliveries set status = ?, failure_count = 0, next_attempt_at = ?, reason = null, "  # noqa: S608
         f"updated_at = ? where {where} and claimed_until is null returning delivery_id"
     )
-    rows = conn.execute(sql, [now, now, *params]).fetchall()
+    rows = conn.execute(sql, [DeliveryStatus.PENDING, now, now, *params]).fetchall()
     return [row[0] for row in rows]
 
 
@@ -468,10 +468,10 @@ def suppress_pending_deliveries(
 ) -> int:
     """Mark not-yet-sent deliveries of `purposes` for this journey suppressed; return how many."""
     row = conn.execute(
-        "update deliveries set status = 'suppressed', reason = ?, next_attempt_at = null, updated_at = ? "
-        "where status in ('pending', 'retrying') and purpose in (select unnest(?)) "
+        "update deliveries set status = ?, reason = ?, next_attempt_at = null, updated_at = ? "
+        "where status in (select unnest(?)) and purpose in (select unnest(?)) "
         "and (user_session_id = ? or event_id = ?) returning delivery_id",
-        [reason, now, list(purposes), user_session_id, event_id],
+        [DeliveryStatus.SUPPRESSED, reason, now, sorted(WAITING), list(purposes), user_session_id, event_id],
     ).fetchall()
     return len(row)
 

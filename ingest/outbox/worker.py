@@ -10,10 +10,9 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from enum import StrEnum
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
@@ -21,19 +20,25 @@ import duckdb
 
 from ingest.core.clock import utcnow
 from ingest.core.settings import Settings
-from ingest.core.vocabulary import DEAD, Destination
-from ingest.outbox import repository
-from ingest.outbox.delivery import AttemptResult, Verdict, deliver_one, send_time_gate, settle
+from ingest.core.vocabulary import DeliveryStatus, Destination
+from ingest.outbox.breaker import BreakerState, CircuitBreaker
+from ingest.outbox.delivery import PROBE_FAILED, AttemptResult, Verdict, deliver_one, send_time_gate, settle
 from ingest.outbox.destinations import DestinationClient, build_clients, destination_limits
+from ingest.outbox.leases import (
+    ClaimRequest,
+    Flush,
+    any_due,
+    claim_deliveries,
+    record_deliveries,
+    release_all_deliveries,
+)
+from ingest.outbox.pacing import Pacer
 from ingest.outbox.repository import ClaimedDelivery, RecordedOutcome, Unclaimed
 from ingest.store.database import Database
 from ingest.store.writer import Writer, WriterStopped
 
 log = logging.getLogger(__name__)
 
-# A lease outlives any send (timeout <= 120 s) and the short wait for a rate-limit slot; a process that dies
-# leaves it behind and the next start releases it.
-LEASE = timedelta(minutes=10)
 MAX_CLAIM = 1024  # most deliveries one destination holds claimed (sending or queued to send) at once
 # Claim about this long's worth of sends: long enough that claims (a few table scans each) stay rare under
 # load, short enough that a claimed delivery goes out soon after its consent was checked.
@@ -41,192 +46,11 @@ QUEUE_SECONDS = 1.0
 PACING_HORIZON_SECONDS = 1.0  # a rate-limited destination claims only what it may send within this long
 LONG_PAUSE_SECONDS = 1.0  # a claimed delivery facing a longer Retry-After pause goes back to the table
 RECORD_INTERVAL_SECONDS = 0.1  # outcomes are committed at most this often
+# Attempt outcomes logged besides a delivery going dead: failures it may still get over.
+_WORTH_LOGGING = frozenset({DeliveryStatus.RETRYING, PROBE_FAILED, Verdict.RATE_LIMITED})
 
 
-# --- writer batch handlers ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ClaimRequest:
-    """Lease up to `limits[destination]` due deliveries, skipping journeys already in flight there."""
-
-    now: datetime
-    limits: dict[str, int]
-    busy: frozenset[tuple[str, UUID]] = frozenset()
-    urgent: tuple[UUID, ...] = ()
-
-
-def pick_claims(
-    candidates: Sequence[dict[str, Any]], limits: dict[str, int], busy: frozenset[tuple[str, UUID]]
-) -> list[dict[str, Any]]:
-    """In candidate order: up to each destination's limit, and one delivery per (destination, event_id) out at
-    a time, so two updates about one person never race each other at the receiver."""
-    taken: set[tuple[str, UUID]] = set(busy)
-    seen: set[UUID] = set()
-    counts: Counter[str] = Counter()
-    picked = []
-    for row in candidates:
-        destination, event_id = row["destination"], row["event_id"]
-        if row["delivery_id"] in seen or counts[destination] >= limits.get(destination, 0):
-            continue
-        if event_id is not None and (destination, event_id) in taken:
-            continue
-        picked.append(row)
-        seen.add(row["delivery_id"])
-        counts[destination] += 1
-        if event_id is not None:
-            taken.add((destination, event_id))
-    return picked
-
-
-def claim_deliveries(
-    conn: duckdb.DuckDBPyConnection, requests: Sequence[ClaimRequest]
-) -> list[list[ClaimedDelivery]]:
-    """Writer batch handler: lease due deliveries and read their lead and the consent in force."""
-    results: list[list[ClaimedDelivery]] = []
-    for request in requests:
-        # Fetch a little beyond the limit: some candidates may be skipped as their journey is in flight (a
-        # claim that comes up short is topped up by the next; every row fetched costs Python objects).
-        fetch = {
-            destination: limit + limit // 4 + 8 for destination, limit in request.limits.items() if limit > 0
-        }
-        candidates = repository.due_candidates(conn, fetch, request.now, request.urgent)
-        picked = pick_claims(candidates, request.limits, request.busy)
-        if not picked:
-            results.append([])
-            continue
-        repository.lease(conn, [row["delivery_id"] for row in picked], request.now + LEASE)
-        journeys = repository.journeys(
-            conn, [row["event_id"] for row in picked], [row["user_session_id"] for row in picked]
-        )
-        results.append([repository.claimed_delivery(row, journeys) for row in picked])
-    return results
-
-
-@dataclass(frozen=True)
-class Flush:
-    """Outcomes and given-back leases gathered since the last commit."""
-
-    outcomes: tuple[RecordedOutcome, ...]
-    released: tuple[Unclaimed, ...] = ()
-
-
-def record_deliveries(conn: duckdb.DuckDBPyConnection, flushes: Sequence[Flush]) -> list[None]:
-    """Writer batch handler: attempts, delivery states and learned ids of many sends in a few statements."""
-    repository.record_outcomes(conn, [item for flush in flushes for item in flush.outcomes], utcnow())
-    repository.release_claims(conn, [item for flush in flushes for item in flush.released])
-    return [None] * len(flushes)
-
-
-def _any_due(destinations: list[str], conn: duckdb.DuckDBPyConnection) -> bool:
-    return repository.any_due(conn, destinations, utcnow())
-
-
-def release_all_deliveries(conn: duckdb.DuckDBPyConnection, items: Sequence[None]) -> list[int]:
-    """Writer batch handler: drop every lease (start-up: they belong to a process that is gone)."""
-    released = repository.release_all_claims(conn)
-    return [released] + [0] * (len(items) - 1)
-
-
-# --- per-destination controls -------------------------------------------------------------------------------
-
-
-class BreakerState(StrEnum):
-    """Circuit breaker states."""
-
-    CLOSED = "closed"
-    OPEN = "open"
-    HALF_OPEN = "half_open"
-
-
-class CircuitBreaker:
-    """Opens after `threshold` consecutive outage failures; after `cooldown` one probe may go, and its
-    answer closes the circuit again or re-opens it for another cool-down."""
-
-    def __init__(self, threshold: int, cooldown: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.threshold = threshold
-        self.cooldown = cooldown
-        self._clock = clock
-        self.consecutive_failures = 0
-        self.opened_at: float | None = None
-        self.probing = False
-        self.times_opened = 0
-
-    @property
-    def state(self) -> BreakerState:
-        """Closed, open (cooling down) or half-open (cool-down over: a probe may go)."""
-        if self.opened_at is None:
-            return BreakerState.CLOSED
-        if self._clock() - self.opened_at < self.cooldown:
-            return BreakerState.OPEN
-        return BreakerState.HALF_OPEN
-
-    def seconds_to_probe(self) -> float | None:
-        """How long until a probe may go, when open."""
-        if self.opened_at is None:
-            return None
-        return max(0.0, self.opened_at + self.cooldown - self._clock())
-
-    def start_probe(self) -> bool:
-        """Take the one probe slot of a half-open circuit."""
-        if self.state is not BreakerState.HALF_OPEN or self.probing:
-            return False
-        self.probing = True
-        return True
-
-    def record(self, result: AttemptResult, *, probe: bool) -> None:
-        """Count an attempt's result; only outages (5xx, timeouts, refused connections) are failures."""
-        if probe:
-            self.probing = False
-        if result.outage:
-            self.consecutive_failures += 1
-            if probe or (self.opened_at is None and self.consecutive_failures >= self.threshold):
-                if self.opened_at is None:
-                    self.times_opened += 1
-                self.opened_at = self._clock()
-        elif result.status_code is not None and (self.opened_at is None or probe):
-            # Any answer that is not an outage shows the destination is up (nothing sent shows nothing). A
-            # late success from a request sent before the circuit opened does not close it: only the probe does.
-            self.consecutive_failures = 0
-            self.opened_at = None
-
-
-class Pacer:
-    """Spaces requests to at most `per_minute` (0 = unlimited), and holds them while a Retry-After lasts."""
-
-    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.interval = 60.0 / per_minute if per_minute > 0 else 0.0
-        self._clock = clock
-        self._next_slot = 0.0
-        self.paused_until = 0.0
-
-    def reserve(self) -> float:
-        """Take the next slot; return how long to wait for it."""
-        now = self._clock()
-        slot = max(now, self._next_slot, self.paused_until)
-        if self.interval:
-            self._next_slot = slot + self.interval
-        return slot - now
-
-    def pause(self, seconds: float) -> None:
-        """Hold every request for `seconds` (a 429's Retry-After)."""
-        self.paused_until = max(self.paused_until, self._clock() + seconds)
-
-    def holds(self) -> bool:
-        """Whether a request may have to wait (a rate limit, or a Retry-After pause that is not over)."""
-        return bool(self.interval) or self.paused_until > self._clock()
-
-    def paused_for(self) -> float:
-        """Seconds left of a Retry-After pause."""
-        return max(0.0, self.paused_until - self._clock())
-
-    def slots_within(self, horizon: float) -> int | None:
-        """How many requests may start within `horizon` seconds, or None when unlimited."""
-        if not self.interval:
-            return None
-        now = self._clock()
-        start = max(now, self._next_slot)
-        return max(0, int((now + horizon - start) / self.interval) + 1)
+# --- per-destination lanes -----------------------------------------------------------------------------------
 
 
 @dataclass
@@ -500,7 +324,7 @@ class DeliveryWorker:
             # The last claim found nothing: look with a read first, so an idle worker commits nothing (the
             # replica publisher republishes after every commit). Only this worker claims, so a row the read
             # misses is simply claimed at the next poll.
-            worth_it = await asyncio.to_thread(self._database.read, functools.partial(_any_due, list(limits)))
+            worth_it = await asyncio.to_thread(self._database.read, functools.partial(any_due, list(limits)))
         if not worth_it:
             for destination in probes:
                 self._lanes[destination].breaker.probing = False
@@ -588,7 +412,7 @@ class DeliveryWorker:
             self._wake.set()
 
     def _log_outcome(self, lane: _Lane, claimed: ClaimedDelivery, outcome: RecordedOutcome) -> None:
-        if outcome.status != DEAD and outcome.outcome not in ("retrying", "probe_failed", "rate_limited"):
+        if outcome.status != DeliveryStatus.DEAD and outcome.outcome not in _WORTH_LOGGING:
             return
         extra = {
             "delivery_id": str(claimed.delivery_id),
@@ -598,7 +422,7 @@ class DeliveryWorker:
             "status": outcome.status,
             "status_code": outcome.status_code,
         }
-        if outcome.status == DEAD:
+        if outcome.status == DeliveryStatus.DEAD:
             log.warning("delivery dead", extra=extra | {"reason": outcome.reason})
         else:
             log.info("delivery attempt failed", extra=extra | {"error": outcome.error})

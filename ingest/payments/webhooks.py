@@ -26,7 +26,7 @@ from pydantic import BaseModel, SecretStr
 from ingest.core.clock import utcnow
 from ingest.core.errors import DomainError, NotConfigured
 from ingest.core.settings import Settings
-from ingest.core.vocabulary import Destination
+from ingest.core.vocabulary import DeliveryKind, Destination
 from ingest.outbox.gate import ConsentState
 from ingest.outbox.planning import Delivery, plan_delivery
 from ingest.payments import repository
@@ -59,14 +59,6 @@ SETTLED = frozenset({PROCESSED, IGNORED, DUPLICATE})
 PAYMENT_RANK = {"open": 0, "failed": 1, "canceled": 2, "succeeded": 3, "refunded": 4}
 LEAD_RANK = {"lead": 0, "paid": 1, "refunded": 2}
 LEAD_STATUS_OF_PAYMENT = {"succeeded": "paid", "refunded": "refunded"}
-
-# Outbox kinds a payment causes (the delivery worker renders them from `kind`, `payload` and the lead row).
-CRM_KIND, MAILERLITE_KIND, PURCHASE_KIND, REFUND_KIND = (
-    "contact_upsert",
-    "subscriber_upsert",
-    "purchase",
-    "refund",
-)
 
 _MAX_ID_LENGTH = 255
 _MAX_ERROR_LENGTH = 2000
@@ -370,7 +362,7 @@ def _implied_deliveries(
         plan_delivery(
             settings,
             destination=Destination.CRM,
-            kind=CRM_KIND,
+            kind=DeliveryKind.CONTACT_UPSERT,
             key_suffix=state,
             payload={
                 "lead_status": state,
@@ -383,7 +375,7 @@ def _implied_deliveries(
         plan_delivery(
             settings,
             destination=Destination.MAILERLITE,
-            kind=MAILERLITE_KIND,
+            kind=DeliveryKind.SUBSCRIBER_UPSERT,
             key_suffix=state,
             payload={"payment_status": state},
             **common,
@@ -391,7 +383,7 @@ def _implied_deliveries(
         plan_delivery(
             settings,
             destination=Destination.SGTM,
-            kind=PURCHASE_KIND,
+            kind=DeliveryKind.PURCHASE,
             key_suffix=payment_intent_id,
             payload={"transaction_id": payment_intent_id, "value": amount / 100, "currency": currency},
             **common,
@@ -403,7 +395,7 @@ def _implied_deliveries(
             plan_delivery(
                 settings,
                 destination=Destination.SGTM,
-                kind=REFUND_KIND,
+                kind=DeliveryKind.REFUND,
                 key_suffix=payment_intent_id,
                 payload={"transaction_id": payment_intent_id, "value": refunded / 100, "currency": currency},
                 **common,

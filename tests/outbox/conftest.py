@@ -15,7 +15,7 @@ import pytest
 
 from ingest.core.clock import utcnow
 from ingest.core.settings import Settings
-from ingest.core.vocabulary import Destination
+from ingest.core.vocabulary import DeliveryKind, Destination
 from ingest.leads.consent import RequestContext
 from ingest.leads.schemas import LeadIn
 from ingest.leads.service import capture_leads, plan_lead
@@ -99,7 +99,7 @@ def planned(
     settings: Settings,
     *,
     destination: Destination,
-    kind: str,
+    kind: DeliveryKind,
     event_id: uuid.UUID | None,
     user_session_id: uuid.UUID | None = None,
     payload: dict[str, Any] | None = None,

@@ -6,8 +6,10 @@ import random
 import uuid
 from datetime import datetime
 
+from ingest.outbox.breaker import CircuitBreaker
 from ingest.outbox.delivery import AttemptResult, Verdict, backoff_seconds, parse_retry_after
-from ingest.outbox.worker import CircuitBreaker, Pacer, pick_claims
+from ingest.outbox.leases import pick_claims
+from ingest.outbox.pacing import Pacer
 
 NOW = datetime(2026, 3, 14, 12, 0, 0)
 

@@ -12,16 +12,10 @@ from typing import Any
 
 import pytest
 
-from ingest.outbox.destinations import (
-    CannotRender,
-    crm_body,
-    crm_signature,
-    derive_client_id,
-    mailerlite_body,
-    normalise_email_for_google,
-    render_crm,
-    sgtm_body,
-)
+from ingest.outbox.destinations.crm import crm_body, crm_signature, render_crm
+from ingest.outbox.destinations.mailerlite import mailerlite_body
+from ingest.outbox.destinations.rendering import CannotRender
+from ingest.outbox.destinations.sgtm import derive_client_id, normalise_email_for_google, sgtm_body
 from ingest.outbox.repository import ClaimedDelivery
 from sandbox.crm import sign_crm_body
 from tests.conftest import make_settings

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from ingest.core.vocabulary import Destination
-from ingest.outbox.destinations import DestinationClient, OutgoingRequest, TransportError
+from ingest.outbox.destinations import DestinationClient
+from ingest.outbox.destinations.transport import OutgoingRequest, TransportError
 from tests.conftest import make_settings
 
 Answer = Callable[[bytes], bytes | None]  # the request's bytes -> what to write back (None: hang up)

@@ -10,12 +10,11 @@ from collections import Counter
 from pathlib import Path
 
 from ingest.core.clock import utcnow
-from ingest.core.vocabulary import Destination
+from ingest.core.vocabulary import DeliveryKind, Destination
 from ingest.leads.consent import RequestContext, consent_row, record_consents
 from ingest.leads.schemas import ConsentIn
-from ingest.leads.service import CRM_KIND, MAILERLITE_KIND, SGTM_KIND
+from ingest.outbox.leases import ClaimRequest, claim_deliveries
 from ingest.outbox.replay import DeliveryFilter, ReplayRequest, replay_deliveries
-from ingest.outbox.worker import ClaimRequest, claim_deliveries
 from ingest.store.database import Database
 from sandbox import Sandbox
 from tests.outbox.conftest import (
@@ -56,9 +55,9 @@ async def test_a_lead_reaches_each_destination_once_and_the_ids_land_on_the_lead
     (crm,) = sandbox.requests("crm")
     (sgtm,) = sandbox.requests("sgtm")
     assert ml.body["email"] == "ana.teste@example.com" and ml.body["fields"]["event_id"] == str(event_id)
-    assert crm.headers["idempotency-key"] == f"{event_id}:crm:{CRM_KIND}"
+    assert crm.headers["idempotency-key"] == f"{event_id}:crm:contact_upsert"
     assert crm.headers["x-attribution-signature"].startswith("t=")
-    assert sgtm.body["events"][0]["name"] == SGTM_KIND and "@" not in sgtm.raw_body
+    assert sgtm.body["events"][0]["name"] == "generate_lead" and "@" not in sgtm.raw_body
     assert all(r["attempt_count"] == 1 and r["claimed_until"] is None for r in rows.values())
     contact = sandbox.state("crm")["contacts"]["ana.teste@example.com"]["contact_id"]
     subscriber = sandbox.state("mailerlite")["subscribers"]["ana.teste@example.com"]["id"]
@@ -216,7 +215,7 @@ async def test_a_delivery_for_someone_who_withdrew_consent_is_never_sent(
             database,
             settings,
             destination=Destination.SGTM,
-            kind="purchase",
+            kind=DeliveryKind.PURCHASE,
             event_id=event_id,
             user_session_id=lead[0],
             payload={"transaction_id": "pi_1", "value": 120.0, "currency": "EUR"},
@@ -224,7 +223,7 @@ async def test_a_delivery_for_someone_who_withdrew_consent_is_never_sent(
         worker.wake()
         await async_wait_until(lambda: statuses(database) == {"delivered": 1, "suppressed": 3})
         rows = {r["kind"]: r for r in delivery_rows(database)}
-    assert rows[MAILERLITE_KIND]["status"] == "suppressed" and rows["purchase"]["status"] == "suppressed"
+    assert rows["subscriber_upsert"]["status"] == "suppressed" and rows["purchase"]["status"] == "suppressed"
     assert rows["purchase"]["attempt_count"] == 0
     assert all(r.status == 503 for r in sandbox.requests("mailerlite"))
     assert all(r.status == 503 for r in sandbox.requests("sgtm"))
@@ -281,7 +280,7 @@ async def test_a_later_crm_update_carries_the_contact_id_learned_earlier(
             database,
             settings,
             destination=Destination.CRM,
-            kind=CRM_KIND,
+            kind=DeliveryKind.CONTACT_UPSERT,
             event_id=event_id,
             key_suffix="paid",
             payload={"lead_status": "paid", "amount_cents": 12000, "currency": "eur"},
@@ -299,11 +298,11 @@ async def test_orphan_deliveries_are_handled_without_a_lead(tmp_path: Path, sand
     orphan = uuid.uuid4()
     async with running_worker(settings) as (database, worker):
         crm = await queue(
-            database, settings, destination=Destination.CRM, kind=CRM_KIND, event_id=orphan,
+            database, settings, destination=Destination.CRM, kind=DeliveryKind.CONTACT_UPSERT, event_id=orphan,
             payload={"lead_status": "paid", "amount_cents": 5000},
         )  # fmt: skip
         purchase = await queue(
-            database, settings, destination=Destination.SGTM, kind="purchase", event_id=orphan,
+            database, settings, destination=Destination.SGTM, kind=DeliveryKind.PURCHASE, event_id=orphan,
             payload={"transaction_id": "pi_orphan", "value": 50.0, "currency": "EUR"},
         )  # fmt: skip
         worker.wake()
@@ -347,7 +346,7 @@ async def test_a_lease_left_by_a_dead_worker_is_sent_again_with_the_same_key(
     async with running_worker(settings) as (database, worker):
         worker.wake()
         await async_wait_until(lambda: statuses(database) == {"delivered": 3})
-    assert _keys(sandbox, "crm") == Counter({f"{event_id}:crm:{CRM_KIND}": 1})
+    assert _keys(sandbox, "crm") == Counter({f"{event_id}:crm:contact_upsert": 1})
 
 
 async def test_replaying_a_thousand_dead_deliveries_delivers_them_all(
@@ -359,7 +358,11 @@ async def test_replaying_a_thousand_dead_deliveries_delivers_them_all(
         payloads = [{"lead_status": "paid", "email": f"buyer{n}@example.com"} for n in range(1000)]
         orphans = [
             planned(
-                settings, destination=Destination.CRM, kind=CRM_KIND, event_id=uuid.uuid4(), payload=payload
+                settings,
+                destination=Destination.CRM,
+                kind=DeliveryKind.CONTACT_UPSERT,
+                event_id=uuid.uuid4(),
+                payload=payload,
             )
             for payload in payloads
         ]
