@@ -86,6 +86,14 @@ def test_inside_a_layer_a_model_waits_for_the_one_it_reads(tmp_path: Path) -> No
     assert [model.name for model in discover_models(tmp_path)] == ["b_base", "a_uses_b", "c_alone"]
 
 
+def test_a_model_named_only_in_a_string_is_no_dependency(tmp_path: Path) -> None:
+    _write(tmp_path, "metrics", "a_items", "select 'b_headline' as metric -- the lead's b_headline")
+    _write(tmp_path, "metrics", "b_headline", "select count(*) as n from a_items where metric = 'b_headline'")
+    models = {model.name: model for model in discover_models(tmp_path)}
+    assert models["a_items"].depends_on == frozenset()
+    assert models["b_headline"].depends_on == {"a_items"}
+
+
 def test_metrics_on_an_empty_database_are_defined_and_met(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
     conn = connect(settings.attribution_db_path)
