@@ -61,6 +61,7 @@ MATERIALISED = frozenset(
         "journey_presence",
         "delivery_consent",
         "funnel_daily",
+        "success_metrics_daily",
     }
 )
 _MODEL_NAME = re.compile(r"^[a-z][a-z0-9_]*$")

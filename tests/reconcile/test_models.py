@@ -151,6 +151,29 @@ def test_bulk_database_metrics_equal_the_generators_ground_truth(
     assert GroundTruth.load(path) == truth
 
 
+def test_daily_metrics_add_up_to_the_headline_ones_on_the_bulk_ground_truth(
+    bulk_database: tuple[Path, GroundTruth],
+) -> None:
+    path, truth = bulk_database
+    conn = duckdb.connect(str(path), read_only=True)
+    try:
+        load_models(conn, truth.params, temporary=True)
+        daily = conn.execute(
+            "select metric, day, numerator, denominator from success_metrics_daily"
+        ).fetchall()
+        headline = {metric.metric: (metric.numerator, metric.denominator) for metric in success_metrics(conn)}
+    finally:
+        conn.close()
+    summed = dict.fromkeys(METRIC_NAMES, (0, 0))
+    days: dict[str, set[object]] = {name: set() for name in METRIC_NAMES}
+    for metric, day, numerator, denominator in daily:
+        assert day is not None, f"a thing {metric} counts has no day, so no daily chart shows it"
+        summed[metric] = (summed[metric][0] + numerator, summed[metric][1] + denominator)
+        days[metric].add(day)
+    assert summed == truth.expected() == headline
+    assert all(len(days[name]) > 1 for name in METRIC_NAMES), "spread over the days, not one lump"
+
+
 def test_bulk_generation_is_deterministic(tmp_path: Path) -> None:
     spec = BulkSpec(leads=1500, chunk_leads=1000, seed=7, days=20)
     first = generate_bulk(tmp_path / "first.duckdb", spec)
