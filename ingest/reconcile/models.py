@@ -59,6 +59,7 @@ MATERIALISED = frozenset(
         "lead_consent",
         "lead_journeys",
         "journey_presence",
+        "journey_gaps",
         "delivery_consent",
         "funnel_daily",
         "success_metrics_daily",

@@ -1,7 +1,8 @@
 -- Grain: one row per journey: every lead (journey_id = its event_id) and every succeeded payment that names no
 -- stored lead (journey_id = 'orphan:' || payment_intent_id; always missing, since no system can hold its journey).
 -- journey_day: the lead's capture day, or the day an orphan payment's success became known.
--- For each system: whether the journey should reach it and whether it is there, from delivery outcomes and Stripe.
+-- For each system: whether the journey should reach it and whether it is there, from delivery outcomes (see
+-- presence_deliveries for which delivery places a journey) and Stripe.
 -- Should reach: ingest always; the CRM when lead capture sends to it; MailerLite with marketing consent in force now;
 -- Stripe when a payment succeeded; sGTM when a payment succeeded with analytics consent in force at that moment.
 -- Consent conditions hold for everyone when REQUIRE_CONSENT=false; a disabled destination is never "should reach".
@@ -20,14 +21,14 @@ lead_days as (
 
 delivered_to_crm as (
     select event_id
-    from stg_deliveries
-    where delivery_status = 'delivered' and destination = 'crm' and kind = 'contact_upsert'
+    from presence_deliveries
+    where is_delivered and destination = 'crm'
 ),
 
 delivered_to_mailerlite as (
     select event_id
-    from stg_deliveries
-    where delivery_status = 'delivered' and destination = 'mailerlite' and kind = 'subscriber_upsert'
+    from presence_deliveries
+    where is_delivered and destination = 'mailerlite'
 ),
 
 succeeded_payments as (
