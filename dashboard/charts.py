@@ -7,17 +7,18 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ingest.core.vocabulary import DeliveryStatus
 from ingest.reconcile.models import METRIC_NAMES, Metric
 
 GOOD_COLOUR = "#2e7d32"
 BAD_COLOUR = "#c62828"
 STATUS_COLOURS = {
-    "delivered": "#2e7d32",
-    "pending": "#90a4ae",
-    "retrying": "#f9a825",
-    "dead": "#c62828",
-    "suppressed": "#6a1b9a",
-    "disabled": "#bdbdbd",
+    DeliveryStatus.DELIVERED: "#2e7d32",
+    DeliveryStatus.PENDING: "#90a4ae",
+    DeliveryStatus.RETRYING: "#f9a825",
+    DeliveryStatus.DEAD: "#c62828",
+    DeliveryStatus.SUPPRESSED: "#6a1b9a",
+    DeliveryStatus.DISABLED: "#bdbdbd",
 }
 HEIGHT = 360
 

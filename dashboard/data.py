@@ -1,276 +1,34 @@
-"""Data access of the dashboard: one prepared reader over the published replica, and cached, parameterised queries.
+"""The dashboard's queries: cached, parameterised selects from the models of ingest/sql/ over the replica.
 
-The dashboard never opens the API's database: DuckDB lets one process hold a file for writing and then nobody
-else may open it, so it reads the read-only replica the API publishes every ATTRIBUTION_REPLICA_SECONDS
-(`ingest.reconcile.replica`). One `ReplicaSource` per replica path lives for the whole Streamlit server
-(`st.cache_resource`). The publisher has already computed the heavy models into each copy
-(`ingest.reconcile.models.MATERIALISED`), so the metrics, the coverage matrix and the funnel are short queries instead of
-a fresh pass over every lead and delivery (bench/dashboard.py has the figures). Each copy is *prepared* once
-(opened, its models loaded, its row counts read); newer copies are prepared in a background thread while pages
-keep reading the previous one. Results are cached with `st.cache_data`, keyed by
-the copy they were read from, so two sessions looking at the same copy query it once.
+One `ReplicaSource` (`dashboard.snapshots`) per replica path lives for the whole Streamlit server
+(`st.cache_resource`). Results are cached with `st.cache_data`, keyed by the copy they were read from, so two
+sessions looking at the same copy query it once.
 
-All SQL here reads the models of ingest/sql/, or the outbox tables for what the models leave out (last errors,
-payloads); every value comes in as a parameter.
+Every figure here is selected from a model: the metrics and their daily trend from sql/metrics/, why a journey is
+missing from missing_journeys and journey_gaps, and so on; nothing is recounted here. The dead-letter list and one delivery's detail are
+the outbox's own reads (`ingest.outbox.replay`). Every value comes in as a parameter.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from uuid import UUID
 
-import duckdb
 import pandas as pd
 import streamlit as st
 
-from ingest.core.clock import utcnow
+from dashboard.snapshots import ReplicaSource, Snapshot, plain
 from ingest.core.settings import Settings, load_settings
+from ingest.core.vocabulary import DeliveryStatus, Destination
 from ingest.outbox.replay import DeliveryDetail, DeliveryFilter, get_delivery, list_deliveries
-from ingest.reconcile.models import Metric, ModelParams, success_metrics
-from ingest.reconcile.replica import Reader, ReaderUnavailable, file_identity, open_reader
-from ingest.store.database import DatabaseLocked
+from ingest.reconcile.models import Metric, success_metrics
 
-T = TypeVar("T")
-log = logging.getLogger(__name__)
 CACHE_SECONDS = 600  # a bound on memory; a new replica changes the key long before
 CACHE_ENTRIES = 64
-REFRESH_CHECK_SECONDS = 1.0  # how often the watcher looks for a newer replica file
-RETRY_AFTER_FAILURE_SECONDS = 10.0  # a copy that failed to prepare is tried again this much later
 MISSING_LIMIT = 500
 DEAD_LETTER_LIMIT = 200
-DESTINATIONS = ("mailerlite", "crm", "sgtm")
-SYSTEMS = ("ingest", "crm", "mailerlite", "stripe", "sgtm")
-
-
-class NoReplica(Exception):
-    """No replica to read yet: the message says what to start."""
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """The replica copy a rerun reads: `key` identifies it for the caches."""
-
-    key: str
-    path: Path
-    taken_at: datetime
-    age_seconds: float
-    params: ModelParams
-    leads: int
-    stripe_events: int
-    deliveries: int
-    prepare_seconds: float
-    newer_pending: bool = False
-
-    @property
-    def is_empty(self) -> bool:
-        """Nothing captured yet: no lead, no payment event, no delivery."""
-        return self.leads == 0 and self.stripe_events == 0 and self.deliveries == 0
-
-    @property
-    def disabled_destinations(self) -> list[str]:
-        """Destinations the publishing API had no endpoint for."""
-        enabled = {
-            "mailerlite": self.params.mailerlite_enabled,
-            "crm": self.params.crm_enabled,
-            "sgtm": self.params.sgtm_enabled,
-        }
-        return [name for name in DESTINATIONS if not enabled[name]]
-
-
-class _SharedLock:
-    """Many queries side by side, or one swap of the reader they use."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writing = False
-
-    @contextmanager
-    def shared(self) -> Iterator[None]:
-        with self._cond:
-            self._cond.wait_for(lambda: not self._writing)
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                self._cond.notify_all()
-
-    @contextmanager
-    def exclusive(self) -> Iterator[None]:
-        with self._cond:
-            self._cond.wait_for(lambda: not self._writing and self._readers == 0)
-            self._writing = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writing = False
-                self._cond.notify_all()
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    """A reader over one replica copy with the heavy models materialised, and what it holds."""
-
-    reader: Reader
-    identity: tuple[int, int]
-    snapshot: Snapshot
-
-
-def plain(frame: pd.DataFrame) -> pd.DataFrame:
-    """UUID values as text: Arrow (and so st.dataframe and CSV) would show them as raw bytes."""
-    for column in frame.columns:
-        if frame[column].dtype == object and frame[column].map(lambda value: isinstance(value, UUID)).any():
-            frame[column] = frame[column].map(lambda value: str(value) if isinstance(value, UUID) else value)
-    return frame
-
-
-def prepare(settings: Settings) -> tuple[Reader, Snapshot]:
-    """Open a reader on the current replica and read what it holds."""
-    started = time.perf_counter()
-    try:
-        reader = open_reader(settings, "replica")
-    except (ReaderUnavailable, DatabaseLocked, duckdb.IOException) as exc:
-        # A model that fails to load is not "no data": that error propagates as it is.
-        raise NoReplica(missing_message(settings, exc)) from None
-    try:
-        row = reader.conn.execute(
-            "select (select count(*) from stg_leads), (select count(*) from stg_stripe_events), "
-            "(select count(*) from stg_deliveries)"
-        ).fetchone()
-    except BaseException:
-        reader.close()
-        raise
-    leads, events, deliveries = (int(value) for value in row) if row else (0, 0, 0)
-    taken_at = reader.taken_at or utcnow()
-    snapshot = Snapshot(
-        key=f"{settings.attribution_replica_path}@{taken_at.isoformat()}",
-        path=settings.attribution_replica_path,
-        taken_at=taken_at,
-        age_seconds=0.0,
-        params=reader.params,
-        leads=leads,
-        stripe_events=events,
-        deliveries=deliveries,
-        prepare_seconds=time.perf_counter() - started,
-    )
-    return reader, snapshot
-
-
-def missing_message(settings: Settings, error: BaseException | None = None) -> str:
-    """What to start when there is no replica to read."""
-    detail = f" ({error})" if error is not None else ""
-    return (
-        f"No replica at {settings.attribution_replica_path} yet{detail}. The API publishes one every "
-        f"{settings.attribution_replica_seconds:g} s once it runs: start it with `attribution serve` "
-        "(or run `attribution demo` for a seeded sandbox)."
-    )
-
-
-class ReplicaSource:
-    """The prepared replica every session of the server reads, replaced in the background by newer copies.
-
-    The first use prepares the current copy while the caller waits; after that a watcher thread looks for a newer
-    file every REFRESH_CHECK_SECONDS and prepares it aside, so pages keep answering from the previous copy until
-    the new one is ready (they say so). It waits at least as long as the last preparation took before starting
-    the next one, so on a large database it never spends more than half its time preparing.
-    """
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.path = settings.attribution_replica_path
-        self._current: _Prepared | None = None
-        self._lock = _SharedLock()
-        self._first = threading.Lock()
-        self._stop = threading.Event()
-        self._watcher: threading.Thread | None = None
-        self._newer_pending = False
-        self.failures = 0
-
-    def snapshot(self) -> Snapshot:
-        """The copy pages read now; NoReplica when none has been published."""
-        current = self._current
-        if current is None:
-            with self._first:
-                if self._current is None:
-                    self._install(self._prepare_current())
-                    self._start_watcher()
-                current = self._current
-        assert current is not None
-        age = (utcnow() - current.snapshot.taken_at).total_seconds()
-        return replace(current.snapshot, age_seconds=age, newer_pending=self._newer_pending)
-
-    def run(self, query: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
-        """Run `query` on a cursor of the current copy."""
-        with self._lock.shared():
-            if self._current is None:
-                raise NoReplica(missing_message(self.settings))
-            cursor = self._current.reader.cursor()
-            try:
-                return query(cursor)
-            finally:
-                cursor.close()
-
-    def frame(self, sql: str, params: list[Any] | dict[str, Any] | None = None) -> pd.DataFrame:
-        """The result of one parameterised query as a DataFrame (UUIDs as text)."""
-        return plain(self.run(lambda cursor: cursor.execute(sql, params or []).df()))
-
-    def close(self) -> None:
-        """Stop watching and close the reader."""
-        self._stop.set()
-        if self._watcher is not None:
-            self._watcher.join()
-            self._watcher = None
-        self._install(None)
-
-    def _prepare_current(self) -> _Prepared:
-        identity = file_identity(self.path)
-        reader, snapshot = prepare(self.settings)
-        # The identity read before opening: if the file was replaced meanwhile, the watcher prepares it again.
-        return _Prepared(reader, identity or (0, 0), snapshot)
-
-    def _install(self, prepared: _Prepared | None) -> None:
-        with self._lock.exclusive():
-            previous, self._current = self._current, prepared
-        if previous is not None:
-            previous.reader.close()
-
-    def _start_watcher(self) -> None:
-        self._watcher = threading.Thread(target=self._watch, name="dashboard-replica-watcher", daemon=True)
-        self._watcher.start()
-
-    def _watch(self) -> None:
-        pause = REFRESH_CHECK_SECONDS
-        while not self._stop.wait(pause):
-            current = self._current
-            identity = file_identity(self.path)
-            pause = REFRESH_CHECK_SECONDS
-            if identity is None or current is None or identity == current.identity:
-                continue  # nothing newer (a vanished replica keeps the last copy on screen, its age shown)
-            self._newer_pending = True
-            try:
-                prepared = self._prepare_current()
-            except (NoReplica, duckdb.Error) as exc:
-                self.failures += 1
-                log.warning(
-                    "replica preparation failed", extra={"replica": str(self.path), "error": repr(exc)}
-                )
-                pause = RETRY_AFTER_FAILURE_SECONDS
-                continue
-            finally:
-                self._newer_pending = False
-            self._install(prepared)
-            pause = max(REFRESH_CHECK_SECONDS, prepared.snapshot.prepare_seconds)
 
 
 # --- the shared source --------------------------------------------------------------------------------------
@@ -306,75 +64,13 @@ def metrics(snapshot_key: str) -> list[Metric]:
     return source().run(success_metrics)
 
 
-_DAILY_METRICS_SQL = """
-with settings as (
-    select * from stg_run_settings
-),
-
-lead_days as (
-    select event_id, cast(coalesce(lead_created_at, received_at) as date) as day, crm_contact_id
-    from stg_leads
-),
-
-accuracy as (
-    select cast(payments.succeeded_at as date) as day, 'attribution_accuracy' as metric,
-        count(*) filter (where payments.purchase_delivered) as numerator, count(*) as denominator
-    from payment_outcomes as payments
-    cross join settings
-    where payments.is_succeeded and payments.names_known_lead
-        and (payments.analytics_consent_at_success or not settings.require_consent)
-    group by all
-),
-
-consistency as (
-    select coalesce(lead_days.day, cast(orphans.succeeded_at as date)) as day, 'data_consistency' as metric,
-        count(*) filter (where journeys.is_consistent) as numerator, count(*) as denominator
-    from journey_presence as journeys
-    left join lead_days on lead_days.event_id = journeys.event_id and not journeys.is_orphan
-    left join stg_payments as orphans on orphans.payment_intent_id = journeys.orphan_payment_intent_id
-    group by all
-),
-
-compliance as (
-    select cast(delivered_at as date) as day, 'consent_compliance' as metric,
-        count(*) filter (where made_with_consent) as numerator, count(*) as denominator
-    from delivery_consent
-    group by all
-),
-
-resilience as (
-    select cast(received_at as date) as day, 'system_resilience' as metric,
-        count(*) filter (where processing_status = 'failed') as numerator, count(*) as denominator
-    from stg_stripe_events
-    group by all
-),
-
-coverage as (
-    select day, 'crm_coverage' as metric,
-        count(*) filter (where crm_contact_id is not null) as numerator, count(*) as denominator
-    from lead_days
-    group by all
-),
-
-final as (
-    select * from accuracy
-    union all select * from consistency
-    union all select * from compliance
-    union all select * from resilience
-    union all select * from coverage
-)
-
-select day, metric, numerator, denominator, numerator / nullif(denominator, 0) as value
-from final
-where day is not null
-order by day, metric
-"""
-
-
 @st.cache_data(ttl=CACHE_SECONDS, max_entries=CACHE_ENTRIES, show_spinner=False)
 def daily_metrics(snapshot_key: str) -> pd.DataFrame:
     """Each metric's numerator, denominator and value per day (of capture, payment, delivery or receipt)."""
-    return source().frame(_DAILY_METRICS_SQL)
+    return source().frame(
+        "select day, metric, numerator, denominator, value from success_metrics_daily "
+        "where day is not null order by day, metric"
+    )
 
 
 # --- funnel and attribution ---------------------------------------------------------------------------------
@@ -448,99 +144,6 @@ def presence(snapshot_key: str) -> pd.DataFrame:
     )
 
 
-_MISSING_SQL = """
-with gaps as (
-    select *
-    from journey_presence
-    where not is_consistent
-        and (
-            $system is null
-            or ($system = 'crm' and crm_expected and not in_crm)
-            or ($system = 'mailerlite' and mailerlite_expected and not in_mailerlite)
-            or ($system = 'stripe' and stripe_expected and not in_stripe)
-            or ($system = 'sgtm' and sgtm_expected and not in_sgtm)
-            or ($system = 'ingest' and ingest_expected and not in_ingest)
-        )
-),
-
-counted as (
-    select count(*) as total from gaps
-),
-
-shown as (
-    select * from gaps order by is_orphan desc, journey_id limit $limit
-),
-
-latest as (
-    -- The newest delivery of each (journey, destination) kind that makes a journey present there.
-    select
-        deliveries.event_id,
-        deliveries.destination,
-        arg_max(
-            {'status': deliveries.status, 'reason': deliveries.reason, 'error': deliveries.last_error,
-             'attempts': deliveries.attempt_count, 'delivery_id': deliveries.delivery_id},
-            deliveries.created_at
-        ) as delivery
-    from deliveries
-    where deliveries.event_id in (select event_id from shown where event_id is not null)
-        and ((deliveries.destination = 'crm' and deliveries.kind = 'contact_upsert')
-            or (deliveries.destination = 'mailerlite' and deliveries.kind = 'subscriber_upsert')
-            or (deliveries.destination = 'sgtm' and deliveries.kind = 'purchase'))
-    group by all
-)
-
-select
-    shown.journey_id,
-    shown.event_id,
-    shown.is_orphan,
-    shown.orphan_payment_intent_id,
-    concat_ws(
-        ', ',
-        case when shown.crm_expected and not shown.in_crm then 'crm' end,
-        case when shown.mailerlite_expected and not shown.in_mailerlite then 'mailerlite' end,
-        case when shown.stripe_expected and not shown.in_stripe then 'stripe' end,
-        case when shown.sgtm_expected and not shown.in_sgtm then 'sgtm' end,
-        case when shown.ingest_expected and not shown.in_ingest then 'ingest' end
-    ) as missing_in,
-    crm.delivery as crm_delivery,
-    mailerlite.delivery as mailerlite_delivery,
-    sgtm.delivery as sgtm_delivery,
-    (select total from counted) as total_missing
-from shown
-left join latest as crm on crm.event_id = shown.event_id and crm.destination = 'crm'
-left join latest as mailerlite on mailerlite.event_id = shown.event_id and mailerlite.destination = 'mailerlite'
-left join latest as sgtm on sgtm.event_id = shown.event_id and sgtm.destination = 'sgtm'
-order by shown.is_orphan desc, shown.journey_id
-"""
-
-
-def _delivery_reason(system: str, delivery: Any) -> str:
-    if delivery is None or (isinstance(delivery, float) and pd.isna(delivery)):
-        return f"{system}: no delivery queued"
-    status = delivery["status"]
-    detail = delivery["error"] or delivery["reason"]
-    attempts = delivery["attempts"]
-    text = f"{system}: {status}"
-    if status in ("dead", "retrying", "pending") and attempts:
-        text += f" after {attempts} attempt{'s' if attempts != 1 else ''}"
-    return f"{text} ({detail})" if detail else text
-
-
-def explain_missing(row: pd.Series) -> str:
-    """Why one journey is missing where it should be, one clause per system."""
-    if row["is_orphan"]:
-        return f"Stripe payment {row['orphan_payment_intent_id']} names no stored lead (orphan)"
-    reasons = []
-    for system in str(row["missing_in"]).split(", "):
-        if system == "stripe":
-            reasons.append("stripe: payment not confirmed by any stored Stripe event")
-        elif system == "ingest":
-            reasons.append("ingest: no stored lead")
-        else:
-            reasons.append(_delivery_reason(system, row[f"{system}_delivery"]))
-    return "; ".join(reasons)
-
-
 @dataclass(frozen=True)
 class MissingJourneys:
     """Journeys missing somewhere: how many in all, and the first `limit` of them with why."""
@@ -553,53 +156,22 @@ class MissingJourneys:
 def missing_journeys(
     snapshot_key: str, system: str | None = None, limit: int = MISSING_LIMIT
 ) -> MissingJourneys:
-    """The event_ids (and orphan payments) missing in a system they should reach (one, or any), with why."""
-    frame = source().frame(_MISSING_SQL, {"system": system, "limit": limit})
+    """The journeys missing in a system they should reach (one, or any), each with every system it misses and why."""
+    frame = source().frame(
+        "select journey_id, event_id, missing_in, why, count(*) over () as total_missing from missing_journeys "
+        "where $system is null or list_contains(missing_systems, $system) "
+        "order by is_orphan desc, journey_id limit $limit",
+        {"system": system, "limit": limit},
+    )
     total = int(frame["total_missing"].iloc[0]) if len(frame) else 0
-    if frame.empty:
-        rows = pd.DataFrame(columns=["journey_id", "event_id", "missing_in", "why"])
-    else:
-        frame["why"] = frame.apply(explain_missing, axis=1)
-        rows = frame[["journey_id", "event_id", "missing_in", "why"]]
-    return MissingJourneys(total=total, rows=rows)
+    return MissingJourneys(total=total, rows=frame[["journey_id", "event_id", "missing_in", "why"]])
 
 
 @st.cache_data(ttl=CACHE_SECONDS, max_entries=CACHE_ENTRIES, show_spinner=False)
 def missing_by_cause(snapshot_key: str) -> pd.DataFrame:
     """Per system, how many journeys miss it, by the state of their delivery (or the Stripe / orphan cause)."""
     return source().frame(
-        """
-        with gaps as (
-            select * from journey_presence where not is_consistent
-        ),
-        per_system as (
-            select 'crm' as system, event_id, 'contact_upsert' as kind from gaps where crm_expected and not in_crm
-            union all
-            select 'mailerlite', event_id, 'subscriber_upsert' from gaps
-                where mailerlite_expected and not in_mailerlite
-            union all
-            select 'sgtm', event_id, 'purchase' from gaps where sgtm_expected and not in_sgtm
-        ),
-        states as (
-            select deliveries.event_id, deliveries.destination, deliveries.kind,
-                arg_max(deliveries.status, deliveries.created_at) as status
-            from deliveries
-            where deliveries.event_id in (select event_id from per_system)
-            group by all
-        ),
-        causes as (
-            select per_system.system, coalesce(states.status, 'no delivery queued') as cause
-            from per_system
-            left join states on states.event_id = per_system.event_id
-                and states.destination = per_system.system and states.kind = per_system.kind
-            union all
-            select 'stripe', 'not confirmed by a Stripe event' from gaps
-                where stripe_expected and not in_stripe and not is_orphan
-            union all
-            select 'ingest', 'orphan payment (no stored lead)' from gaps where is_orphan
-        )
-        select system, cause, count(*) as journeys from causes group by all order by system, journeys desc
-        """
+        "select system, cause, count(*) as journeys from journey_gaps group by all order by system, journeys desc"
     )
 
 
@@ -659,7 +231,8 @@ def suppressed_deliveries(snapshot_key: str) -> pd.DataFrame:
     """Deliveries the consent gate held back, by destination and reason."""
     return source().frame(
         "select destination, kind, coalesce(reason, '(none)') as reason, count(*) as deliveries "
-        "from stg_deliveries where delivery_status = 'suppressed' group by all order by deliveries desc"
+        "from stg_deliveries where delivery_status = ? group by all order by deliveries desc",
+        [DeliveryStatus.SUPPRESSED],
     )
 
 
@@ -678,7 +251,7 @@ def delivery_status(snapshot_key: str) -> pd.DataFrame:
 @st.cache_data(ttl=CACHE_SECONDS, max_entries=CACHE_ENTRIES, show_spinner=False)
 def dead_letters(
     snapshot_key: str,
-    destination: str | None,
+    destination: Destination | None,
     error: str | None,
     since: date | None,
     until: date | None,
@@ -706,12 +279,12 @@ def dead_letters(
 
 
 def dead_letter_filter(
-    destination: str | None, error: str | None, since: date | None, until: date | None
+    destination: Destination | None, error: str | None, since: date | None, until: date | None
 ) -> DeliveryFilter:
     """The delivery filter of the dead-letter view: dead, optionally one destination, error text, created days."""
     return DeliveryFilter.model_validate(
         {
-            "status": "dead",
+            "status": DeliveryStatus.DEAD,
             "destination": destination,
             "error": error or None,
             "since": datetime.combine(since, datetime.min.time()) if since else None,

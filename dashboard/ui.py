@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import data
+from dashboard.snapshots import NoReplica, Snapshot
 from ingest.admin_client import AdminApi, ApiStatus
 from ingest.reconcile.report import percent
 
@@ -35,16 +36,16 @@ METRIC_HELP = {
 _EMAIL = re.compile(r"^(.)[^@]*(@.*)$")
 
 
-def require_snapshot() -> data.Snapshot:
+def require_snapshot() -> Snapshot:
     """The replica this rerun reads; without one, say what to start and stop the page."""
     try:
         return data.snapshot()
-    except data.NoReplica as exc:
+    except NoReplica as exc:
         st.info(f"**No data yet.** {exc}", icon=":material/hourglass_empty:")
         st.stop()
 
 
-def freshness(snapshot: data.Snapshot) -> None:
+def freshness(snapshot: Snapshot) -> None:
     """One line: which replica, when it was taken, and a warning when the API seems to have stopped."""
     taken = snapshot.taken_at.isoformat(sep=" ", timespec="seconds") if snapshot.taken_at else "?"
     interval = data.settings().attribution_replica_seconds
@@ -71,7 +72,7 @@ def age_text(seconds: float) -> str:
     return f"{seconds / 86400:.0f} d"
 
 
-def stop_if_empty(snapshot: data.Snapshot, what: str) -> None:
+def stop_if_empty(snapshot: Snapshot, what: str) -> None:
     """On an empty replica, say that nothing was captured yet (and how to get data) and stop the page."""
     if snapshot.is_empty:
         st.info(
@@ -152,7 +153,7 @@ def sidebar() -> None:
             # later copies are prepared in the background.
             with st.spinner("Opening the latest replica…"):
                 current = data.snapshot()
-        except data.NoReplica:
+        except NoReplica:
             st.caption("No replica yet: start the API (`attribution serve`).")
         else:
             taken = current.taken_at.isoformat(sep=" ", timespec="seconds")

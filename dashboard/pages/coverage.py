@@ -37,7 +37,7 @@ causes = data.missing_by_cause(snapshot.key)
 st.plotly_chart(charts.missing_causes(causes), key="missing-causes")
 st.dataframe(causes, hide_index=True, key="missing-causes-table")
 
-systems = ["any", *[system for system in data.SYSTEMS if causes["system"].eq(system).any()]]
+systems = ["any", *presence.loc[presence["missing"] > 0, "system"]]
 chosen = st.selectbox("Missing in", systems, key="coverage-system")
 missing = everything if chosen == "any" else data.missing_journeys(snapshot.key, str(chosen))
 listed = f"the first {len(missing.rows):,}" if missing.total > len(missing.rows) else "all"

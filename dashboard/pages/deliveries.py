@@ -11,6 +11,7 @@ import streamlit as st
 
 from dashboard import charts, data, ui
 from ingest.admin_client import ApiError
+from ingest.core.vocabulary import DeliveryStatus, Destination
 from ingest.outbox.replay import ReplayIn
 
 LIVE_STATE_LIMIT = 20  # deliveries whose state after a replay is fetched from the API one by one
@@ -41,13 +42,11 @@ if snapshot.disabled_destinations:
 
 st.subheader("Dead letters")
 filter_columns = st.columns(4)
-destination_choice = filter_columns[0].selectbox(
-    "Destination", ["all", *data.DESTINATIONS], key="dead-destination"
-)
+destination_choice = filter_columns[0].selectbox("Destination", ["all", *Destination], key="dead-destination")
 error_text = filter_columns[1].text_input("Error contains", key="dead-error", max_chars=200).strip()
 since = filter_columns[2].date_input("Created from", value=None, key="dead-since")
 until = filter_columns[3].date_input("Created until", value=None, key="dead-until")
-destination = None if destination_choice == "all" else str(destination_choice)
+destination = None if destination_choice == "all" else Destination(destination_choice)
 since_day = since if isinstance(since, date) else None
 until_day = until if isinstance(until, date) else None
 if since_day and until_day and since_day > until_day:
@@ -134,8 +133,10 @@ def replay_request() -> tuple[ReplayIn, str]:
         return ReplayIn(
             **wanted.model_dump()
         ), f"every dead delivery{' with ' + described if described else ''}"
-    # status="dead": a delivery delivered since the replica was taken is left alone.
-    request = ReplayIn(ids=[UUID(item) for item in chosen_ids], status="dead")
+    # Only dead ones: a delivery delivered since the replica was taken is left alone.
+    request = ReplayIn.model_validate(
+        {"ids": [UUID(item) for item in chosen_ids], "status": DeliveryStatus.DEAD}
+    )
     return request, f"{len(chosen_ids)} selected deliver{'y' if len(chosen_ids) == 1 else 'ies'}"
 
 

@@ -2,7 +2,8 @@
 
 Models are plain DuckDB SQL files, one per view, named for the file: `sql/staging/stg_*.sql` (renames and types),
 `sql/marts/*.sql`, `sql/metrics/*.sql`. They are loaded folder by folder (staging, then marts, then metrics) and,
-inside a folder, after the models they name (a model depends on every other model whose name it mentions).
+inside a folder, after the models they name (a model depends on every other model whose name it mentions outside
+comments and string literals).
 The one input that is not a database table is `run_settings`: a one-row table of the configuration the metrics
 are read under, created here from `ModelParams` before the views.
 
@@ -58,12 +59,15 @@ MATERIALISED = frozenset(
         "lead_consent",
         "lead_journeys",
         "journey_presence",
+        "journey_gaps",
         "delivery_consent",
         "funnel_daily",
+        "success_metrics_daily",
     }
 )
 _MODEL_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-_LINE_COMMENT = re.compile(r"--[^\n]*")
+# A comment or a string literal names no model (left to right, so an apostrophe in a comment opens no string).
+_COMMENT_OR_STRING = re.compile(r"--[^\n]*|'(?:[^']|'')*'")
 
 
 class ModelError(Exception):
@@ -141,7 +145,7 @@ def discover_models(sql_dir: Path = SQL_DIR) -> list[Model]:
     models: list[Model] = []
     for layer, path in files:
         sql = _read_sql(path)
-        code = _LINE_COMMENT.sub("", sql)
+        code = _COMMENT_OR_STRING.sub("", sql)
         depends = frozenset(
             other for other in names if other != path.stem and re.search(rf"\b{other}\b", code)
         )

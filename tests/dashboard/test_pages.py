@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Callable
 from datetime import date
+from typing import Any
 
+import numpy as np
 from streamlit.testing.v1 import AppTest
 
 from dashboard.ui import METRIC_LABELS
@@ -161,3 +165,24 @@ def test_every_page_says_no_data_yet_on_an_empty_replica(
         assert "No data yet" in texts(app), page
         assert not app.metric and not app.dataframe, page
     assert "REQUIRE_CONSENT" in texts(on_page(app, PAGES[0]))  # the flags in force show before any data
+
+
+def plotly_array(value: Any) -> np.ndarray:
+    """An array of a figure's JSON: plotly sends numeric arrays base64-encoded ({dtype, bdata, shape})."""
+    if isinstance(value, dict):
+        flat = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+        shape = [int(size) for size in str(value.get("shape", len(flat))).split(",")]
+        return flat.reshape(shape)
+    return np.asarray(value)
+
+
+def test_the_daily_trend_adds_up_to_the_headline_metrics(dashboard: Dashboard, demo_replica: Replica) -> None:
+    app = on_page(dashboard(demo_replica), "pages/overview.py")
+    figure = json.loads(app.get("plotly_chart")[0].proto.spec)
+    summed = {}
+    for trace in figure["data"]:
+        days = plotly_array(trace["customdata"])  # (numerator, denominator) of each day shown
+        assert len(days) > 1, trace["name"]
+        summed[trace["name"]] = (int(days[:, 0].sum()), int(days[:, 1].sum()))
+    assert demo_replica.truth is not None
+    assert summed == demo_replica.truth.expected(), "the numerators and denominators of the days, added up"

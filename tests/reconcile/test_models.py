@@ -86,6 +86,14 @@ def test_inside_a_layer_a_model_waits_for_the_one_it_reads(tmp_path: Path) -> No
     assert [model.name for model in discover_models(tmp_path)] == ["b_base", "a_uses_b", "c_alone"]
 
 
+def test_a_model_named_only_in_a_string_is_no_dependency(tmp_path: Path) -> None:
+    _write(tmp_path, "metrics", "a_items", "select 'b_headline' as metric -- the lead's b_headline")
+    _write(tmp_path, "metrics", "b_headline", "select count(*) as n from a_items where metric = 'b_headline'")
+    models = {model.name: model for model in discover_models(tmp_path)}
+    assert models["a_items"].depends_on == frozenset()
+    assert models["b_headline"].depends_on == {"a_items"}
+
+
 def test_metrics_on_an_empty_database_are_defined_and_met(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
     conn = connect(settings.attribution_db_path)
@@ -141,6 +149,29 @@ def test_bulk_database_metrics_equal_the_generators_ground_truth(
     # The generator injects misses: a metric stuck at 100% here would prove nothing.
     assert all(numerator < denominator for numerator, denominator in got.values() if denominator), got
     assert GroundTruth.load(path) == truth
+
+
+def test_daily_metrics_add_up_to_the_headline_ones_on_the_bulk_ground_truth(
+    bulk_database: tuple[Path, GroundTruth],
+) -> None:
+    path, truth = bulk_database
+    conn = duckdb.connect(str(path), read_only=True)
+    try:
+        load_models(conn, truth.params, temporary=True)
+        daily = conn.execute(
+            "select metric, day, numerator, denominator from success_metrics_daily"
+        ).fetchall()
+        headline = {metric.metric: (metric.numerator, metric.denominator) for metric in success_metrics(conn)}
+    finally:
+        conn.close()
+    summed = dict.fromkeys(METRIC_NAMES, (0, 0))
+    days: dict[str, set[object]] = {name: set() for name in METRIC_NAMES}
+    for metric, day, numerator, denominator in daily:
+        assert day is not None, f"a thing {metric} counts has no day, so no daily chart shows it"
+        summed[metric] = (summed[metric][0] + numerator, summed[metric][1] + denominator)
+        days[metric].add(day)
+    assert summed == truth.expected() == headline
+    assert all(len(days[name]) > 1 for name in METRIC_NAMES), "spread over the days, not one lump"
 
 
 def test_bulk_generation_is_deterministic(tmp_path: Path) -> None:

@@ -64,6 +64,28 @@ def test_every_metric_equals_the_scenarios_ground_truth(
         assert 0 < expected["crm_coverage"][0] < expected["crm_coverage"][1]
 
 
+@pytest.mark.parametrize(
+    ("spec", "overrides"),
+    CONFIGURATIONS,
+    ids=["default", "consent-gate-off", "crm-capture-off-sgtm-disabled"],
+)
+def test_the_days_of_every_metric_add_up_to_the_scenarios_ground_truth(
+    tmp_path: Path, localstripe: LocalStripe, sandbox: Sandbox, spec: ScenarioSpec, overrides: dict[str, Any]
+) -> None:
+    settings = scenario_settings(tmp_path, localstripe, sandbox, **overrides)
+    truth = run_through_api(settings, localstripe, sandbox, spec).truth
+
+    with reading(settings, "database") as reader:
+        daily = reader.conn.execute(
+            "select metric, day, numerator, denominator from success_metrics_daily"
+        ).fetchall()
+    summed = dict.fromkeys(truth.expected(), (0, 0))
+    for metric, day, numerator, denominator in daily:
+        assert day is not None, f"a thing {metric} counts has no day, so the daily trend leaves it out"
+        summed[metric] = (summed[metric][0] + numerator, summed[metric][1] + denominator)
+    assert summed == truth.expected()
+
+
 def test_a_scenario_refuses_a_database_that_already_holds_data(
     tmp_path: Path, localstripe: LocalStripe, sandbox: Sandbox
 ) -> None:

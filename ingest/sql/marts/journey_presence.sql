@@ -1,6 +1,8 @@
 -- Grain: one row per journey: every lead (journey_id = its event_id) and every succeeded payment that names no
 -- stored lead (journey_id = 'orphan:' || payment_intent_id; always missing, since no system can hold its journey).
--- For each system: whether the journey should reach it and whether it is there, from delivery outcomes and Stripe.
+-- journey_day: the lead's capture day, or the day an orphan payment's success became known.
+-- For each system: whether the journey should reach it and whether it is there, from delivery outcomes (see
+-- presence_deliveries for which delivery places a journey) and Stripe.
 -- Should reach: ingest always; the CRM when lead capture sends to it; MailerLite with marketing consent in force now;
 -- Stripe when a payment succeeded; sGTM when a payment succeeded with analytics consent in force at that moment.
 -- Consent conditions hold for everyone when REQUIRE_CONSENT=false; a disabled destination is never "should reach".
@@ -12,16 +14,21 @@ consent as (
     select * from lead_consent
 ),
 
+lead_days as (
+    select event_id, lead_day
+    from lead_journeys
+),
+
 delivered_to_crm as (
     select event_id
-    from stg_deliveries
-    where delivery_status = 'delivered' and destination = 'crm' and kind = 'contact_upsert'
+    from presence_deliveries
+    where is_delivered and destination = 'crm'
 ),
 
 delivered_to_mailerlite as (
     select event_id
-    from stg_deliveries
-    where delivery_status = 'delivered' and destination = 'mailerlite' and kind = 'subscriber_upsert'
+    from presence_deliveries
+    where is_delivered and destination = 'mailerlite'
 ),
 
 succeeded_payments as (
@@ -47,6 +54,7 @@ lead_rows as (
         consent.event_id,
         cast(null as varchar) as orphan_payment_intent_id,
         false as is_orphan,
+        lead_days.lead_day as journey_day,
         true as ingest_expected,
         true as in_ingest,
         settings.crm_enabled and settings.crm_enable_lead_capture as crm_expected,
@@ -60,6 +68,7 @@ lead_rows as (
         coalesce(pays.in_sgtm, false) as in_sgtm
     from consent
     cross join settings
+    left join lead_days on lead_days.event_id = consent.event_id
     left join lead_payments as pays on pays.event_id = consent.event_id
 ),
 
@@ -69,6 +78,7 @@ orphan_rows as (
         named_event_id as event_id,
         payment_intent_id as orphan_payment_intent_id,
         true as is_orphan,
+        cast(success_known_at as date) as journey_day,
         true as ingest_expected,
         false as in_ingest,
         false as crm_expected,

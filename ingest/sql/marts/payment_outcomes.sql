@@ -18,8 +18,8 @@ overrides as (
 
 delivered_purchases as (
     select distinct transaction_id as payment_intent_id
-    from stg_deliveries
-    where destination = 'sgtm' and kind = 'purchase' and delivery_status = 'delivered'
+    from presence_deliveries
+    where is_delivered and destination = 'sgtm'
 ),
 
 stored_events as (

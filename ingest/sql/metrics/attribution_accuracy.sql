@@ -1,29 +1,16 @@
 -- Grain: one row: attribution_accuracy = succeeded payments (refunded later or not) whose sGTM purchase delivery
 -- is delivered / succeeded payments whose lead had analytics consent when the payment succeeded (every succeeded
--- payment with a lead when REQUIRE_CONSENT=false). The numerator counts within the denominator, so a purchase
--- sent for a payment outside it (none should be) cannot lift the figure. No payments in scope: 100%, met.
-with payments as (
-    select * from payment_outcomes
-),
-
-settings as (
-    select * from stg_run_settings
-),
-
-in_scope as (
-    select payments.*
-    from payments
-    cross join settings
-    where payments.is_succeeded
-        and payments.names_known_lead
-        and (payments.analytics_consent_at_success or not settings.require_consent)
+-- payment with a lead when REQUIRE_CONSENT=false); defined in success_metric_items. No payments in scope: 100%, met.
+with items as (
+    select * from success_metric_items
+    where metric = 'attribution_accuracy'
 ),
 
 counts as (
     select
-        count(*) filter (where purchase_delivered) as numerator,
+        count(*) filter (where in_numerator) as numerator,
         count(*) as denominator
-    from in_scope
+    from items
 ),
 
 final as (

@@ -1,15 +1,16 @@
 -- Grain: one row: consent_compliance = delivered MailerLite and sGTM deliveries (unsubscribes excluded) made while
 -- the matching consent (marketing for MailerLite, analytics for sGTM) was in force / all such delivered
--- deliveries. No such deliveries: 100%, met.
-with deliveries as (
-    select * from delivery_consent
+-- deliveries; defined in success_metric_items. No such deliveries: 100%, met.
+with items as (
+    select * from success_metric_items
+    where metric = 'consent_compliance'
 ),
 
 counts as (
     select
-        count(*) filter (where made_with_consent) as numerator,
+        count(*) filter (where in_numerator) as numerator,
         count(*) as denominator
-    from deliveries
+    from items
 ),
 
 final as (

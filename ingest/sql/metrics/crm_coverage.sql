@@ -1,13 +1,15 @@
--- Grain: one row: crm_coverage = leads with a CRM contact_id / leads. No leads: 100%, met.
-with leads as (
-    select * from stg_leads
+-- Grain: one row: crm_coverage = leads with a CRM contact_id / leads; defined in success_metric_items. No leads:
+-- 100%, met.
+with items as (
+    select * from success_metric_items
+    where metric = 'crm_coverage'
 ),
 
 counts as (
     select
-        count(*) filter (where crm_contact_id is not null) as numerator,
+        count(*) filter (where in_numerator) as numerator,
         count(*) as denominator
-    from leads
+    from items
 ),
 
 final as (

@@ -1,15 +1,16 @@
 -- Grain: one row: data_consistency = journeys present in every system they should reach / all journeys, where the
--- journeys are every lead's event_id plus one per succeeded payment that names no stored lead (always missing).
--- See journey_presence for "should reach". No journeys: 100%, met.
-with journeys as (
-    select * from journey_presence
+-- journeys are every lead's event_id plus one per succeeded payment that names no stored lead (always missing);
+-- defined in success_metric_items (see journey_presence for "should reach"). No journeys: 100%, met.
+with items as (
+    select * from success_metric_items
+    where metric = 'data_consistency'
 ),
 
 counts as (
     select
-        count(*) filter (where is_consistent) as numerator,
+        count(*) filter (where in_numerator) as numerator,
         count(*) as denominator
-    from journeys
+    from items
 ),
 
 final as (

@@ -1,14 +1,16 @@
 -- Grain: one row: system_resilience = distinct Stripe events whose processing failed and never later succeeded
--- (still 'failed': a later success settles the row) / distinct Stripe events stored. No events: 0%, met.
-with events as (
-    select * from stg_stripe_events
+-- (still 'failed': a later success settles the row) / distinct Stripe events stored; defined in
+-- success_metric_items. No events: 0%, met.
+with items as (
+    select * from success_metric_items
+    where metric = 'system_resilience'
 ),
 
 counts as (
     select
-        count(*) filter (where processing_status = 'failed') as numerator,
+        count(*) filter (where in_numerator) as numerator,
         count(*) as denominator
-    from events
+    from items
 ),
 
 final as (

@@ -13,3 +13,12 @@ from lead_journeys group by event_id having count(*) > 1
 union all
 select 'journey_presence', journey_id, count(*)
 from journey_presence group by journey_id having count(*) > 1
+union all
+select 'journey_gaps', journey_id || '|' || system, count(*)
+from journey_gaps group by journey_id, system having count(*) > 1
+union all
+select 'presence_deliveries', cast(delivery_id as varchar), count(*)
+from presence_deliveries group by delivery_id having count(*) > 1
+union all
+select 'missing_journeys', journey_id, count(*)
+from missing_journeys group by journey_id having count(*) > 1
