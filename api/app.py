@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from api.assets import StaticAssets
-from api.errors import install_error_handlers
+from api.errors import EVERY_ROUTE, install_error_handlers
 from api.routes import (
     admin,
     client,
@@ -82,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Leads, consent, Stripe and forwarding, tied together by one event_id.",
         version="0.1.0",
         lifespan=lifespan,
+        responses=EVERY_ROUTE,
     )
     app.state.settings = settings
     app.state.rate_limiter = RateLimiter(settings.attribution_rate_limit_per_minute)

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -17,6 +18,47 @@ from ingest.payments.demo_card import CardDeclined
 from ingest.payments.webhooks import EventProcessingFailed
 from ingest.store.database import DatabaseLocked
 from ingest.store.writer import StoreUnavailable
+
+
+class FieldError(BaseModel):
+    """One invalid field of a request."""
+
+    field: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    """Every error answer: a slug, a sentence fit to show, and for validation the fields at fault."""
+
+    error: str
+    message: str
+    errors: list[FieldError] | None = None
+
+
+_DESCRIPTIONS = {
+    400: "the body is not JSON, or the request is refused as it stands",
+    401: "the admin token is missing or wrong",
+    403: "admin endpoints are off: ATTRIBUTION_ADMIN_TOKEN is not set",
+    404: "not found",
+    409: "conflicts with what is stored",
+    413: "the body is over ATTRIBUTION_MAX_BODY_BYTES",
+    415: "the body is not sent as JSON",
+    429: "over the per-IP rate limit; see Retry-After",
+    431: "request line and headers over 16 KiB or 100 fields",
+    502: "Stripe could not be reached or refused the call",
+    503: "the database cannot write now (see Retry-After), or the feature is not configured",
+}
+
+
+def declared(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these error statuses, each with the error shape."""
+    return {code: {"model": ErrorOut, "description": _DESCRIPTIONS[code]} for code in codes}
+
+
+# Answers any request can get before a route runs (request limits) or when the store cannot write.
+EVERY_ROUTE = declared(413, 415, 431, 503)
+ADMIN_ROUTE = declared(401, 403)
+BROWSER_ROUTE = declared(429)
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's code for a request whose client left before the answer
 

@@ -51,7 +51,7 @@ def sync_stripe(
     typer.echo(
         f"seen {report.seen}  new {report.new}  processed {report.processed}  failed {report.failed}  "
         f"(retried {report.retried}, duplicates {report.duplicates}, ignored {report.ignored}, "
-        f"invalid {report.invalid}; window from {report.since.isoformat(timespec='seconds')} UTC)"
+        f"invalid {report.invalid}; window from {report.since:%Y-%m-%d %H:%M:%S} UTC)"
     )
     if report.failed:
         raise typer.Exit(1)

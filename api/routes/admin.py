@@ -7,10 +7,11 @@ from typing import Any
 from fastapi import APIRouter
 
 from api.deps import AdminOnly, DatabaseDep
+from api.errors import ADMIN_ROUTE
 from ingest.outbox.repository import deliveries_by_status
 from ingest.store.status import table_counts
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[AdminOnly])
+router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[AdminOnly], responses=ADMIN_ROUTE)
 
 
 @router.get("/status")

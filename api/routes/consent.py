@@ -7,10 +7,11 @@ import logging
 from fastapi import APIRouter
 
 from api.deps import BrowserCallDep
+from api.errors import BROWSER_ROUTE
 from ingest.leads.consent import consent_row, record_consents
 from ingest.leads.schemas import ConsentIn, ConsentOut
 
-router = APIRouter(tags=["consent"])
+router = APIRouter(responses=BROWSER_ROUTE, tags=["consent"])
 log = logging.getLogger(__name__)
 
 

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query, Request
 
 from api.deps import AdminOnly, DatabaseDep
+from api.errors import ADMIN_ROUTE, declared
 from ingest.core.clock import utcnow
 from ingest.core.errors import NotFound
-from ingest.core.vocabulary import DeliveryStatus, Destination
 from ingest.outbox.replay import (
     DeliveryDetail,
-    DeliveryFilter,
     DeliveryList,
+    DeliveryListIn,
     ReplayIn,
     ReplayOut,
     ReplayRequest,
@@ -27,7 +26,7 @@ from ingest.outbox.replay import (
 )
 from ingest.outbox.worker import DeliveryWorker
 
-router = APIRouter(prefix="/v1/admin", tags=["deliveries"], dependencies=[AdminOnly])
+router = APIRouter(prefix="/v1/admin", tags=["deliveries"], dependencies=[AdminOnly], responses=ADMIN_ROUTE)
 log = logging.getLogger(__name__)
 
 
@@ -40,24 +39,12 @@ WorkerDep = Annotated[DeliveryWorker | None, Depends(_worker)]
 
 
 @router.get("/deliveries")
-async def get_deliveries(
-    database: DatabaseDep,
-    status: DeliveryStatus | None = None,
-    destination: Destination | None = None,
-    event_id: UUID | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    error: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> DeliveryList:
+async def get_deliveries(database: DatabaseDep, query: Annotated[DeliveryListIn, Query()]) -> DeliveryList:
     """Deliveries matching the filters, newest first (dead letters: `status=dead`)."""
-    wanted = DeliveryFilter(
-        status=status, destination=destination, event_id=event_id, since=since, until=until, error=error
-    )
-    return database.read(lambda conn: list_deliveries(conn, wanted, limit))
+    return database.read(lambda conn: list_deliveries(conn, query, query.limit))
 
 
-@router.get("/deliveries/{delivery_id}")
+@router.get("/deliveries/{delivery_id}", responses=declared(404))
 async def get_one_delivery(delivery_id: UUID, database: DatabaseDep) -> DeliveryDetail:
     """One delivery with every attempt made for it."""
     found = database.read(lambda conn: get_delivery(conn, delivery_id))

@@ -7,15 +7,16 @@ import logging
 from fastapi import APIRouter
 
 from api.deps import BrowserCallDep
+from api.errors import BROWSER_ROUTE, declared
 from api.routes.deliveries import WorkerDep
 from ingest.leads.schemas import LeadIn, LeadOut
 from ingest.leads.service import capture_leads, inline_delivery_ids, lead_answer, plan_lead
 
-router = APIRouter(tags=["leads"])
+router = APIRouter(responses=BROWSER_ROUTE, tags=["leads"])
 log = logging.getLogger(__name__)
 
 
-@router.post("/v1/leads", response_model_exclude_none=True)
+@router.post("/v1/leads", response_model_exclude_none=True, responses=declared(409))
 async def post_lead(lead_in: LeadIn, call: BrowserCallDep, worker: WorkerDep) -> LeadOut:
     """Store a lead with its consent and outbox rows; same event_id and email again is a duplicate."""
     plan = plan_lead(call.settings, lead_in, call.context)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from api.deps import AdminOnly, DatabaseDep, SettingsDep
+from api.errors import ADMIN_ROUTE
 from ingest.reconcile.models import Metric, ModelParams, live_success_metrics
 
-router = APIRouter(prefix="/v1/metrics", tags=["metrics"], dependencies=[AdminOnly])
+router = APIRouter(prefix="/v1/metrics", tags=["metrics"], dependencies=[AdminOnly], responses=ADMIN_ROUTE)
 
 
 @router.get("/success")

@@ -5,9 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from api.deps import CheckoutDep, RateLimited
+from api.errors import BROWSER_ROUTE
 from ingest.payments.checkout import PaymentIntentIn, PaymentIntentOut
 
-router = APIRouter(tags=["payments"])
+router = APIRouter(responses=BROWSER_ROUTE, tags=["payments"])
 
 
 @router.post(

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
 
 from api.deps import AdminOnly, DatabaseDep, SettingsDep, StripeDep
+from api.errors import ADMIN_ROUTE
+from ingest.core.clock import InputTimestamp
 from ingest.payments.sync import SyncReport, sync_stripe_events
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[AdminOnly])
+router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[AdminOnly], responses=ADMIN_ROUTE)
 
 
 class StripeSyncIn(BaseModel):
@@ -18,7 +18,7 @@ class StripeSyncIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    since: datetime | None = None
+    since: InputTimestamp | None = None
 
 
 @router.post(

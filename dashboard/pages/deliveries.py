@@ -134,9 +134,7 @@ def replay_request() -> tuple[ReplayIn, str]:
             **wanted.model_dump()
         ), f"every dead delivery{' with ' + described if described else ''}"
     # Only dead ones: a delivery delivered since the replica was taken is left alone.
-    request = ReplayIn.model_validate(
-        {"ids": [UUID(item) for item in chosen_ids], "status": DeliveryStatus.DEAD}
-    )
+    request = ReplayIn(ids=[UUID(item) for item in chosen_ids], status=DeliveryStatus.DEAD)
     return request, f"{len(chosen_ids)} selected deliver{'y' if len(chosen_ids) == 1 else 'ies'}"
 
 

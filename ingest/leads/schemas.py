@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+import unicodedata
 from enum import StrEnum
 from typing import Annotated, Literal
 from uuid import UUID
@@ -11,16 +11,37 @@ from uuid import UUID
 from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, field_validator
 
+from ingest.core.clock import InputTimestamp, UtcTimestamp
 
-def _blank_to_none(value: object) -> object:
-    if isinstance(value, str):
-        value = value.strip()
-        return value or None
-    return value
+# Control characters (C0 and DEL: NUL, escape sequences, line breaks) have no place in a name, a UTM value or a
+# notice version, and would be stored and forwarded to MailerLite and the CRM as they came.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-ShortText = Annotated[Annotated[str, Field(max_length=200)] | None, BeforeValidator(_blank_to_none)]
-UrlText = Annotated[Annotated[str, Field(max_length=2048)] | None, BeforeValidator(_blank_to_none)]
+def _clean(value: object) -> object:
+    """Refuse control characters; trim whitespace and invisible format characters (zero-width spaces, BOMs)."""
+    if not isinstance(value, str):
+        return value
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters")
+    trimmed = value.strip()
+    start, end = 0, len(trimmed)
+    while start < end and (trimmed[start].isspace() or unicodedata.category(trimmed[start]) == "Cf"):
+        start += 1
+    while end > start and (trimmed[end - 1].isspace() or unicodedata.category(trimmed[end - 1]) == "Cf"):
+        end -= 1
+    return trimmed[start:end]
+
+
+def _clean_or_none(value: object) -> object:
+    cleaned = _clean(value)
+    return cleaned or None
+
+
+# Text a browser sends: trimmed, never holding control characters; an optional one left empty is absent.
+Text = Annotated[str, BeforeValidator(_clean)]
+ShortText = Annotated[Annotated[str, Field(max_length=200)] | None, BeforeValidator(_clean_or_none)]
+UrlText = Annotated[Annotated[str, Field(max_length=2048)] | None, BeforeValidator(_clean_or_none)]
 _GA_CLIENT_ID = re.compile(r"^(?:GA\d\.\d+\.)?(\d{1,20}\.\d{1,20})$")
 
 
@@ -40,7 +61,7 @@ class ConsentFields(BaseModel):
     marketing_consent: StrictBool
     analytics_consent: StrictBool
     consent_method: ConsentMethod
-    consent_version: str = Field(min_length=1, max_length=32)
+    consent_version: Text = Field(min_length=1, max_length=32)
 
 
 class LeadIn(ConsentFields):
@@ -48,8 +69,8 @@ class LeadIn(ConsentFields):
 
     event_id: UUID | None = None
     user_session_id: UUID | None = None
-    full_name: str = Field(min_length=1, max_length=200)
-    email: str = Field(min_length=3, max_length=254)
+    full_name: Text = Field(min_length=1, max_length=200)
+    email: Text = Field(min_length=3, max_length=254, json_schema_extra={"format": "email"})
     phone: ShortText = None
     utm_source: ShortText = None
     utm_medium: ShortText = None
@@ -59,8 +80,8 @@ class LeadIn(ConsentFields):
     landing_page: UrlText = None
     referrer: UrlText = None
     ga_client_id: ShortText = None
-    lead_created_at: datetime | None = None
-    checkout_started_at: datetime | None = None
+    lead_created_at: InputTimestamp | None = None
+    checkout_started_at: InputTimestamp | None = None
 
     @field_validator("email")
     @classmethod
@@ -124,7 +145,7 @@ class ConsentRecord(BaseModel):
     consent_method: ConsentMethod
     consent_version: str
     consent_version_current: bool
-    recorded_at: datetime
+    recorded_at: UtcTimestamp
     suppressed_deliveries: int
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -37,12 +36,6 @@ def normalise_phone(raw: str, default_region: str) -> str:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None or value.tzinfo is None:
-        return value
-    return value.astimezone(UTC).replace(tzinfo=None)
-
-
 @dataclass(frozen=True)
 class LeadPlan:
     """Everything one lead capture will write, decided before the transaction opens."""
@@ -72,8 +65,8 @@ def plan_lead(settings: Settings, lead_in: LeadIn, context: RequestContext) -> L
         "event_id": event_id,
         "user_session_id": user_session_id,
         "phone": phone,
-        "lead_created_at": _utc(lead_in.lead_created_at) or now,
-        "checkout_started_at": _utc(lead_in.checkout_started_at),
+        "lead_created_at": lead_in.lead_created_at or now,
+        "checkout_started_at": lead_in.checkout_started_at,
         "consent_method": lead_in.consent_method.value,
         "consent_version_current": consent["consent_version_current"],
         "consent_at": now,

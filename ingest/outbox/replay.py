@@ -5,24 +5,19 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import duckdb
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ingest.core.clock import InputTimestamp, UtcTimestamp
 from ingest.core.vocabulary import DeliveryStatus, Destination
 from ingest.outbox import repository
 from ingest.outbox.repository import DeliveryQuery
 
 MAX_REPLAY_IDS = 10_000
-
-
-def _naive_utc(value: datetime | None) -> datetime | None:
-    if value is None or value.tzinfo is None:
-        return value
-    return value.astimezone(UTC).replace(tzinfo=None)
 
 
 class DeliveryFilter(BaseModel):
@@ -34,18 +29,19 @@ class DeliveryFilter(BaseModel):
     destination: Destination | None = None
     status: DeliveryStatus | None = None
     event_id: UUID | None = None
-    since: datetime | None = Field(
+    since: InputTimestamp | None = Field(
         default=None, description="created at or after (ISO-8601; naive means UTC)"
     )
-    until: datetime | None = Field(default=None, description="created before (ISO-8601; naive means UTC)")
+    until: InputTimestamp | None = Field(
+        default=None, description="created before (ISO-8601; naive means UTC)"
+    )
     error: str | None = Field(
         default=None, min_length=1, max_length=200, description="text in the last error"
     )
 
     @model_validator(mode="after")
     def _window(self) -> DeliveryFilter:
-        since, until = _naive_utc(self.since), _naive_utc(self.until)
-        if since is not None and until is not None and since >= until:
+        if self.since is not None and self.until is not None and self.since >= self.until:
             raise ValueError("since must be before until")
         return self
 
@@ -57,10 +53,16 @@ class DeliveryFilter(BaseModel):
             destination=self.destination.value if self.destination else None,
             status=status,
             event_id=self.event_id,
-            since=_naive_utc(self.since),
-            until=_naive_utc(self.until),
+            since=self.since,
+            until=self.until,
             error=self.error,
         )
+
+
+class DeliveryListIn(DeliveryFilter):
+    """A listing of deliveries: the filter and how many at most, newest first."""
+
+    limit: int = Field(default=100, ge=1, le=1000)
 
 
 class ReplayIn(DeliveryFilter):
@@ -91,11 +93,11 @@ class DeliveryOut(BaseModel):
     reason: str | None
     attempt_count: int
     failure_count: int
-    next_attempt_at: datetime | None
+    next_attempt_at: UtcTimestamp | None
     last_error: str | None
-    created_at: datetime
-    updated_at: datetime
-    delivered_at: datetime | None
+    created_at: UtcTimestamp
+    updated_at: UtcTimestamp
+    delivered_at: UtcTimestamp | None
     in_flight: bool
 
 
@@ -103,7 +105,7 @@ class AttemptOut(BaseModel):
     """One attempt of a delivery."""
 
     attempt_number: int
-    started_at: datetime
+    started_at: UtcTimestamp
     duration_ms: float | None
     status_code: int | None
     response_body: str | None

@@ -35,7 +35,7 @@ from ingest.outbox.leases import (
 from ingest.outbox.pacing import Pacer
 from ingest.outbox.repository import ClaimedDelivery, RecordedOutcome, Unclaimed
 from ingest.store.database import Database
-from ingest.store.writer import Writer, WriterStopped
+from ingest.store.writer import StoreUnavailable, Writer, WriterStopped
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ QUEUE_SECONDS = 1.0
 PACING_HORIZON_SECONDS = 1.0  # a rate-limited destination claims only what it may send within this long
 LONG_PAUSE_SECONDS = 1.0  # a claimed delivery facing a longer Retry-After pause goes back to the table
 RECORD_INTERVAL_SECONDS = 0.1  # outcomes are committed at most this often
+RECORD_RETRY_SECONDS = 1.0  # how soon outcomes the store refused are tried again
 # Attempt outcomes logged besides a delivery going dead: failures it may still get over.
 _WORTH_LOGGING = frozenset({DeliveryStatus.RETRYING, PROBE_FAILED, Verdict.RATE_LIMITED})
 
@@ -111,6 +112,8 @@ class _Recorder:
         self._pending: list[tuple[RecordedOutcome | Unclaimed, asyncio.Future[None]]] = []
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._retrying = False  # the last flush found the store unable to write
+        self._retry_at = 0.0
 
     def start(self) -> None:
         """Start the flushing task."""
@@ -129,7 +132,7 @@ class _Recorder:
             await self._ready.wait()
             # At most one flush per interval: a flush costs a few table scans however many rows it holds, so
             # under load rows are gathered; after a quiet spell an outcome is committed at once.
-            wait = last_flush + RECORD_INTERVAL_SECONDS - time.monotonic()
+            wait = max(last_flush + RECORD_INTERVAL_SECONDS, self._retry_at) - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
             self._ready.clear()
@@ -146,25 +149,56 @@ class _Recorder:
         )
         try:
             await self._writer.submit(record_deliveries, flush)
-        except (WriterStopped, duckdb.Error) as exc:
-            # Nothing of this flush is committed; its leases stay, so the next start sends those again.
-            log.exception("recording delivery outcomes failed", extra={"count": len(taken)})
-            for _, future in taken:
-                if not future.done():
-                    future.set_exception(exc)
+        except WriterStopped as exc:
+            # Stopping: nothing of this flush is committed; its leases stay, so the next start sends those again.
+            log.warning("delivery outcomes not recorded: the writer stopped", extra={"count": len(taken)})
+            self._fail(taken, exc)
             return
+        except StoreUnavailable:
+            # The store cannot write now (a full disk): keep these outcomes and try again shortly, so a delivery
+            # that was sent is recorded as soon as writes work again instead of waiting out its lease.
+            if not self._retrying:
+                log.warning(
+                    "delivery outcomes wait for the store to write again", extra={"count": len(taken)}
+                )
+            self._retrying = True
+            self._pending = taken + self._pending
+            self._retry_at = time.monotonic() + RECORD_RETRY_SECONDS
+            self._ready.set()
+            return
+        except duckdb.Error as exc:
+            log.exception("recording delivery outcomes failed", extra={"count": len(taken)})
+            self._fail(taken, exc)
+            return
+        if self._retrying:
+            log.warning("delivery outcomes recorded again", extra={"count": len(taken)})
+            self._retrying = False
         for _, future in taken:
             if not future.done():
                 future.set_result(None)
 
+    @staticmethod
+    def _fail(
+        taken: list[tuple[RecordedOutcome | Unclaimed, asyncio.Future[None]]], exc: BaseException
+    ) -> None:
+        for _, future in taken:
+            if not future.done():
+                future.set_exception(exc)
+
     async def close(self) -> None:
-        """Commit what is still gathered, then stop."""
+        """Commit what is still gathered (one try), then stop."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
         await self._flush()
+        # What the store still refuses is given up: those leases stay, and the next start sends them again with
+        # the same idempotency key.
+        left, self._pending = self._pending, []
+        self._fail(
+            left, StoreUnavailable("delivery outcomes could not be recorded before the worker stopped")
+        )
 
 
 # --- the worker ---------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import stripe
 from pydantic import BaseModel
 from stripe.params import EventListParams
 
-from ingest.core.clock import utcnow
+from ingest.core.clock import UtcTimestamp, utcnow
 from ingest.core.errors import Conflict
 from ingest.core.settings import Settings
 from ingest.payments import repository
@@ -55,7 +55,7 @@ class SyncAlreadyRunning(Conflict):
 class SyncReport(BaseModel):
     """What one sync saw and did."""
 
-    since: datetime
+    since: UtcTimestamp
     seen: int
     new: int
     retried: int
@@ -64,7 +64,7 @@ class SyncReport(BaseModel):
     ignored: int
     failed: int
     invalid: int
-    cursor: datetime | None
+    cursor: UtcTimestamp | None
 
 
 def _naive_utc(value: datetime) -> datetime:

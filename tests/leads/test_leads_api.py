@@ -185,6 +185,15 @@ BAD_INPUTS = [
     pytest.param({"lead_created_at": "yesterday"}, "lead_created_at", id="bad-timestamp"),
     pytest.param({"ga_client_id": "abc"}, "ga_client_id", id="bad-ga-client-id"),
     pytest.param({"consent_version": ""}, "consent_version", id="empty-consent-version"),
+    pytest.param({"lead_created_at": "0001-01-01T00:00:00+14:00"}, "lead_created_at", id="year-1-far-offset"),
+    pytest.param({"lead_created_at": "9999-12-31T23:59:59-12:00"}, "lead_created_at", id="year-9999"),
+    pytest.param({"checkout_started_at": "1999-12-31T23:59:59Z"}, "checkout_started_at", id="before-2000"),
+    pytest.param({"full_name": "Ana\u0000Teste"}, "full_name", id="nul-in-name"),
+    pytest.param({"full_name": "\u200b\u200b\u200b"}, "full_name", id="zero-width-name"),
+    pytest.param({"utm_source": "insta\u0000gram"}, "utm_source", id="nul-in-utm"),
+    pytest.param({"utm_campaign": "launch\u001b[31m"}, "utm_campaign", id="escape-in-utm"),
+    pytest.param({"consent_version": "1.0\u0000"}, "consent_version", id="nul-in-consent-version"),
+    pytest.param({"referrer": "https://a.example/\n"}, "referrer", id="line-break-in-url"),
 ]
 
 
@@ -198,6 +207,14 @@ def test_bad_input_is_a_4xx_naming_the_field(
     assert field in body["message"]
     assert field in [error["field"] for error in body["errors"]]
     assert query(settings.attribution_db_path, "select count(*) from leads") == [(0,)]
+
+
+def test_unknown_fields_are_ignored_and_text_is_trimmed(api: httpx.Client, settings: Settings) -> None:
+    body = lead_body(full_name="\ufeff  Ana Teste\u200b ", utm_source=" \u200b ", favourite_colour="teal")
+    answer = api.post("/v1/leads", json=body)
+    assert answer.status_code == 200, answer.text
+    rows = query(settings.attribution_db_path, "select full_name, utm_source from leads")
+    assert rows == [("Ana Teste", None)]
 
 
 def test_missing_field_is_named(api: httpx.Client) -> None:

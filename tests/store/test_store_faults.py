@@ -6,52 +6,17 @@ are skipped with the reason.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
 import httpx
 import pytest
 
-from tests.conftest import lead_body, make_settings, serve, wait_until
-
-DISK_BYTES = 8 * 1024 * 1024
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={DISK_BYTES}", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip() or 'not root'})")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
-
-
-def _remount(mount_point: Path, mode: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,{mode}", str(mount_point)], check=True)
-
-
-def _fill(mount_point: Path) -> Path:
-    filler = mount_point / "filler"
-    with filler.open("wb") as out, contextlib.suppress(OSError):
-        while True:
-            out.write(b"\0" * 65536)
-            out.flush()
-    return filler
+from tests.conftest import fill_disk, lead_body, make_settings, remount, serve, wait_until
 
 
 def _leads(database: Path) -> int:
@@ -74,7 +39,7 @@ def test_a_full_disk_answers_503_until_space_is_freed(tmp_path: Path, small_disk
     settings = _settings(tmp_path, small_disk)
     with serve(settings) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
         assert client.post("/v1/leads", json=lead_body()).status_code == 200
-        filler = _fill(small_disk)
+        filler = fill_disk(small_disk)
         # The write-ahead log's last page may still take a lead or two; then every write is refused.
         answers = [client.post("/v1/leads", json=lead_body(email=f"full{n}@example.com")) for n in range(20)]
         accepted = sum(answer.status_code == 200 for answer in answers)
@@ -102,7 +67,7 @@ def test_a_stop_whose_checkpoint_fails_ends_cleanly_and_loses_nothing(
     with serve(settings) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
         for n in range(5):
             assert client.post("/v1/leads", json=lead_body(email=f"kept{n}@example.com")).status_code == 200
-        filler = _fill(small_disk)  # the shutdown checkpoint can't write the database file now
+        filler = fill_disk(small_disk)  # the shutdown checkpoint can't write the database file now
     messages = [record.getMessage() for record in caplog.records]
     assert any("checkpoint failed at shutdown" in message for message in messages), messages
     assert not [r for r in caplog.records if r.name.startswith("uvicorn") and r.levelno >= logging.ERROR]
@@ -111,7 +76,7 @@ def test_a_stop_whose_checkpoint_fails_ends_cleanly_and_loses_nothing(
 
 
 def test_serve_explains_an_unwritable_database_in_one_line(tmp_path: Path, small_disk: Path) -> None:
-    _remount(small_disk, "ro")
+    remount(small_disk, "ro")
     try:
         result = subprocess.run(
             [sys.executable, "-m", "cli", "serve", "--port", "9"],
@@ -122,7 +87,7 @@ def test_serve_explains_an_unwritable_database_in_one_line(tmp_path: Path, small
             check=False,
         )
     finally:
-        _remount(small_disk, "rw")
+        remount(small_disk, "rw")
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "cannot open" in result.stderr and "Read-only file system" in result.stderr

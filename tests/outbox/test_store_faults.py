@@ -1,0 +1,33 @@
+"""A delivery sent while the store cannot write is recorded as soon as it can, not left leased for minutes."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from ingest.core.vocabulary import DeliveryStatus
+from sandbox import Sandbox
+from tests.conftest import fill_disk
+from tests.outbox.conftest import async_wait_until, capture, delivery_rows, running_worker, sandbox_settings
+
+
+async def test_an_outcome_the_store_refused_is_recorded_once_writes_work_again(
+    tmp_path: Path, small_disk: Path, sandbox: Sandbox
+) -> None:
+    settings = sandbox_settings(tmp_path, sandbox, attribution_db_path=small_disk / "attribution.duckdb")
+    sandbox.set_faults("crm", latency_ms=1500)  # the CRM answers while the disk is full
+    async with running_worker(settings) as (database, _worker):
+        await capture(database, settings)
+        await async_wait_until(lambda: sandbox.arrived("crm") == 1)
+        filler = fill_disk(small_disk)
+        await asyncio.sleep(2.5)  # the CRM has answered; its outcome could not be committed
+        [crm] = delivery_rows(database, "destination = 'crm'")
+        assert crm["status"] == DeliveryStatus.PENDING and crm["claimed_until"] is not None
+        filler.unlink()
+        await async_wait_until(
+            lambda: delivery_rows(database, "destination = 'crm'")[0]["status"] == DeliveryStatus.DELIVERED,
+            timeout=10,
+        )
+        [crm] = delivery_rows(database, "destination = 'crm'")
+        assert crm["claimed_until"] is None and crm["attempt_count"] == 1
+    assert len(sandbox.requests("crm")) == 1  # recorded, not sent again
