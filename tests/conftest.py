@@ -10,11 +10,13 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import duckdb
 import httpx
 import pytest
 import uvicorn
@@ -37,6 +39,15 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def query(path: Path, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+    """Read a test database file (in the API's process it shares the open database instance)."""
+    conn = duckdb.connect(str(path))
+    try:
+        return conn.execute(sql, params or []).fetchall()
+    finally:
+        conn.close()
 
 
 def free_port() -> int:
@@ -108,6 +119,19 @@ def lead_body(**overrides: Any) -> dict[str, Any]:
         "utm_campaign": "lisbon-launch",
         "marketing_consent": True,
         "analytics_consent": True,
+        "consent_method": "modal",
+        "consent_version": "1.0",
+    }
+    body.update(overrides)
+    return body
+
+
+def consent_body(**overrides: Any) -> dict[str, Any]:
+    """A valid, synthetic consent decision body."""
+    body: dict[str, Any] = {
+        "user_session_id": str(uuid.uuid4()),
+        "marketing_consent": True,
+        "analytics_consent": False,
         "consent_method": "modal",
         "consent_version": "1.0",
     }

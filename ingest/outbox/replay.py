@@ -13,7 +13,7 @@ import duckdb
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ingest.core.clock import InputTimestamp, UtcTimestamp
-from ingest.core.vocabulary import DeliveryStatus, Destination
+from ingest.core.vocabulary import DeliveryKind, DeliveryStatus, Destination, Purpose
 from ingest.outbox import repository
 from ingest.outbox.repository import DeliveryQuery
 
@@ -84,12 +84,12 @@ class DeliveryOut(BaseModel):
     delivery_id: UUID
     event_id: UUID | None
     user_session_id: UUID | None
-    destination: str
-    kind: str
-    purpose: str
+    destination: Destination
+    kind: DeliveryKind
+    purpose: Purpose
     idempotency_key: str
     payload: Any
-    status: str
+    status: DeliveryStatus
     reason: str | None
     attempt_count: int
     failure_count: int

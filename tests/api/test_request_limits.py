@@ -11,8 +11,7 @@ import httpx
 import pytest
 
 from api.security import MAX_HEADER_BYTES, MAX_HEADER_COUNT
-from tests.conftest import lead_body
-from tests.leads.test_leads_api import query
+from tests.conftest import lead_body, query
 
 SHOP = "https://shop.example"
 

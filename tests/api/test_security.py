@@ -5,9 +5,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import ADMIN_TOKEN, lead_body
-from tests.leads.test_consent_api import consent_body
-from tests.leads.test_leads_api import query
+from tests.conftest import ADMIN_TOKEN, consent_body, lead_body, query
 
 SHOP = "https://shop.example"
 

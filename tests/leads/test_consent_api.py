@@ -1,26 +1,13 @@
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from ingest.core.settings import Settings
-from tests.conftest import lead_body
-from tests.leads.test_leads_api import DESTINATIONS_ON, query
-
-
-def consent_body(**overrides: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "user_session_id": str(uuid.uuid4()),
-        "marketing_consent": True,
-        "analytics_consent": False,
-        "consent_method": "modal",
-        "consent_version": "1.0",
-    }
-    body.update(overrides)
-    return body
+from tests.conftest import consent_body, lead_body, query
+from tests.leads.test_leads_api import DESTINATIONS_ON
 
 
 def test_decision_is_appended_with_server_stamps(api: httpx.Client, settings: Settings) -> None:

@@ -6,7 +6,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import httpx
 import pytest
 from hypothesis import HealthCheck, given
@@ -14,7 +13,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from ingest.core.settings import Settings
-from tests.conftest import lead_body
+from tests.conftest import lead_body, query
 
 DESTINATIONS_ON = {
     "mailerlite_api_key": "ml-test-key",
@@ -23,15 +22,6 @@ DESTINATIONS_ON = {
     "sgtm_endpoint": "http://127.0.0.1:9/mp/collect",
     "attribution_inline_delivery_ms": 0,
 }
-
-
-def query(path: Path, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
-    """Read the test database (same process as the API, so it shares the open database instance)."""
-    conn = duckdb.connect(str(path))
-    try:
-        return conn.execute(sql, params or []).fetchall()
-    finally:
-        conn.close()
 
 
 def deliveries(path: Path, event_id: str) -> dict[str, tuple[str, str | None]]:
