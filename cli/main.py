@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 from typing import Annotated, Any
 
@@ -63,6 +64,12 @@ def serve(
     import uvicorn
 
     settings = settings_or_exit(with_logging=True)
+    if settings.attribution_database_url is not None:
+        console.print(
+            "[red]ATTRIBUTION_DATABASE_URL is set, but `attribution serve` runs on the embedded DuckDB file only "
+            "so far: the PostgreSQL engine provides `attribution db migrate` for now. Unset it to serve.[/red]"
+        )
+        raise typer.Exit(2)
     try:  # say in one line why the store can't be opened, before uvicorn would print a traceback for it
         connect(settings.attribution_db_path).close()
     except (DatabaseLocked, StoreUnavailable) as exc:
@@ -84,8 +91,19 @@ def serve(
 
 @db_app.command("migrate")
 def db_migrate() -> None:
-    """Apply the database migrations not yet applied."""
+    """Apply the database migrations not yet applied (the DuckDB file, or PostgreSQL with ATTRIBUTION_DATABASE_URL)."""
     settings = settings_or_exit()
+    if settings.attribution_database_url is not None:
+        from ingest.store import postgres
+
+        url = settings.attribution_database_url.get_secret_value()
+        try:
+            applied = asyncio.run(postgres.migrate(url))
+        except StoreUnavailable as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from None
+        _say_applied(applied, f"PostgreSQL at {postgres.describe(url)}")
+        return
     try:
         conn = connect(settings.attribution_db_path)
     except (DatabaseLocked, StoreUnavailable) as exc:
@@ -95,7 +113,11 @@ def db_migrate() -> None:
         applied = migrate(conn)
     finally:
         conn.close()
+    _say_applied(applied, str(settings.attribution_db_path))
+
+
+def _say_applied(applied: list[str], where: str) -> None:
     if applied:
-        console.print(f"applied {len(applied)} migration(s): {', '.join(applied)}")
+        console.print(f"applied {len(applied)} migration(s) to {where}: {', '.join(applied)}")
     else:
-        console.print("database is up to date")
+        console.print(f"{where} is up to date")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -16,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg
 import duckdb
 import httpx
 import pytest
@@ -23,6 +25,7 @@ import uvicorn
 
 from api.app import create_app
 from ingest.core.settings import Settings
+from sandbox.postgres import PostgresCluster, PostgresUnavailable
 
 T = TypeVar("T")
 
@@ -241,3 +244,33 @@ def fill_disk(mount_point: Path) -> Path:
             out.write(b"\0" * 65536)
             out.flush()
     return filler
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """One throwaway PostgreSQL server for the session (skipped with the reason where there is none)."""
+    try:
+        cluster = PostgresCluster()
+        cluster.start()
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: PostgresCluster) -> str:
+    """The URL of a fresh, empty database of its own on the session's PostgreSQL server."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(postgres_cluster.url)
+        try:
+            await conn.execute(f"create database {name}")
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    return postgres_cluster.url.rsplit("/", 1)[0] + f"/{name}"

@@ -22,6 +22,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
 
+    attribution_database_url: SecretStr | None = None  # postgresql://...: PostgreSQL is the operational store
     attribution_db_path: Path = Path("data/attribution.duckdb")
     attribution_replica_path: Path = Path("data/attribution.replica.duckdb")
     attribution_replica_seconds: float = Field(5.0, gt=0)
@@ -77,6 +78,13 @@ class Settings(BaseSettings):
     crm_requests_per_minute: int = Field(0, ge=0)
     sgtm_concurrency: int = Field(16, ge=1, le=256)
     sgtm_requests_per_minute: int = Field(0, ge=0)
+
+    @field_validator("attribution_database_url")
+    @classmethod
+    def _postgresql_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL (unset: the embedded DuckDB file)")
+        return value
 
     @field_validator("attribution_allowed_origins", "attribution_trusted_proxies", mode="before")
     @classmethod

@@ -47,10 +47,12 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def available_migrations() -> list[tuple[int, str, str]]:
-    """(version, file name, SQL) of every migration shipped in ingest/store/migrations, in order."""
+def available_migrations(engine: str = "duckdb") -> list[tuple[int, str, str]]:
+    """(version, file name, SQL) of every migration shipped for an engine, in order: DuckDB's in
+    ingest/store/migrations, PostgreSQL's (the same changes in its dialect) in ingest/store/migrations/postgresql."""
+    folder = resources.files("ingest.store.migrations")
     found = []
-    for entry in resources.files("ingest.store.migrations").iterdir():
+    for entry in (folder if engine == "duckdb" else folder / engine).iterdir():
         match = _MIGRATION_NAME.match(entry.name)
         if match:
             found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
