@@ -1,12 +1,13 @@
 -- Grain: one row: system_resilience = distinct Stripe events whose processing failed and never later succeeded
--- (still 'failed': a later success settles the row) / distinct Stripe events stored. No events: 0%, met.
+-- (is_failed: still 'failed', as a later success settles the row, or 'rejected', which never can succeed) /
+-- distinct Stripe events stored. No events: 0%, met.
 with events as (
     select * from stg_stripe_events
 ),
 
 counts as (
     select
-        count(*) filter (where processing_status = 'failed') as numerator,
+        count(*) filter (where is_failed) as numerator,
         count(*) as denominator
     from events
 ),
