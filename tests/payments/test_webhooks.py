@@ -14,7 +14,9 @@ import pytest
 
 from ingest.payments import repository as payments_repository
 from ingest.reconcile.models import ModelParams, load_models
-from tests.conftest import ADMIN_TOKEN
+from sandbox import Sandbox
+from sandbox.fakes import MAILERLITE_API_KEY
+from tests.conftest import ADMIN_TOKEN, wait_until
 from tests.payments import events
 from tests.payments.conftest import PRICE_CENTS, RunningApi, rename_table
 
@@ -718,3 +720,45 @@ def test_a_refund_of_a_charge_no_payment_holds_is_kept_apart_not_as_a_second_pay
         )[1]
     )
     assert refunds == [(charge["id"], event_id, 100, 100, "usd")]
+
+
+# --- consent: a payment never re-subscribes ------------------------------------------------------------------
+
+
+def test_a_payment_after_an_unsubscribe_in_mailerlite_does_not_resubscribe(
+    stripe_api: RunningApi, sandbox: Sandbox
+) -> None:
+    email = f"unsub.{uuid4().hex[:10]}@example.com"
+
+    def subscriber() -> dict[str, Any]:
+        found: dict[str, Any] = sandbox.state("mailerlite")["subscribers"].get(email) or {}
+        return found
+
+    event_id = stripe_api.create_lead(email=email)
+    wait_until(lambda: subscriber().get("status") == "active", 10, "the opt-in")
+    # The subscriber clicks "unsubscribe" in a MailerLite email.
+    unsubscribed = httpx.post(
+        f"{sandbox.mailerlite_url}/api/subscribers",
+        json={"email": email, "status": "unsubscribed"},
+        headers={"Authorization": f"Bearer {MAILERLITE_API_KEY}"},
+    )
+    assert unsubscribed.status_code == 200
+
+    assert stripe_api.post_event(events.succeeded(events.new_id("pi"), event_id)).status_code == 200
+    wait_until(
+        lambda: (
+            stripe_api.one(
+                "select status from deliveries where event_id = ? and destination = 'mailerlite' "
+                "and idempotency_key like '%:paid'",
+                [event_id],
+            )
+            == "delivered"
+        ),
+        15,
+        "the paid MailerLite upsert",
+    )
+
+    assert subscriber()["status"] == "unsubscribed"
+    assert subscriber()["fields"]["payment_status"] == "paid"  # the fields still update
+    paid = [r.body for r in sandbox.requests("mailerlite") if r.body and r.body.get("email") == email][-1]
+    assert not {"status", "groups", "opted_in_at", "optin_ip"} & set(paid)
