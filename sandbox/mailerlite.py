@@ -6,8 +6,10 @@ active|unsubscribed|unconfirmed|bounced|junk, `opted_in_at` / `subscribed_at` / 
 "YYYY-MM-DD HH:MM:SS" and `optin_ip` / `ip_address` as IP addresses. Errors are 422 in MailerLite's (Laravel's)
 shape: `{"message": "<first error> (and N more errors)", "errors": {"<field>": ["..."]}}`.
 
-Deliberate differences: the real API silently drops `fields` keys that were never created with
-`POST /api/fields`; this fake keeps them, so tests can see what was sent. It accepts unknown top-level keys.
+Like the real API, `fields` keys that were never created with `POST /api/fields` are silently dropped (the
+request still answers 200/201): a new account has only MailerLite's default fields, so the sender must create its
+custom fields first (`attribution mailerlite setup-fields`, or the delivery worker at start-up). What was sent is
+still visible in the recorded requests. Deliberate difference: it accepts unknown top-level keys.
 """
 
 from __future__ import annotations
@@ -158,7 +160,8 @@ class MailerLiteFake:
                 "optin_ip": None,
                 "ip_address": None,
             }
-            sub["fields"] = {**sub["fields"], **body.get("fields", {})}
+            known = {key: value for key, value in body.get("fields", {}).items() if key in self._fields}
+            sub["fields"] = {**sub["fields"], **known}
             for group_id in body.get("groups", []):
                 if group_id not in {g["id"] for g in sub["groups"]}:
                     sub["groups"] = [*sub["groups"], {"id": group_id}]

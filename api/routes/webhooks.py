@@ -7,14 +7,28 @@ from fastapi.responses import Response
 
 from ingest.core.clock import utcnow
 from ingest.core.settings import Settings
-from ingest.payments.webhooks import EventAck, EventJob, receive_event, verify_event
+from ingest.payments.webhooks import (
+    DUPLICATE,
+    IGNORED,
+    PROCESSED,
+    EventAck,
+    EventJob,
+    receive_event,
+    verify_event,
+)
 from ingest.store.database import Database
 
 router = APIRouter(tags=["webhooks"])
 
-# The two possible answers, rendered once: at webhook rates FastAPI's per-request dependency solving and
-# response validation are a visible share of the event loop's time, so the route reads what it needs itself.
-_ACK = {duplicate: EventAck(duplicate=duplicate).model_dump_json().encode() for duplicate in (False, True)}
+# The usual answers, rendered once: at webhook rates FastAPI's per-request dependency solving and response
+# validation are a visible share of the event loop's time, so the route reads what it needs itself.
+_ACK = {
+    (status, duplicate): EventAck(duplicate=duplicate, status=status)
+    .model_dump_json(exclude_none=True)
+    .encode()
+    for status in (PROCESSED, IGNORED, DUPLICATE)
+    for duplicate in (False, True)
+}
 _SIGNATURE_HEADER = {
     "name": "stripe-signature",
     "in": "header",
@@ -28,11 +42,17 @@ _SIGNATURE_HEADER = {
     "/v1/webhooks/stripe",
     response_model=EventAck,
     responses={
-        400: {"description": "missing or bad signature, or a body that is not a Stripe event"},
+        200: {
+            "description": "committed; `status` rejected (with `reason`): a signed event that can never be "
+            "processed, kept for review and acknowledged so that Stripe stops retrying it"
+        },
+        400: {
+            "description": "missing or bad signature, or a body that is not a Stripe event (nothing stored)"
+        },
         500: {
             "description": "processing failed; the error is kept on the event row and a retry processes it"
         },
-        503: {"description": "STRIPE_WEBHOOK_SECRET is not set, so no webhook can be verified"},
+        503: {"description": "STRIPE_WEBHOOK_SECRET is not set, or the store cannot write now (Retry-After)"},
     },
     openapi_extra={"parameters": [_SIGNATURE_HEADER]},
 )
@@ -44,4 +64,13 @@ async def stripe_webhook(request: Request) -> Response:
     event = verify_event(body, request.headers.get("stripe-signature"), settings.stripe_webhook_secret)
     job = EventJob(event=event, source="webhook", received_at=utcnow(), settings=settings)
     outcome = await receive_event(database, job)  # EventProcessingFailed: a 500, so Stripe retries
-    return Response(_ACK[outcome.duplicate], media_type="application/json")
+    answer = _ACK.get((outcome.status, outcome.duplicate))
+    if (
+        answer is None
+    ):  # rejected: kept for review, acknowledged with the reason so that Stripe stops retrying
+        answer = (
+            EventAck(duplicate=outcome.duplicate, status=outcome.status, reason=outcome.reason)
+            .model_dump_json()
+            .encode()
+        )
+    return Response(answer, media_type="application/json")

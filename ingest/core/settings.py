@@ -121,6 +121,13 @@ class Settings(BaseSettings):
     def _blank_text_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("mailerlite_base_url")
+    @classmethod
+    def _mailerlite_base_without_api(cls, value: str) -> str:
+        # MailerLite's docs give the base as https://connect.mailerlite.com/api; paths are added with /api/...
+        base = value.strip().rstrip("/")
+        return base.removesuffix("/api").rstrip("/") if base.endswith("/api") else base
+
     @cached_property
     def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         """The trusted proxies as networks, so single addresses and CIDR ranges both work."""

@@ -17,6 +17,7 @@ from typing import Any
 from uuid import UUID
 
 import duckdb
+import httpx
 
 from ingest.core.clock import utcnow
 from ingest.core.settings import Settings
@@ -24,6 +25,7 @@ from ingest.core.vocabulary import DeliveryStatus, Destination
 from ingest.outbox.breaker import BreakerState, CircuitBreaker
 from ingest.outbox.delivery import PROBE_FAILED, AttemptResult, Verdict, deliver_one, send_time_gate, settle
 from ingest.outbox.destinations import DestinationClient, build_clients, destination_limits
+from ingest.outbox.destinations.mailerlite import MailerLiteSetupError, ensure_mailerlite_fields
 from ingest.outbox.leases import (
     ClaimRequest,
     Flush,
@@ -49,6 +51,8 @@ RECORD_INTERVAL_SECONDS = 0.1  # outcomes are committed at most this often
 RECORD_RETRY_SECONDS = 1.0  # how soon outcomes the store refused are tried again
 # Attempt outcomes logged besides a delivery going dead: failures it may still get over.
 _WORTH_LOGGING = frozenset({DeliveryStatus.RETRYING, PROBE_FAILED, Verdict.RATE_LIMITED})
+FIELDS_RETRY_FIRST_SECONDS = 1.0  # ensuring MailerLite's custom fields failed: first retry, doubling up to
+FIELDS_RETRY_MAX_SECONDS = 60.0
 
 
 # --- per-destination lanes -----------------------------------------------------------------------------------
@@ -67,6 +71,9 @@ class _Lane:
     inflight: dict[UUID, UUID | None] = field(default_factory=dict)  # delivery_id -> event_id
     seconds_per_send: float | None = None  # moving average of request durations
     sent: int = 0
+    held: str | None = (
+        None  # why nothing is claimed for it now (MailerLite: our custom fields not ensured yet)
+    )
 
     def observe(self, result: AttemptResult) -> None:
         """Fold a request's duration into the moving average that sizes claims."""
@@ -86,7 +93,7 @@ class _Lane:
 
     def claimable(self) -> tuple[int, bool, bool]:
         """(How many it could take now, whether that is worth a claim on its own, whether it is a probe)."""
-        if self.pacer.paused_for() > 0:
+        if self.held is not None or self.pacer.paused_for() > 0:
             return 0, False, False
         state = self.breaker.state
         if state is BreakerState.OPEN:
@@ -241,6 +248,7 @@ class DeliveryWorker:
         self._waiters: dict[UUID, list[asyncio.Future[None]]] = {}
         self._urgent: set[UUID] = set()
         self._found_none = False  # the last claim leased nothing: the next one reads before it writes
+        self._preparing: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Release leases a dead process left behind, then start claiming."""
@@ -248,6 +256,7 @@ class DeliveryWorker:
         if released:
             log.warning("released deliveries left in flight by a previous run", extra={"count": released})
         self._recorder.start()
+        self._preparing = self._prepare_mailerlite()
         self._dispatcher = asyncio.create_task(self._dispatch(), name="delivery-dispatcher")
 
     async def stop(self, grace_seconds: float = 5.0) -> None:
@@ -257,6 +266,7 @@ class DeliveryWorker:
         """
         self._stopping = True
         self._wake.set()
+        await self._stop_preparing()
         if self._dispatcher is not None:
             await self._dispatcher
             self._dispatcher = None
@@ -312,9 +322,48 @@ class DeliveryWorker:
                 "in_flight": len(lane.inflight),
                 "paused_seconds": round(lane.pacer.paused_for(), 3),
                 "sent": lane.sent,
+                "held": lane.held,
             }
             for lane in self._lanes.values()
         }
+
+    # -- MailerLite custom fields: MailerLite drops fields never created, so none is sent before ours exist --
+
+    def _prepare_mailerlite(self) -> asyncio.Task[None] | None:
+        """Hold the MailerLite lane and start ensuring our custom fields there; None when it is not configured."""
+        lane = self._lanes[Destination.MAILERLITE]
+        if lane.client is None or self._settings.mailerlite_api_key is None:
+            return None
+        lane.held = "checking that MailerLite has our custom fields"
+        return asyncio.create_task(self._ensure_mailerlite_fields(lane), name="mailerlite-fields")
+
+    async def _ensure_mailerlite_fields(self, lane: _Lane) -> None:
+        """Create the fields MailerLite lacks, retrying with backoff; release the lane once they all exist."""
+        delay = FIELDS_RETRY_FIRST_SECONDS
+        while True:
+            try:
+                created = await asyncio.to_thread(ensure_mailerlite_fields, self._settings)
+            except (MailerLiteSetupError, httpx.HTTPError) as exc:
+                lane.held = f"MailerLite custom fields could not be checked or created: {exc}"[:300]
+                log.error(
+                    "MailerLite deliveries held until our custom fields exist there; retrying (run "
+                    "`attribution mailerlite setup-fields` to see the answer)",
+                    extra={"error": str(exc)[:300], "retry_in_seconds": delay},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, FIELDS_RETRY_MAX_SECONDS)
+                continue
+            if created:
+                log.info("created MailerLite custom fields", extra={"created_fields": created})
+            lane.held = None
+            self._wake.set()
+            return
+
+    async def _stop_preparing(self) -> None:
+        if self._preparing is not None:
+            self._preparing.cancel()
+            await asyncio.gather(self._preparing, return_exceptions=True)
+            self._preparing = None
 
     # -- dispatching --
 

@@ -141,6 +141,10 @@ class PaymentIntentLink:
             "succeeded_at": None,
             "refunded_at": None,
             "last_stripe_event_id": None,
+            "charge_id": None,
+            "expected_amount_cents": None,
+            "expected_currency": None,
+            "is_price_mismatch": False,
         }
 
 

@@ -23,8 +23,13 @@ EVENT_COLUMNS = (
 PAYMENT_COLUMNS = (
     "payment_intent_id", "event_id", "user_session_id", "amount_cents", "currency", "status", "is_orphan",
     "refunded_cents", "failure_code", "source", "created_at", "updated_at", "succeeded_at", "refunded_at",
+    "last_stripe_event_id", "charge_id", "expected_amount_cents", "expected_currency", "is_price_mismatch",
+)  # fmt: skip
+UNLINKED_REFUND_COLUMNS = (
+    "charge_id", "event_id", "amount_cents", "refunded_cents", "currency", "first_seen_at", "updated_at",
     "last_stripe_event_id",
 )  # fmt: skip
+_UNLINKED_REFUND_TYPES = {"event_id": "uuid", "amount_cents": "bigint", "currency": "varchar"}
 LEAD_PAYMENT_COLUMNS = ("event_id", "status", "payment_intent_id", "updated_at")
 _LEAD_PAYMENT_TYPES = {
     "event_id": "uuid",
@@ -83,12 +88,14 @@ def settle_event(
     status: str,
     duplicate_of: str | None,
     now: datetime,
+    *,
+    rejection: str | None = None,
 ) -> None:
-    """Settle a stored event that had failed before; its last error is kept as history."""
+    """Settle a stored event that had failed before; its last error is kept as history (a rejection replaces it)."""
     conn.execute(
-        "update stripe_events set status = ?, duplicate_of = ?, processed_at = ?, "
+        "update stripe_events set status = ?, duplicate_of = ?, processed_at = ?, error = coalesce(?, error), "
         "processing_attempts = processing_attempts + 1 where stripe_event_id = ?",
-        [status, duplicate_of, now, stripe_event_id],
+        [status, duplicate_of, now, rejection, stripe_event_id],
     )
 
 
@@ -98,7 +105,7 @@ def record_event_failure(conn: duckdb.DuckDBPyConnection, row: Row) -> None:
     conn.execute(
         f"insert into stripe_events ({', '.join(EVENT_COLUMNS)}) values ({', '.join('?' for _ in EVENT_COLUMNS)}) "  # noqa: S608
         "on conflict (stripe_event_id) do update set "
-        "status = case when stripe_events.status in ('processed', 'ignored', 'duplicate') "
+        "status = case when stripe_events.status in ('processed', 'ignored', 'duplicate', 'rejected') "
         "then stripe_events.status else 'failed' end, "
         "error = excluded.error, processing_attempts = stripe_events.processing_attempts + 1",
         values,
@@ -135,7 +142,8 @@ PAYMENT_UPDATES = {
     "event_id": "uuid", "user_session_id": "uuid", "amount_cents": "bigint", "currency": "varchar",
     "status": "varchar", "is_orphan": "boolean", "refunded_cents": "bigint", "failure_code": "varchar",
     "updated_at": "timestamp", "succeeded_at": "timestamp", "refunded_at": "timestamp",
-    "last_stripe_event_id": "varchar",
+    "last_stripe_event_id": "varchar", "charge_id": "varchar", "expected_amount_cents": "bigint",
+    "expected_currency": "varchar", "is_price_mismatch": "boolean",
 }  # fmt: skip
 
 
@@ -162,6 +170,30 @@ def insert_payment_if_absent(conn: duckdb.DuckDBPyConnection, row: Row) -> None:
         "on conflict (payment_intent_id) do nothing",
         [_text(row[column]) for column in PAYMENT_COLUMNS],
     )
+
+
+def payment_intents_of_charges(conn: duckdb.DuckDBPyConnection, charge_ids: Iterable[str]) -> dict[str, str]:
+    """charge_id → the PaymentIntent of the stored payment holding that charge, for the charges among `charge_ids`."""
+    ids = list(set(charge_ids))
+    if not ids:
+        return {}
+    rows = conn.execute(
+        "select charge_id, payment_intent_id from payments where charge_id in (select unnest(?))", [ids]
+    ).fetchall()
+    return {charge_id: payment_intent_id for charge_id, payment_intent_id in rows}
+
+
+def upsert_unlinked_refunds(conn: duckdb.DuckDBPyConnection, rows: Sequence[Row]) -> None:
+    """Keep refunds of charges no stored payment holds, one row per charge; the refunded amount only grows."""
+    if rows:
+        select, params = batch_select(UNLINKED_REFUND_COLUMNS, rows, _UNLINKED_REFUND_TYPES)
+        conn.execute(
+            f"insert into unlinked_refunds ({', '.join(UNLINKED_REFUND_COLUMNS)}) select {select} "
+            "on conflict (charge_id) do update set "
+            "refunded_cents = greatest(unlinked_refunds.refunded_cents, excluded.refunded_cents), "
+            "updated_at = excluded.updated_at, last_stripe_event_id = excluded.last_stripe_event_id",
+            params,
+        )
 
 
 def get_payment(conn: duckdb.DuckDBPyConnection, payment_intent_id: str) -> dict[str, Any] | None:

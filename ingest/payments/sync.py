@@ -28,6 +28,7 @@ from ingest.payments.webhooks import (
     FAILED,
     IGNORED,
     PROCESSED,
+    REJECTED,
     SETTLED,
     EventJob,
     EventProcessingFailed,
@@ -63,6 +64,7 @@ class SyncReport(BaseModel):
     duplicates: int
     ignored: int
     failed: int
+    rejected: int  # stored as rejected: they can never be processed (see the webhook route)
     invalid: int
     cursor: UtcTimestamp | None
 
@@ -91,7 +93,7 @@ def list_events(client: stripe.StripeClient, since: datetime) -> tuple[list[Stri
                 )
     except stripe.StripeError as exc:
         raise StripeUnavailable(f"listing Stripe events failed ({type(exc).__name__})") from exc
-    events.sort(key=lambda event: (event.created_at, event.stripe_event_id))
+    events.sort(key=lambda event: (event.created_at or datetime.min, event.stripe_event_id))
     return events, invalid
 
 
@@ -137,7 +139,7 @@ def _sync(
     ids = [event.stripe_event_id for event in events]
     stored = database.read(lambda conn: repository.lookup_events(conn, ids, ()).statuses)
     pending = [event for event in events if stored.get(event.stripe_event_id) not in SETTLED]
-    counts = dict.fromkeys((PROCESSED, DUPLICATE, IGNORED, FAILED), 0)
+    counts = dict.fromkeys((PROCESSED, DUPLICATE, IGNORED, FAILED, REJECTED), 0)
     failed_at: list[datetime] = []
     for offset in range(0, len(pending), SUBMIT_CHUNK):
         chunk = pending[offset : offset + SUBMIT_CHUNK]
@@ -147,11 +149,13 @@ def _sync(
         for event, result in zip(chunk, receive_events_sync(database, jobs), strict=True):
             if isinstance(result, EventProcessingFailed):
                 counts[FAILED] += 1
-                failed_at.append(event.created_at)
+                if event.created_at is not None:
+                    failed_at.append(event.created_at)
             else:
                 counts[DUPLICATE if result.duplicate else result.status] += 1
     # Next time, start from the oldest failure (so it is retried) or else from the newest event seen.
-    cursor = min(failed_at) if failed_at else (events[-1].created_at if events else None)
+    created = [event.created_at for event in events if event.created_at is not None]
+    cursor = min(failed_at) if failed_at else (max(created) if created else None)
     if cursor is not None:
         database.writer.submit_sync(_save_cursor, (cursor, utcnow()))
     report = SyncReport(
@@ -163,6 +167,7 @@ def _sync(
         duplicates=counts[DUPLICATE],
         ignored=counts[IGNORED],
         failed=counts[FAILED],
+        rejected=counts[REJECTED],
         invalid=invalid,
         cursor=cursor,
     )

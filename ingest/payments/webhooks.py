@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -23,7 +24,7 @@ import duckdb
 import stripe
 from pydantic import BaseModel, SecretStr
 
-from ingest.core.clock import utcnow
+from ingest.core.clock import from_unix, utcnow
 from ingest.core.errors import DomainError, NotConfigured
 from ingest.core.settings import Settings
 from ingest.core.vocabulary import DeliveryKind, Destination
@@ -32,7 +33,7 @@ from ingest.outbox.planning import Delivery, plan_delivery
 from ingest.payments import repository
 from ingest.store.database import Database
 from ingest.store.rows import insert_rows
-from ingest.store.writer import WriterStopped
+from ingest.store.writer import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +46,22 @@ HANDLED_TYPES = frozenset(
         "charge.refunded",
     }
 )
-_TARGET_STATUS = {
-    "payment_intent.succeeded": "succeeded",
-    "payment_intent.payment_failed": "failed",
-    "payment_intent.canceled": "canceled",
-}
+# stripe_events.status: settled rows are never processed again; a failed row is, on its next delivery. A rejected
+# event is one that can never be processed (its payload is out of range or of a shape we cannot read): it is kept
+# with the reason and settled, so Stripe's retries of it are acknowledged instead of failing for days.
+PROCESSED, IGNORED, DUPLICATE, FAILED, REJECTED = "processed", "ignored", "duplicate", "failed", "rejected"
+SETTLED = frozenset({PROCESSED, IGNORED, DUPLICATE, REJECTED})
 
-# stripe_events.status: settled rows are never processed again; a failed row is, on its next delivery.
-PROCESSED, IGNORED, DUPLICATE, FAILED = "processed", "ignored", "duplicate", "failed"
-SETTLED = frozenset({PROCESSED, IGNORED, DUPLICATE})
+# The PaymentIntent's own status decides what a payment_intent.* event records, whatever the event type says.
+_PAYMENT_STATUS_OF_INTENT = {
+    "succeeded": "succeeded",
+    "canceled": "canceled",
+    "processing": "open",
+    "requires_action": "open",
+    "requires_capture": "open",
+    "requires_confirmation": "open",
+    "requires_payment_method": "open",  # "failed" when it carries a last_payment_error
+}
 
 # payments.status and leads.status only move forward along these orders.
 PAYMENT_RANK = {"open": 0, "failed": 1, "canceled": 2, "succeeded": 3, "refunded": 4}
@@ -62,10 +70,20 @@ LEAD_STATUS_OF_PAYMENT = {"succeeded": "paid", "refunded": "refunded"}
 
 _MAX_ID_LENGTH = 255
 _MAX_ERROR_LENGTH = 2000
+MAX_CENTS = 2**63 - 1  # the BIGINT columns amounts are stored in
+# Stripe's events nest about eight levels deep; a body nested far deeper is refused before a parser recurses into it.
+MAX_JSON_DEPTH = 64
+# A string (to the end of the text when unterminated, so every match consumes: linear time) or a bracket.
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
+_CURRENCY = re.compile(r"^[a-z]{3}$")
 
 
 class InvalidWebhook(DomainError):
     """The webhook's signature, body or event shape is unacceptable (answered 400, nothing recorded)."""
+
+
+class EventRejected(Exception):
+    """A verified event that can never be processed; it is stored as rejected with this reason."""
 
 
 class EventProcessingFailed(Exception):
@@ -81,13 +99,14 @@ class EventProcessingFailed(Exception):
 class PaymentChange:
     """What an allow-listed event says about one PaymentIntent."""
 
-    payment_intent_id: str
+    payment_intent_id: str | None  # None: a refund of a charge that names no PaymentIntent (linked by charge)
     target_status: str | None  # None: a partial refund, which only moves refunded_cents
     amount_cents: int | None
-    currency: str | None
+    currency: str | None  # lower-case
     refunded_cents: int
     metadata_event_id: UUID | None
     failure_code: str | None
+    charge_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,18 +115,25 @@ class StripeEvent:
 
     stripe_event_id: str
     event_type: str
-    object_id: str
-    created_at: datetime
+    object_id: str | None
+    created_at: datetime | None  # None only on a rejected event
     payload: str
     change: PaymentChange | None  # None for types we store and acknowledge without processing
     change_key: str
+    rejection: str | None = None  # why this verified event can never be processed; stored as rejected
 
 
 class EventAck(BaseModel):
-    """The answer to Stripe: the event is committed (and processed, if it is a type we handle)."""
+    """The answer to Stripe: the event is committed (and processed, if it is a type we handle).
+
+    `status` says how it was settled; `rejected` (with its `reason`) is an event that can never be processed,
+    kept for review and acknowledged so that Stripe stops retrying it.
+    """
 
     received: bool = True
     duplicate: bool
+    status: str = PROCESSED
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +153,7 @@ class EventOutcome:
     stripe_event_id: str
     status: str
     duplicate: bool
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,16 +171,26 @@ def _text(value: Any, field: str, *, required: bool = True) -> str | None:
     if value is None and not required:
         return None
     if not isinstance(value, str) or not value or len(value) > _MAX_ID_LENGTH:
-        raise InvalidWebhook(f"{field} must be a non-empty string of at most {_MAX_ID_LENGTH} characters")
+        raise EventRejected(f"{field} must be a non-empty string of at most {_MAX_ID_LENGTH} characters")
     return value
 
 
 def _cents(value: Any, field: str, *, required: bool = True) -> int | None:
     if value is None and not required:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidWebhook(f"{field} must be a non-negative integer")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_CENTS:
+        raise EventRejected(f"{field} must be an integer between 0 and {MAX_CENTS}")
     return value
+
+
+def _currency(value: Any, field: str) -> str | None:
+    """Stripe's three-letter ISO code, stored lower-case (Stripe sends it so, but `EUR` and `eur` are one)."""
+    text = _text(value, field, required=False)
+    if text is None:
+        return None
+    if not _CURRENCY.match(text.lower()):
+        raise EventRejected(f"{field} must be a three-letter ISO currency code")
+    return text.lower()
 
 
 def _id_of(value: Any) -> Any:
@@ -172,71 +209,119 @@ def _metadata_event_id(data_object: dict[str, Any]) -> UUID | None:
         return None  # not one of ours: the payment is kept as an orphan
 
 
-def _payment_change(event_type: str, obj: dict[str, Any]) -> PaymentChange:
-    currency = _text(obj.get("currency"), "data.object.currency", required=False)
-    if event_type == "charge.refunded":
-        payment_intent_id = _text(
-            _id_of(obj.get("payment_intent")), "data.object.payment_intent", required=False
-        )
-        refunded = obj.get("refunded")
-        if not isinstance(refunded, bool):
-            raise InvalidWebhook("data.object.refunded must be a boolean")
-        return PaymentChange(
-            # A charge made without a PaymentIntent (the legacy Charges API) is tracked under its own id.
-            payment_intent_id=payment_intent_id or str(obj["id"]),
-            target_status="refunded" if refunded else None,
-            amount_cents=_cents(obj.get("amount"), "data.object.amount"),
-            currency=currency,
-            refunded_cents=_cents(obj.get("amount_refunded"), "data.object.amount_refunded") or 0,
-            metadata_event_id=_metadata_event_id(obj),
-            failure_code=None,
-        )
-    error = obj.get("last_payment_error")
-    failure_code = error.get("decline_code") or error.get("code") if isinstance(error, dict) else None
-    received = _cents(obj.get("amount_received"), "data.object.amount_received", required=False)
+def _refund_change(obj: dict[str, Any]) -> PaymentChange:
+    refunded = obj.get("refunded")
+    if not isinstance(refunded, bool):
+        raise EventRejected("data.object.refunded must be a boolean")
     return PaymentChange(
-        payment_intent_id=str(obj["id"]),
-        target_status=_TARGET_STATUS[event_type],
-        amount_cents=received or _cents(obj.get("amount"), "data.object.amount"),
-        currency=currency,
-        refunded_cents=0,
+        # None for a charge made without a PaymentIntent: it is matched to a payment by its charge id, or kept
+        # as an unlinked refund, never as a payment of its own.
+        payment_intent_id=_text(
+            _id_of(obj.get("payment_intent")), "data.object.payment_intent", required=False
+        ),
+        target_status="refunded" if refunded else None,
+        amount_cents=_cents(obj.get("amount"), "data.object.amount"),
+        currency=_currency(obj.get("currency"), "data.object.currency"),
+        refunded_cents=_cents(obj.get("amount_refunded"), "data.object.amount_refunded") or 0,
         metadata_event_id=_metadata_event_id(obj),
-        failure_code=str(failure_code)[:100] if failure_code else None,
+        failure_code=None,
+        charge_id=_text(obj.get("id"), "data.object.id"),
     )
 
 
+def _intent_change(obj: dict[str, Any]) -> PaymentChange:
+    """A PaymentIntent recorded from its own status, amount_received and currency (not the event type's word)."""
+    status = obj.get("status")
+    if status not in _PAYMENT_STATUS_OF_INTENT:
+        raise EventRejected(f"data.object.status {str(status)[:40]!r} is not a PaymentIntent status")
+    error = obj.get("last_payment_error")
+    failure_code = error.get("decline_code") or error.get("code") if isinstance(error, dict) else None
+    target = _PAYMENT_STATUS_OF_INTENT[status]
+    if status == "requires_payment_method" and isinstance(error, dict):
+        target = "failed"
+    amount = _cents(obj.get("amount"), "data.object.amount")
+    received = _cents(obj.get("amount_received"), "data.object.amount_received", required=False)
+    if received is None:
+        # Stripe always sends amount_received; localstripe omits it, and there a succeeded intent took its amount.
+        received = amount
+    return PaymentChange(
+        payment_intent_id=_text(obj.get("id"), "data.object.id"),
+        target_status=target,
+        amount_cents=received if target == "succeeded" else amount,  # 0 received is 0, not "missing"
+        currency=_currency(obj.get("currency"), "data.object.currency"),
+        refunded_cents=0,
+        metadata_event_id=_metadata_event_id(obj),
+        failure_code=str(failure_code)[:100] if failure_code else None,
+        charge_id=_text(_id_of(obj.get("latest_charge")), "data.object.latest_charge", required=False),
+    )
+
+
+def json_depth(text: str) -> int:
+    """How deeply a JSON text nests its arrays and objects, read without parsing it (brackets in strings skipped)."""
+    depth = deepest = 0
+    for token in _JSON_TOKEN.findall(text):
+        if token in ("[", "{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in ("]", "}"):
+            depth -= 1
+    return deepest
+
+
 def parse_event(payload: str) -> StripeEvent:
-    """Check an Event's shape (id, type, created, data.object) and read the payment change it reports."""
+    """Check an Event's shape (id, type, created, data.object) and read the payment change it reports.
+
+    A body that is no Event at all (not JSON, nested too deep, no id or type) raises InvalidWebhook: there is
+    nothing to key it by. An Event whose content can never be processed comes back with its `rejection`.
+    """
+    if json_depth(payload) > MAX_JSON_DEPTH:
+        raise InvalidWebhook(f"body nests deeper than {MAX_JSON_DEPTH} levels")
     try:
         event = json.loads(payload)
     except ValueError:
         raise InvalidWebhook("body is not valid JSON") from None
     if not isinstance(event, dict):
         raise InvalidWebhook("body is not a JSON object")
-    stripe_event_id = str(_text(event.get("id"), "id"))
-    event_type = str(_text(event.get("type"), "type"))
-    created = event.get("created")
-    if isinstance(created, bool) or not isinstance(created, int) or created < 0:
-        raise InvalidWebhook("created must be a Unix timestamp")
+    try:
+        stripe_event_id = str(_text(event.get("id"), "id"))
+        event_type = str(_text(event.get("type"), "type"))
+    except EventRejected as exc:
+        raise InvalidWebhook(str(exc)) from None
     data = event.get("data")
     obj = data.get("object") if isinstance(data, dict) else None
-    if not isinstance(obj, dict):
-        raise InvalidWebhook("event has no data.object")
-    object_id = str(_text(obj.get("id"), "data.object.id"))
-    change = _payment_change(event_type, obj) if event_type in HANDLED_TYPES else None
+    object_id = obj.get("id") if isinstance(obj, dict) else None
+    base = StripeEvent(
+        stripe_event_id=stripe_event_id,
+        event_type=event_type,
+        object_id=object_id if isinstance(object_id, str) and len(object_id) <= _MAX_ID_LENGTH else None,
+        created_at=None,
+        payload=payload,
+        change=None,
+        change_key=f"{event_type}:{object_id}",
+    )
+    try:
+        created = event.get("created")
+        if isinstance(created, bool) or not isinstance(created, int):
+            raise EventRejected("created must be a Unix timestamp")
+        try:
+            created_at = from_unix(created)
+        except ValueError as exc:
+            raise EventRejected(f"created {exc}") from None
+        if not isinstance(obj, dict):
+            raise EventRejected("event has no data.object")
+        object_id = str(_text(obj.get("id"), "data.object.id"))
+        change = None
+        if event_type == "charge.refunded":
+            change = _refund_change(obj)
+        elif event_type in HANDLED_TYPES:
+            change = _intent_change(obj)
+    except EventRejected as exc:
+        return replace(base, rejection=str(exc))
     change_key = f"{event_type}:{object_id}"
     if change is not None and event_type == "charge.refunded":
         # Each refund of one charge is its own change; the running refunded amount tells them apart.
         change_key += f":{change.refunded_cents}"
-    return StripeEvent(
-        stripe_event_id=stripe_event_id,
-        event_type=event_type,
-        object_id=object_id,
-        created_at=datetime.fromtimestamp(created, UTC).replace(tzinfo=None),
-        payload=payload,
-        change=change,
-        change_key=change_key,
-    )
+    return replace(base, object_id=object_id, created_at=created_at, change=change, change_key=change_key)
 
 
 def verify_event(
@@ -279,17 +364,17 @@ def _event_row(
         "source": job.source,
         "payload": event.payload,
         "status": status,
-        "error": error,
-        "processing_attempts": 1 if status in (PROCESSED, FAILED) else 0,
+        "error": error if status != REJECTED else event.rejection,
+        "processing_attempts": 1 if status in (PROCESSED, FAILED, REJECTED) else 0,
         "processed_at": job.received_at if status != FAILED else None,
         "change_key": event.change_key,
         "duplicate_of": duplicate_of,
     }
 
 
-def _new_payment(change: PaymentChange, source: str, now: datetime) -> dict[str, Any]:
+def _new_payment(payment_intent_id: str, source: str, now: datetime) -> dict[str, Any]:
     return {
-        "payment_intent_id": change.payment_intent_id,
+        "payment_intent_id": payment_intent_id,
         "event_id": None,
         "user_session_id": None,
         "amount_cents": None,
@@ -304,11 +389,15 @@ def _new_payment(change: PaymentChange, source: str, now: datetime) -> dict[str,
         "succeeded_at": None,
         "refunded_at": None,
         "last_stripe_event_id": None,
+        "charge_id": None,
+        "expected_amount_cents": None,
+        "expected_currency": None,
+        "is_price_mismatch": False,
     }
 
 
 def _apply_change(
-    payment: dict[str, Any], change: PaymentChange, stripe_event_id: str, now: datetime
+    payment: dict[str, Any], change: PaymentChange, stripe_event_id: str, now: datetime, settings: Settings
 ) -> None:
     """Move one payment forward by what an event reports; a change that would move it back is ignored."""
     if payment["event_id"] is None and change.metadata_event_id is not None:
@@ -318,6 +407,7 @@ def _apply_change(
     elif payment["amount_cents"] is None:
         payment["amount_cents"] = change.amount_cents
     payment["currency"] = payment["currency"] or change.currency
+    payment["charge_id"] = payment["charge_id"] or change.charge_id
     payment["refunded_cents"] = max(payment["refunded_cents"], change.refunded_cents)
     target = change.target_status
     if target is not None and PAYMENT_RANK[target] > PAYMENT_RANK[payment["status"]]:
@@ -329,8 +419,48 @@ def _apply_change(
         payment["succeeded_at"] = now
     if payment["status"] == "refunded" and payment["refunded_at"] is None:
         payment["refunded_at"] = now
+    _check_price(payment, settings)
     payment["updated_at"] = now
     payment["last_stripe_event_id"] = stripe_event_id
+
+
+def _check_price(payment: dict[str, Any], settings: Settings) -> None:
+    """Flag a succeeded payment whose amount or currency is not the product's: kept and counted apart, for review.
+
+    The expectation is the one in force when the payment was first checked, so a later price change does not
+    re-flag past sales.
+    """
+    if payment["status"] not in LEAD_STATUS_OF_PAYMENT or settings.product_price_cents is None:
+        return
+    if payment["expected_amount_cents"] is None:
+        payment["expected_amount_cents"] = settings.product_price_cents
+        payment["expected_currency"] = settings.product_currency
+    payment["is_price_mismatch"] = (
+        payment["amount_cents"] != payment["expected_amount_cents"]
+        or payment["currency"] != payment["expected_currency"]
+    )
+
+
+def _keep_unlinked_refund(
+    unlinked: dict[str, dict[str, Any]], change: PaymentChange, stripe_event_id: str, now: datetime
+) -> None:
+    """A refund of a charge no stored payment holds: kept on its own for review, never as a second payment."""
+    charge_id = str(change.charge_id)
+    log.warning(
+        "refund of a charge no stored payment holds: kept as an unlinked refund",
+        extra={"charge_id": charge_id, "stripe_event_id": stripe_event_id},
+    )
+    known = unlinked.get(charge_id)
+    unlinked[charge_id] = {
+        "charge_id": charge_id,
+        "event_id": change.metadata_event_id,
+        "amount_cents": change.amount_cents,
+        "refunded_cents": max(change.refunded_cents, known["refunded_cents"] if known else 0),
+        "currency": change.currency,
+        "first_seen_at": known["first_seen_at"] if known else now,
+        "updated_at": now,
+        "last_stripe_event_id": stripe_event_id,
+    }
 
 
 def _implied_deliveries(
@@ -351,7 +481,7 @@ def _implied_deliveries(
     state = LEAD_STATUS_OF_PAYMENT[status]
     payment_intent_id = payment["payment_intent_id"]
     amount = payment["amount_cents"] or 0
-    currency = (payment["currency"] or settings.product_currency).upper()
+    currency = payment["currency"] or settings.product_currency  # stored lower-case; renderers send it upper
     common: dict[str, Any] = {
         "event_id": lead.event_id,
         "user_session_id": lead.user_session_id,
@@ -409,7 +539,16 @@ def _apply_events(
 ) -> None:
     """Apply the payment changes of `jobs` in order: payments, leads and outbox rows, a few statements in all."""
     changes = [(job, job.event.change) for job in jobs if job.event.change is not None]
-    payments = repository.get_payments(conn, {change.payment_intent_id for _, change in changes})
+    # A refund of a charge that names no PaymentIntent belongs to the payment holding that charge.
+    intent_of_charge = repository.payment_intents_of_charges(
+        conn,
+        {change.charge_id for _, change in changes if change.payment_intent_id is None and change.charge_id},
+    )
+    payments = repository.get_payments(
+        conn,
+        {change.payment_intent_id for _, change in changes if change.payment_intent_id is not None}
+        | set(intent_of_charge.values()),
+    )
     stored = {key: dict(row) for key, row in payments.items()}  # as they were, to write only what changes
     named = {change.metadata_event_id for _, change in changes if change.metadata_event_id is not None}
     named |= {row["event_id"] for row in payments.values() if row["event_id"] is not None}
@@ -417,11 +556,18 @@ def _apply_events(
     lead_status = {event_id: lead.status for event_id, lead in leads.items()}
     touched_leads: dict[UUID, dict[str, Any]] = {}
     planned: dict[str, Delivery] = {}
+    unlinked: dict[str, dict[str, Any]] = {}
     for job, change in changes:
-        payment = payments.get(change.payment_intent_id)
+        payment_intent_id = change.payment_intent_id or intent_of_charge.get(str(change.charge_id))
+        if payment_intent_id is None:
+            _keep_unlinked_refund(unlinked, change, job.event.stripe_event_id, now)
+            continue
+        payment = payments.get(payment_intent_id)
         if payment is None:
-            payment = payments[change.payment_intent_id] = _new_payment(change, job.source, now)
-        _apply_change(payment, change, job.event.stripe_event_id, now)
+            payment = payments[payment_intent_id] = _new_payment(payment_intent_id, job.source, now)
+        _apply_change(payment, change, job.event.stripe_event_id, now, job.settings)
+        if payment["charge_id"] is not None:
+            intent_of_charge[payment["charge_id"]] = payment_intent_id
         lead = leads.get(payment["event_id"]) if payment["event_id"] is not None else None
         payment["is_orphan"] = lead is None
         if lead is None:
@@ -468,6 +614,7 @@ def _apply_events(
         set().union(*changed.values()),
     )
     repository.update_lead_payments(conn, list(touched_leads.values()))
+    repository.upsert_unlinked_refunds(conn, list(unlinked.values()))
     insert_rows(conn, "deliveries", [d.as_row() for key, d in planned.items() if key not in existing])
 
 
@@ -482,16 +629,20 @@ def handle_events(conn: duckdb.DuckDBPyConnection, jobs: Sequence[EventJob]) -> 
     stored, done_changes = lookup.statuses, lookup.processed_changes
     outcomes: list[EventOutcome] = []
     new_rows: list[dict[str, Any]] = []
-    settled_failures: list[tuple[str, str, str | None]] = []
+    settled_failures: list[tuple[str, str, str | None, str | None]] = []
     to_apply: list[EventJob] = []
     for job in jobs:
         event = job.event
         prior = stored.get(event.stripe_event_id)
         if prior in SETTLED:
-            outcomes.append(EventOutcome(event.stripe_event_id, str(prior), duplicate=True))
+            reason = event.rejection if prior == REJECTED else None
+            outcomes.append(EventOutcome(event.stripe_event_id, str(prior), duplicate=True, reason=reason))
             continue
         duplicate_of = None
-        if event.change is None:
+        if event.rejection is not None:
+            status = REJECTED
+            _log_rejection(job)
+        elif event.change is None:
             status = IGNORED
         elif event.change_key in done_changes:
             status, duplicate_of = DUPLICATE, done_changes[event.change_key]
@@ -503,13 +654,15 @@ def handle_events(conn: duckdb.DuckDBPyConnection, jobs: Sequence[EventJob]) -> 
         if prior is None:
             new_rows.append(_event_row(job, status, duplicate_of=duplicate_of))
         else:  # it failed before: this delivery settles it (dj-stripe #832)
-            settled_failures.append((event.stripe_event_id, status, duplicate_of))
-        outcomes.append(EventOutcome(event.stripe_event_id, status, duplicate=status == DUPLICATE))
+            settled_failures.append((event.stripe_event_id, status, duplicate_of, event.rejection))
+        outcomes.append(
+            EventOutcome(event.stripe_event_id, status, duplicate=status == DUPLICATE, reason=event.rejection)
+        )
     if to_apply:
         _apply_events(conn, to_apply, now, lone=len(jobs) == 1)
     repository.insert_events(conn, new_rows)
-    for stripe_event_id, status, duplicate_of in settled_failures:
-        repository.settle_event(conn, stripe_event_id, status, duplicate_of, now)
+    for stripe_event_id, status, duplicate_of, rejection in settled_failures:
+        repository.settle_event(conn, stripe_event_id, status, duplicate_of, now, rejection=rejection)
     return outcomes
 
 
@@ -522,6 +675,17 @@ def record_failures(conn: duckdb.DuckDBPyConnection, failures: Sequence[EventFai
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:_MAX_ERROR_LENGTH]
+
+
+def _log_rejection(job: EventJob) -> None:
+    log.error(
+        "Stripe event rejected: it can never be processed; kept for review and acknowledged",
+        extra={
+            "stripe_event_id": job.event.stripe_event_id,
+            "event_type": job.event.event_type,
+            "error": job.event.rejection,
+        },
+    )
 
 
 def _log_failure(job: EventJob, error: str) -> None:
@@ -539,14 +703,14 @@ async def receive_event(database: Database, job: EventJob) -> EventOutcome:
     """Store and process one event; on failure keep the error on its row and raise EventProcessingFailed."""
     try:
         return await database.writer.submit(handle_events, job)
-    except WriterStopped:
-        raise
+    except StoreUnavailable:
+        raise  # nothing can be written, the failure neither: answered 503 and Stripe retries
     except Exception as exc:  # any failure rolls the processing back; it is recorded, logged and answered 5xx
         error = _describe(exc)
         _log_failure(job, error)
         try:
             await database.writer.submit(record_failures, EventFailure(job, error))
-        except duckdb.Error as record_exc:
+        except (duckdb.Error, StoreUnavailable) as record_exc:
             log.error(
                 "recording the failure failed too",
                 extra={"stripe_event_id": job.event.stripe_event_id, "error": _describe(record_exc)},
@@ -563,7 +727,7 @@ def receive_events_sync(
     for job, future in zip(jobs, futures, strict=True):
         try:
             results.append(future.result())
-        except WriterStopped:
+        except StoreUnavailable:
             raise
         except Exception as exc:  # recorded on the event row and counted as failed, like a webhook's 5xx
             error = _describe(exc)

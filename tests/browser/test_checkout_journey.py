@@ -294,3 +294,42 @@ def test_client_surfaces_server_errors_and_survives_an_outage(
         "the failed payment to be recorded",
     )
     assert (lead_row(demo_api, event_id) or {}).get("status") == "lead"
+
+
+def fill_expiry(page: Page, month: str, year: str) -> None:
+    """Retype the expiry in localstripe's stand-in card element."""
+    card = page.locator("#card-element")
+    card.locator("input[placeholder=exp_month]").fill(month)
+    card.locator("input[placeholder=exp_year]").fill(year)
+
+
+def test_an_expiry_year_typed_with_four_digits_pays_and_a_refusal_says_why(
+    page: Page, demo_api: RunningApi, browser_localstripe: LocalStripe, shots: Shots
+) -> None:
+    open_checkout(page, demo_api)
+    page.click("#consent-accept")
+    event_id = checkout_event_id(page)
+    fill_lead(page, "Joana Quatro", "joana.quatro@example.com")
+    expect(page.locator("#pay-button")).to_be_enabled()
+    fill_card(page, GOOD_CARD)
+
+    # Refused before anything reaches Stripe, with the reason rather than a bare "Bad request".
+    fill_expiry(page, "12", "2020")
+    page.click("#pay-button")
+    expect(page.locator("#payment-error")).to_have_text("This card's expiry date has passed.")
+    fill_expiry(page, "12", "203")
+    page.click("#pay-button")
+    expect(page.locator("#payment-error")).to_contain_text("YY or YYYY")
+    shots("expiry-refused")
+    assert (lead_row(demo_api, event_id) or {}).get("status") == "lead"
+
+    fill_expiry(page, "12", "2031")  # as the page invites: "any future date"
+    page.click("#pay-button")
+    expect(page.get_by_test_id("step-done")).to_be_visible()
+    shots("paid-with-four-digit-year")
+    wait_until(
+        lambda: (lead_row(demo_api, event_id) or {}).get("status") == "paid", 15, "the lead to be paid"
+    )
+    intent_id = demo_api.one("select payment_intent_id from leads where event_id = ?", [event_id])
+    card = browser_localstripe.client().v1.payment_intents.retrieve(intent_id)
+    assert card.status == "succeeded"

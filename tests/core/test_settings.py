@@ -55,3 +55,20 @@ def test_dotenv_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     settings = load_settings()
     assert settings.consent_version == "2.1"
     assert settings.require_consent is False
+
+
+@pytest.mark.parametrize(
+    "base",
+    [
+        "https://connect.mailerlite.com",
+        "https://connect.mailerlite.com/",
+        "https://connect.mailerlite.com/api",
+        "https://connect.mailerlite.com/api/",
+    ],
+)
+def test_the_mailerlite_base_url_is_taken_with_or_without_api(
+    monkeypatch: pytest.MonkeyPatch, tmp_path, base: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MAILERLITE_BASE_URL", base)
+    assert load_settings().mailerlite_base_url == "https://connect.mailerlite.com"

@@ -25,6 +25,7 @@ from ingest.outbox.worker import DeliveryWorker
 from ingest.store.database import Database
 from ingest.store.rows import insert_rows
 from sandbox import Sandbox
+from sandbox.harness import RecordedRequest
 from tests.conftest import lead_body, make_settings
 
 # Fast schedules so retries, cool-downs and polls fit in a test; the logic is the production one.
@@ -70,12 +71,17 @@ async def async_wait_until(
 
 
 @asynccontextmanager
-async def running_worker(settings: Settings) -> AsyncIterator[tuple[Database, DeliveryWorker]]:
-    """The database and a started delivery worker on the test's event loop, as the API runs them."""
+async def running_worker(
+    settings: Settings, *, wait_ready: bool = True
+) -> AsyncIterator[tuple[Database, DeliveryWorker]]:
+    """The database and a started delivery worker on the test's event loop, as the API runs them; by default
+    once its MailerLite lane has ensured our custom fields (so faults set afterwards meet subscriber sends)."""
     database = Database.open(settings.attribution_db_path)
     worker = DeliveryWorker(database, settings)
     await worker.start()
     try:
+        if wait_ready:
+            await async_wait_until(lambda: worker.status()["mailerlite"]["held"] is None, timeout=10)
         yield database, worker
     finally:
         await worker.stop()
@@ -85,6 +91,11 @@ async def running_worker(settings: Settings) -> AsyncIterator[tuple[Database, De
 def _insert_deliveries(conn: duckdb.DuckDBPyConnection, batches: Sequence[list[Delivery]]) -> list[None]:
     insert_rows(conn, "deliveries", [d.as_row() for batch in batches for d in batch])
     return [None] * len(batches)
+
+
+def subscriber_requests(sandbox: Sandbox) -> list[RecordedRequest]:
+    """The subscriber upserts the MailerLite fake received (the worker's custom-field set-up left out)."""
+    return [r for r in sandbox.requests("mailerlite") if r.path == "/api/subscribers"]
 
 
 async def capture(database: Database, settings: Settings, **overrides: Any) -> uuid.UUID:

@@ -28,6 +28,7 @@ from tests.outbox.conftest import (
     running_worker,
     sandbox_settings,
     statuses,
+    subscriber_requests,
 )
 
 
@@ -51,7 +52,7 @@ async def test_a_lead_reaches_each_destination_once_and_the_ids_land_on_the_lead
         stored = database.read(
             lambda c: c.execute("select crm_contact_id, mailerlite_subscriber_id from leads").fetchone()
         )
-    (ml,) = sandbox.requests("mailerlite")
+    (ml,) = subscriber_requests(sandbox)
     (crm,) = sandbox.requests("crm")
     (sgtm,) = sandbox.requests("sgtm")
     assert ml.body["email"] == "ana.teste@example.com" and ml.body["fields"]["event_id"] == str(event_id)
@@ -128,8 +129,8 @@ async def test_retries_used_up_is_dead_after_the_backoff_schedule(tmp_path: Path
 
 async def test_429_is_paced_by_retry_after_without_spending_a_retry(tmp_path: Path, sandbox: Sandbox) -> None:
     settings = sandbox_settings(tmp_path, sandbox)
-    sandbox.set_faults("mailerlite", status_429_retry_after=1, count_429=1)
     async with running_worker(settings) as (database, worker):
+        sandbox.set_faults("mailerlite", status_429_retry_after=1, count_429=1)
         await capture(database, settings)
         worker.wake()
         await async_wait_until(
@@ -137,7 +138,7 @@ async def test_429_is_paced_by_retry_after_without_spending_a_retry(tmp_path: Pa
         )
         (row,) = delivery_rows(database, "destination = 'mailerlite'")
         attempts = attempt_rows(database, row["delivery_id"])
-    first, second = sandbox.requests("mailerlite")
+    first, second = subscriber_requests(sandbox)
     assert first.status == 429 and second.status == 201
     assert second.received_at - first.received_at >= 1.0
     assert [a["outcome"] for a in attempts] == ["rate_limited", "delivered"]
@@ -172,7 +173,7 @@ async def test_mailerlite_requests_are_spaced_to_its_rate_limit(tmp_path: Path, 
         await async_wait_until(
             lambda: len(delivery_rows(database, "destination = 'mailerlite' and status = 'delivered'")) == 6
         )
-    times = sorted(r.received_at for r in sandbox.requests("mailerlite"))
+    times = sorted(r.received_at for r in subscriber_requests(sandbox))
     # Six sends at one per 0.1 s span at least 0.5 s; unpaced they would arrive within milliseconds.
     assert times[-1] - times[0] >= 0.45
     assert min(b - a for a, b in itertools.pairwise(times)) >= 0.05
@@ -182,12 +183,12 @@ async def test_a_delivery_for_someone_who_withdrew_consent_is_never_sent(
     tmp_path: Path, sandbox: Sandbox
 ) -> None:
     settings = sandbox_settings(tmp_path, sandbox)
-    sandbox.set_faults("mailerlite", fail_5xx_until=time.time() + 60)
     sandbox.set_faults("sgtm", fail_5xx_until=time.time() + 60)
     async with running_worker(settings) as (database, worker):
+        sandbox.set_faults("mailerlite", fail_5xx_until=time.time() + 60)
         event_id = await capture(database, settings)
         worker.wake()
-        await async_wait_until(lambda: sandbox.requests("mailerlite") and sandbox.requests("sgtm"))
+        await async_wait_until(lambda: subscriber_requests(sandbox) and sandbox.requests("sgtm"))
         lead = database.read(lambda c: c.execute("select user_session_id from leads").fetchone())
         assert lead is not None
         withdrawal = ConsentIn(
@@ -225,7 +226,7 @@ async def test_a_delivery_for_someone_who_withdrew_consent_is_never_sent(
         rows = {r["kind"]: r for r in delivery_rows(database)}
     assert rows["subscriber_upsert"]["status"] == "suppressed" and rows["purchase"]["status"] == "suppressed"
     assert rows["purchase"]["attempt_count"] == 0
-    assert all(r.status == 503 for r in sandbox.requests("mailerlite"))
+    assert all(r.status == 503 for r in subscriber_requests(sandbox))
     assert all(r.status == 503 for r in sandbox.requests("sgtm"))
     assert sandbox.state("mailerlite")["subscribers"] == {} and sandbox.state("sgtm")["accepted"] == []
 
@@ -396,4 +397,44 @@ async def test_an_idle_worker_writes_nothing_yet_sends_a_row_queued_without_a_wa
         await capture(database, settings)
         await async_wait_until(lambda: statuses(database) == {"delivered": 3})
     assert idle_commits == 0
-    assert [len(sandbox.requests(dest)) for dest in ("mailerlite", "crm", "sgtm")] == [1, 1, 1]
+    assert [
+        len(subscriber_requests(sandbox)),
+        len(sandbox.requests("crm")),
+        len(sandbox.requests("sgtm")),
+    ] == [1, 1, 1]
+
+
+async def test_mailerlite_is_held_until_our_custom_fields_exist_then_they_are_kept(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    # A new MailerLite account has none of our fields, and MailerLite silently drops unknown ones.
+    settings = sandbox_settings(tmp_path, sandbox)
+    sandbox.set_faults("mailerlite", fail_5xx_until=time.time() + 60)  # the field check cannot get through
+    async with running_worker(settings, wait_ready=False) as (database, worker):
+        event_id = await capture(database, settings)
+        worker.wake()
+        await async_wait_until(
+            lambda: delivery_rows(database, "destination = 'crm' and status = 'delivered'")
+        )
+        await asyncio.sleep(0.3)
+        (held,) = delivery_rows(database, "destination = 'mailerlite'")
+        reason = worker.status()["mailerlite"]["held"]
+        sandbox.set_faults("mailerlite", clear=True)
+        await async_wait_until(
+            lambda: delivery_rows(database, "destination = 'mailerlite' and status = 'delivered'"), timeout=10
+        )
+    assert (held["status"], held["attempt_count"]) == ("pending", 0)  # held, not sent nor spending retries
+    assert reason is not None and "custom fields" in reason
+    assert subscriber_requests(sandbox)[0].body["fields"]["event_id"] == str(event_id)
+    fields = sandbox.state("mailerlite")["subscribers"]["ana.teste@example.com"]["fields"]
+    assert (fields["event_id"], fields["utm_source"]) == (str(event_id), "instagram")  # not dropped
+
+
+async def test_a_mailerlite_base_url_ending_in_api_is_accepted(tmp_path: Path, sandbox: Sandbox) -> None:
+    # MailerLite's docs write the base as https://connect.mailerlite.com/api.
+    settings = sandbox_settings(tmp_path, sandbox, mailerlite_base_url=sandbox.mailerlite_url + "/api/")
+    async with running_worker(settings) as (database, worker):
+        await capture(database, settings)
+        worker.wake()
+        await async_wait_until(lambda: statuses(database) == {"delivered": 3})
+    assert [r.path for r in subscriber_requests(sandbox)] == ["/api/subscribers"]

@@ -186,3 +186,122 @@ def signed(
     text = body if isinstance(body, str) else json.dumps(body)
     header = stripe.WebhookSignature.generate_signature_header(text, secret, timestamp=timestamp)
     return text, {"Stripe-Signature": header, "Content-Type": "application/json"}
+
+
+# --- copies of the shapes in Stripe's own OpenAPI fixtures (stripe/openapi fixtures3.json), written out here -------
+
+
+def fixture_payment_intent(**overrides: Any) -> dict[str, Any]:
+    """A PaymentIntent shaped as Stripe's fixture: 10.99 USD, still requires_payment_method, 0 received."""
+    payment_intent_id = new_id("pi")
+    body: dict[str, Any] = {
+        "amount": 1099,
+        "amount_capturable": 0,
+        "amount_details": {"tip": {}},
+        "amount_received": 0,
+        "application": None,
+        "application_fee_amount": None,
+        "automatic_payment_methods": None,
+        "canceled_at": None,
+        "cancellation_reason": None,
+        "capture_method": "automatic",
+        "client_secret": f"{payment_intent_id}_secret_{secrets.token_hex(12)}",
+        "confirmation_method": "automatic",
+        "created": 1234567890,
+        "currency": "usd",
+        "customer": None,
+        "description": None,
+        "id": payment_intent_id,
+        "invoice": None,
+        "last_payment_error": None,
+        "latest_charge": None,
+        "livemode": False,
+        "metadata": {},
+        "next_action": None,
+        "object": "payment_intent",
+        "on_behalf_of": None,
+        "payment_method": None,
+        "payment_method_configuration_details": None,
+        "payment_method_options": {},
+        "payment_method_types": ["card"],
+        "processing": None,
+        "receipt_email": None,
+        "review": None,
+        "setup_future_usage": None,
+        "shipping": None,
+        "source": None,
+        "statement_descriptor": None,
+        "statement_descriptor_suffix": None,
+        "status": "requires_payment_method",
+        "transfer_data": None,
+        "transfer_group": None,
+    }
+    return body | overrides
+
+
+def fixture_charge(**overrides: Any) -> dict[str, Any]:
+    """A Charge shaped as Stripe's fixture: 1.00 USD, made without a PaymentIntent (`payment_intent: null`)."""
+    charge_id = new_id("ch")
+    body: dict[str, Any] = {
+        "amount": 100,
+        "amount_captured": 0,
+        "amount_refunded": 0,
+        "application": None,
+        "application_fee": None,
+        "application_fee_amount": None,
+        "balance_transaction": new_id("txn"),
+        "billing_details": {
+            "address": {
+                "city": None,
+                "country": None,
+                "line1": None,
+                "line2": None,
+                "postal_code": None,
+                "state": None,
+            },
+            "email": None,
+            "name": None,
+            "phone": None,
+        },
+        "calculated_statement_descriptor": None,
+        "captured": False,
+        "created": 1234567890,
+        "currency": "usd",
+        "customer": None,
+        "description": "My First Test Charge (created for API docs)",
+        "disputed": False,
+        "failure_balance_transaction": None,
+        "failure_code": None,
+        "failure_message": None,
+        "fraud_details": {},
+        "id": charge_id,
+        "invoice": None,
+        "livemode": False,
+        "metadata": {},
+        "object": "charge",
+        "on_behalf_of": None,
+        "outcome": None,
+        "paid": True,
+        "payment_intent": None,
+        "payment_method": new_id("card"),
+        "payment_method_details": None,
+        "receipt_email": None,
+        "receipt_number": None,
+        "receipt_url": f"https://pay.stripe.com/receipts/{secrets.token_urlsafe(24)}",
+        "refunded": False,
+        "refunds": {
+            "data": [],
+            "has_more": False,
+            "object": "list",
+            "url": f"/v1/charges/{charge_id}/refunds",
+        },
+        "review": None,
+        "shipping": None,
+        "source_transfer": None,
+        "statement_descriptor": None,
+        "statement_descriptor_suffix": None,
+        "status": "succeeded",
+        "transfer_data": None,
+        "transfer_group": None,
+    }
+    return body | overrides

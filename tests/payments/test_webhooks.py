@@ -13,6 +13,10 @@ import httpx
 import pytest
 
 from ingest.payments import repository as payments_repository
+from ingest.reconcile.models import ModelParams, load_models
+from sandbox import Sandbox
+from sandbox.fakes import MAILERLITE_API_KEY
+from tests.conftest import ADMIN_TOKEN, wait_until
 from tests.payments import events
 from tests.payments.conftest import PRICE_CENTS, RunningApi, rename_table
 
@@ -89,23 +93,16 @@ def _not_utf8(api: RunningApi, secret: str) -> httpx.Response:
     return api.client.post("/v1/webhooks/stripe", content=body, headers={"Stripe-Signature": header})
 
 
-def _no_data_object(api: RunningApi, secret: str) -> httpx.Response:
+def _no_event_id(api: RunningApi, secret: str) -> httpx.Response:
     body = events.succeeded(events.new_id("pi"))
-    del body["data"]["object"]
+    del body["id"]
     return api.post_event(body, secret=secret)
 
 
-def _object_without_id(api: RunningApi, secret: str) -> httpx.Response:
-    body = events.succeeded(events.new_id("pi"))
-    del body["data"]["object"]["id"]
-    return api.post_event(body, secret=secret)
-
-
-def _amount_not_a_number(api: RunningApi, secret: str) -> httpx.Response:
-    body = events.succeeded(events.new_id("pi"))
-    body["data"]["object"]["amount"] = "47.00"
-    body["data"]["object"]["amount_received"] = None
-    return api.post_event(body, secret=secret)
+def _nested_too_deep(api: RunningApi, secret: str) -> httpx.Response:
+    # Deep enough to make a recursive JSON parser raise RecursionError; well inside the body limit.
+    body = json.dumps(events.succeeded(events.new_id("pi")))
+    return api.post_event(body[:-1] + ', "padding": ' + "[" * 5000 + "]" * 5000 + "}", secret=secret)
 
 
 def _oversized(api: RunningApi, secret: str) -> httpx.Response:
@@ -125,9 +122,8 @@ def _oversized(api: RunningApi, secret: str) -> httpx.Response:
         (_not_json, 400),
         (_json_array, 400),
         (_not_utf8, 400),
-        (_no_data_object, 400),
-        (_object_without_id, 400),
-        (_amount_not_a_number, 400),
+        (_no_event_id, 400),
+        (_nested_too_deep, 400),
         (_oversized, 413),
     ],
 )
@@ -140,6 +136,87 @@ def test_bad_deliveries_are_refused_and_nothing_is_recorded(
     assert "error" in response.json()
     assert stripe_api.one("select count(*) from stripe_events") == 0
     assert stripe_api.one("select count(*) from payments") == 0
+
+
+# --- poison events: signed, but never processable ----------------------------------------------------------
+
+
+def _without_data_object(body: dict[str, Any]) -> None:
+    del body["data"]["object"]
+
+
+def _without_object_id(body: dict[str, Any]) -> None:
+    del body["data"]["object"]["id"]
+
+
+def _amount_as_text(body: dict[str, Any]) -> None:
+    body["data"]["object"]["amount"] = "47.00"
+    body["data"]["object"]["amount_received"] = None
+
+
+def _created_in_year_10000(body: dict[str, Any]) -> None:
+    body["created"] = 253_402_300_800  # 10000-01-01: `ValueError: year 10000 is out of range` before
+
+
+def _amount_beyond_bigint(body: dict[str, Any]) -> None:
+    body["data"]["object"]["amount"] = body["data"]["object"]["amount_received"] = 2**64  # INT128 before
+
+
+def _currency_not_a_code(body: dict[str, Any]) -> None:
+    body["data"]["object"]["currency"] = "euros"
+
+
+def _unknown_intent_status(body: dict[str, Any]) -> None:
+    body["data"]["object"]["status"] = "teleported"
+
+
+@pytest.mark.parametrize(
+    ("spoil", "reason"),
+    [
+        (_without_data_object, "data.object"),
+        (_without_object_id, "data.object.id"),
+        (_amount_as_text, "data.object.amount"),
+        (_created_in_year_10000, "created"),
+        (_amount_beyond_bigint, "data.object.amount"),
+        (_currency_not_a_code, "data.object.currency"),
+        (_unknown_intent_status, "data.object.status"),
+    ],
+)
+def test_a_signed_event_that_can_never_be_processed_is_kept_as_rejected_and_acknowledged(
+    stripe_api: RunningApi, spoil: Callable[[dict[str, Any]], None], reason: str
+) -> None:
+    event_id = stripe_api.create_lead()
+    body = events.succeeded(events.new_id("pi"), event_id)
+    spoil(body)
+
+    first = stripe_api.post_event(body)
+    again = stripe_api.post_event(body)  # Stripe's retry
+
+    assert first.status_code == 200, first.text
+    answer = first.json()
+    assert (answer["received"], answer["duplicate"], answer["status"]) == (True, False, "rejected")
+    assert reason in answer["reason"]
+    assert again.status_code == 200
+    assert again.json() | {"reason": None} == {
+        "received": True, "duplicate": True, "status": "rejected", "reason": None,
+    }  # fmt: skip
+    status, error, attempts, _ = _event_row(stripe_api, body["id"])  # type: ignore[misc]
+    assert (status, error, attempts) == ("rejected", answer["reason"], 1)
+    assert stripe_api.one("select count(*) from payments") == 0  # nothing half-written
+    assert stripe_api.one("select count(*) from deliveries where kind = 'purchase'") == 0
+    assert _lead_status(stripe_api, event_id) == "lead"
+    staged = stripe_api.database.read(
+        lambda conn: (
+            load_models(conn, ModelParams.from_settings(stripe_api.settings), temporary=True),
+            conn.execute(
+                "select processing_status, processing_error, is_failed, is_rejected from stg_stripe_events"
+            ).fetchall(),
+        )[1]
+    )
+    assert staged == [("rejected", answer["reason"], True, True)]
+    metrics = stripe_api.client.get("/v1/metrics/success", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    resilience = next(m for m in metrics.json() if m["metric"] == "system_resilience")
+    assert (resilience["numerator"], resilience["denominator"], resilience["met"]) == (1, 1, False)
 
 
 def test_webhooks_answer_503_when_no_secret_is_configured(stripe_api_with: Callable[..., RunningApi]) -> None:
@@ -162,7 +239,7 @@ def test_succeeded_marks_the_lead_paid_with_its_outbox_rows(stripe_api: RunningA
     response = stripe_api.post_event(body)
 
     assert response.status_code == 200
-    assert response.json() == {"received": True, "duplicate": False}
+    assert response.json() == {"received": True, "duplicate": False, "status": "processed"}
     assert _lead_status(stripe_api, event_id) == "paid"
     payment = _payment(stripe_api, pi)
     assert (payment["status"], payment["amount_cents"], payment["is_orphan"]) == (
@@ -174,10 +251,10 @@ def test_succeeded_marks_the_lead_paid_with_its_outbox_rows(stripe_api: RunningA
     deliveries = _deliveries(stripe_api, event_id)
     assert set(deliveries) == {("contact_upsert", "paid"), ("subscriber_upsert", "paid"), ("purchase", pi)}
     assert deliveries[("contact_upsert", "paid")][1] == {
-        "lead_status": "paid", "amount_cents": PRICE_CENTS, "currency": "EUR", "payment_intent_id": pi,
+        "lead_status": "paid", "amount_cents": PRICE_CENTS, "currency": "eur", "payment_intent_id": pi,
     }  # fmt: skip
     assert deliveries[("subscriber_upsert", "paid")][1] == {"payment_status": "paid"}
-    assert deliveries[("purchase", pi)][1] == {"transaction_id": pi, "value": 47.0, "currency": "EUR"}
+    assert deliveries[("purchase", pi)][1] == {"transaction_id": pi, "value": 47.0, "currency": "eur"}
     assert all(status != "suppressed" for status, _ in deliveries.values())
     row = _event_row(stripe_api, body["id"])
     assert row is not None and row[0] == "processed" and row[2] == 1
@@ -214,9 +291,9 @@ def test_a_repeated_event_is_processed_once(stripe_api: RunningApi) -> None:
     first = stripe_api.post_event(body)
     second = stripe_api.post_event(body)
 
-    assert first.json() == {"received": True, "duplicate": False}
+    assert first.json() == {"received": True, "duplicate": False, "status": "processed"}
     assert second.status_code == 200
-    assert second.json() == {"received": True, "duplicate": True}
+    assert second.json() == {"received": True, "duplicate": True, "status": "processed"}
     assert len(_deliveries(stripe_api, event_id)) == 3
     assert _event_row(stripe_api, body["id"])[2] == 1  # type: ignore[index]
 
@@ -488,7 +565,7 @@ def test_a_failed_processing_is_kept_and_the_next_delivery_processes_it(stripe_a
     retried = stripe_api.post_event(body)
 
     assert retried.status_code == 200
-    assert retried.json() == {"received": True, "duplicate": False}
+    assert retried.json() == {"received": True, "duplicate": False, "status": "processed"}
     status, error, attempts, _ = _event_row(stripe_api, body["id"])  # type: ignore[misc]
     assert (status, attempts) == ("processed", 3)
     assert error is not None  # the earlier failure stays on record
@@ -520,3 +597,168 @@ def test_concurrent_copies_of_a_failing_event_all_fail_and_none_is_half_written(
     assert codes == [500] * 8
     assert stripe_api.rows("select status, processing_attempts from stripe_events") == [("failed", 8)]
     assert stripe_api.one("select count(*) from deliveries where kind = 'purchase'") == 0
+
+
+# --- money from Stripe's real shapes -----------------------------------------------------------------------
+
+
+def _staged_payment(api: RunningApi, payment_intent_id: str) -> dict[str, Any]:
+    def read(conn: Any) -> dict[str, Any]:
+        load_models(conn, ModelParams.from_settings(api.settings), temporary=True)
+        cursor = conn.execute(
+            "select p.currency, p.is_price_mismatch, p.expected_amount_cents, p.expected_currency, "
+            "o.is_normal_sale from stg_payments p join payment_outcomes o using (payment_intent_id) "
+            "where payment_intent_id = ?",
+            [payment_intent_id],
+        )
+        names = [column[0] for column in cursor.description]
+        return dict(zip(names, cursor.fetchone(), strict=True))
+
+    return api.database.read(read)
+
+
+def test_a_succeeded_event_whose_intent_is_not_succeeded_marks_nothing_paid(stripe_api: RunningApi) -> None:
+    # Stripe's fixture PaymentIntent (10.99 USD, requires_payment_method, 0 received) under a succeeded event.
+    event_id = stripe_api.create_lead()
+    intent = events.fixture_payment_intent(metadata={"event_id": str(event_id)})
+
+    response = stripe_api.post_event(events.event("payment_intent.succeeded", intent))
+
+    assert response.status_code == 200, response.text
+    payment = _payment(stripe_api, intent["id"])
+    assert (payment["status"], payment["succeeded_at"]) == ("open", None)
+    assert _lead_status(stripe_api, event_id) == "lead"
+    assert _deliveries(stripe_api, event_id) == {}
+
+
+@pytest.mark.parametrize(
+    ("amount", "received", "currency"),
+    [(1099, 1099, "USD"), (PRICE_CENTS, 0, "eur"), (PRICE_CENTS + 1, PRICE_CENTS + 1, "EUR")],
+)
+def test_a_payment_unlike_the_product_price_is_kept_as_received_and_flagged(
+    stripe_api: RunningApi, amount: int, received: int, currency: str
+) -> None:
+    event_id = stripe_api.create_lead()
+    intent = events.fixture_payment_intent(
+        status="succeeded",
+        amount=amount,
+        amount_received=received,
+        currency=currency,
+        metadata={"event_id": str(event_id)},
+    )
+
+    assert stripe_api.post_event(events.event("payment_intent.succeeded", intent)).status_code == 200
+
+    payment = _payment(stripe_api, intent["id"])
+    assert (payment["status"], payment["amount_cents"], payment["currency"]) == (
+        "succeeded", received, currency.lower(),
+    )  # fmt: skip
+    assert _staged_payment(stripe_api, intent["id"]) == {
+        "currency": currency.lower(),
+        "is_price_mismatch": received != PRICE_CENTS or currency.lower() != "eur",
+        "expected_amount_cents": PRICE_CENTS,
+        "expected_currency": "eur",
+        "is_normal_sale": False,
+    }
+    purchase = _deliveries(stripe_api, event_id)[("purchase", intent["id"])][1]
+    assert purchase == {"transaction_id": intent["id"], "value": received / 100, "currency": currency.lower()}
+
+
+def test_a_payment_at_the_product_price_is_a_normal_sale(stripe_api: RunningApi) -> None:
+    pi = events.new_id("pi")
+    assert stripe_api.post_event(events.succeeded(pi, stripe_api.create_lead())).status_code == 200
+    assert _staged_payment(stripe_api, pi) == {
+        "currency": "eur",
+        "is_price_mismatch": False,
+        "expected_amount_cents": PRICE_CENTS,
+        "expected_currency": "eur",
+        "is_normal_sale": True,
+    }
+
+
+def test_a_refund_naming_no_payment_intent_finds_its_payment_by_charge(stripe_api: RunningApi) -> None:
+    event_id = stripe_api.create_lead()
+    pi = events.new_id("pi")
+    success = events.succeeded(pi, event_id)
+    charge_id = success["data"]["object"]["latest_charge"]
+    refund = events.event(
+        "charge.refunded",
+        events.fixture_charge(
+            id=charge_id, amount=PRICE_CENTS, amount_refunded=PRICE_CENTS, currency="eur", refunded=True
+        ),
+    )
+
+    assert stripe_api.post_event(success).status_code == 200
+    assert stripe_api.post_event(refund).status_code == 200
+
+    assert stripe_api.rows("select payment_intent_id, status from payments") == [(pi, "refunded")]
+    assert _lead_status(stripe_api, event_id) == "refunded"
+    assert stripe_api.one("select count(*) from unlinked_refunds") == 0
+
+
+def test_a_refund_of_a_charge_no_payment_holds_is_kept_apart_not_as_a_second_payment(
+    stripe_api: RunningApi,
+) -> None:
+    event_id = stripe_api.create_lead()
+    pi = events.new_id("pi")
+    assert stripe_api.post_event(events.succeeded(pi, event_id)).status_code == 200
+    # Stripe's fixture charge (no payment_intent), refunded, whose metadata names the lead.
+    charge = events.fixture_charge(amount_refunded=100, refunded=True, metadata={"event_id": str(event_id)})
+
+    response = stripe_api.post_event(events.event("charge.refunded", charge))
+
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "processed"
+    assert stripe_api.rows("select payment_intent_id, status from payments") == [(pi, "succeeded")]
+    assert _lead_status(stripe_api, event_id) == "paid"
+    refunds = stripe_api.database.read(
+        lambda conn: (
+            load_models(conn, ModelParams.from_settings(stripe_api.settings), temporary=True),
+            conn.execute(
+                "select charge_id, named_event_id, amount_cents, refunded_cents, currency from stg_unlinked_refunds"
+            ).fetchall(),
+        )[1]
+    )
+    assert refunds == [(charge["id"], event_id, 100, 100, "usd")]
+
+
+# --- consent: a payment never re-subscribes ------------------------------------------------------------------
+
+
+def test_a_payment_after_an_unsubscribe_in_mailerlite_does_not_resubscribe(
+    stripe_api: RunningApi, sandbox: Sandbox
+) -> None:
+    email = f"unsub.{uuid4().hex[:10]}@example.com"
+
+    def subscriber() -> dict[str, Any]:
+        found: dict[str, Any] = sandbox.state("mailerlite")["subscribers"].get(email) or {}
+        return found
+
+    event_id = stripe_api.create_lead(email=email)
+    wait_until(lambda: subscriber().get("status") == "active", 10, "the opt-in")
+    # The subscriber clicks "unsubscribe" in a MailerLite email.
+    unsubscribed = httpx.post(
+        f"{sandbox.mailerlite_url}/api/subscribers",
+        json={"email": email, "status": "unsubscribed"},
+        headers={"Authorization": f"Bearer {MAILERLITE_API_KEY}"},
+    )
+    assert unsubscribed.status_code == 200
+
+    assert stripe_api.post_event(events.succeeded(events.new_id("pi"), event_id)).status_code == 200
+    wait_until(
+        lambda: (
+            stripe_api.one(
+                "select status from deliveries where event_id = ? and destination = 'mailerlite' "
+                "and idempotency_key like '%:paid'",
+                [event_id],
+            )
+            == "delivered"
+        ),
+        15,
+        "the paid MailerLite upsert",
+    )
+
+    assert subscriber()["status"] == "unsubscribed"
+    assert subscriber()["fields"]["payment_status"] == "paid"  # the fields still update
+    paid = [r.body for r in sandbox.requests("mailerlite") if r.body and r.body.get("email") == email][-1]
+    assert not {"status", "groups", "opted_in_at", "optin_ip"} & set(paid)

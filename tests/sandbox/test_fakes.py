@@ -158,9 +158,18 @@ def post_mp(client: httpx.Client, sandbox: Sandbox, body: Any, **query: str) -> 
 # MailerLite
 
 
+def _create_fields(sandbox: Sandbox, client: httpx.Client, *keys: str) -> None:
+    for key in keys:
+        created = client.post(
+            sandbox.mailerlite_url + "/api/fields", json={"name": key, "type": "text"}, headers=ML_AUTH
+        )
+        assert created.status_code == 201, created.text
+
+
 def test_mailerlite_upsert_creates_then_updates_the_same_subscriber(
     sandbox: Sandbox, client: httpx.Client
 ) -> None:
+    _create_fields(sandbox, client, "payment_status", "utm_source", "utm_content")
     url = sandbox.mailerlite_url + "/api/subscribers"
     first = client.post(url, json=subscriber_body(), headers=ML_AUTH)
     second = client.post(
@@ -178,6 +187,24 @@ def test_mailerlite_upsert_creates_then_updates_the_same_subscriber(
     assert updated["fields"]["utm_source"] == "instagram"  # merged, not replaced
     assert updated["status"] == "active"
     assert updated["groups"] == [{"id": MAILERLITE_GROUP_ID}]
+
+
+def test_mailerlite_drops_fields_that_were_never_created_as_the_real_api_does(
+    sandbox: Sandbox, client: httpx.Client
+) -> None:
+    url = sandbox.mailerlite_url + "/api/subscribers"
+    before = client.post(url, json=subscriber_body(), headers=ML_AUTH)
+    _create_fields(sandbox, client, "event_id")
+    after = client.post(url, json=subscriber_body(), headers=ML_AUTH)
+
+    assert before.status_code == 201  # accepted, yet the unknown keys are gone
+    fields = before.json()["data"]["fields"]
+    assert fields["name"] == "Ana Teste" and fields["phone"] == "+351912345678"  # MailerLite's own fields
+    assert "event_id" not in fields and "utm_source" not in fields
+    assert after.status_code == 200
+    assert after.json()["data"]["fields"]["event_id"] == subscriber_body()["fields"]["event_id"]
+    assert "utm_source" not in after.json()["data"]["fields"]
+    assert sandbox.requests("mailerlite")[0].body["fields"]["utm_source"] == "instagram"  # what was sent
 
 
 def test_mailerlite_ids_are_stable_across_sandboxes(sandbox: Sandbox, client: httpx.Client) -> None:

@@ -1,5 +1,13 @@
 """MailerLite: the subscriber upsert (and unsubscribe) of POST /api/subscribers, the subscriber id in its
-answer, and the custom fields the upsert fills (`attribution mailerlite setup-fields`)."""
+answer, and the custom fields the upsert fills (`attribution mailerlite setup-fields`).
+
+Consent: only the opt-in itself (the upsert lead capture plans) sets `status: active`, the groups and
+`opted_in_at`. The upserts a payment or refund plans (they carry `payment_status`) update fields only, so someone
+who unsubscribed in MailerLite stays unsubscribed; only a withdrawal sets a status, `unsubscribed`.
+
+MailerLite silently drops `fields` keys that were never created, so the worker ensures ours exist before its
+first MailerLite send (`ensure_mailerlite_fields`) and holds MailerLite deliveries while it cannot.
+"""
 
 from __future__ import annotations
 
@@ -76,6 +84,8 @@ def mailerlite_body(claimed: ClaimedDelivery, settings: Settings) -> dict[str, A
         **{key: lead.get(key) for key in UTM_KEYS},
     }
     body: dict[str, Any] = {"email": email, "fields": fields}
+    if "payment_status" in claimed.payload:
+        return body  # an update after the opt-in: never a status, so an unsubscribe made in MailerLite holds
     if settings.mailerlite_group_id:
         body["groups"] = [settings.mailerlite_group_id]
     if consent:
@@ -91,7 +101,7 @@ def render_mailerlite(claimed: ClaimedDelivery, settings: Settings, now: datetim
     """POST {MAILERLITE_BASE_URL}/api/subscribers with the API key."""
     assert settings.mailerlite_api_key is not None  # a client exists only for a configured destination
     return OutgoingRequest(
-        url=settings.mailerlite_base_url.rstrip("/") + "/api/subscribers",
+        url=settings.mailerlite_base_url + "/api/subscribers",
         body=compact_json(mailerlite_body(claimed, settings)),
         headers={
             "Authorization": f"Bearer {settings.mailerlite_api_key.get_secret_value()}",
@@ -109,7 +119,7 @@ def mailerlite_subscriber_id(answer: Any) -> str | None:
 def setup_mailerlite_fields(settings: Settings, http: httpx.Client) -> tuple[list[str], list[str]]:
     """Create the custom fields the upsert fills that MailerLite lacks; return (created, already there)."""
     assert settings.mailerlite_api_key is not None
-    base = settings.mailerlite_base_url.rstrip("/")
+    base = settings.mailerlite_base_url
     headers = {
         "Authorization": f"Bearer {settings.mailerlite_api_key.get_secret_value()}",
         "Accept": "application/json",
@@ -142,3 +152,11 @@ def setup_mailerlite_fields(settings: Settings, http: httpx.Client) -> tuple[lis
                 f"creating field {key} answered HTTP {answer.status_code}: {answer.text[:300]}"
             )
     return created, present
+
+
+def ensure_mailerlite_fields(settings: Settings) -> list[str]:
+    """Create whichever of our custom fields MailerLite lacks (the worker's check before its first send); return
+    the keys created. Raises MailerLiteSetupError, or httpx.HTTPError when MailerLite cannot be reached."""
+    with httpx.Client(timeout=settings.attribution_delivery_timeout_seconds) as http:
+        created, _ = setup_mailerlite_fields(settings, http)
+    return created

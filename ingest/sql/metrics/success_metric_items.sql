@@ -66,12 +66,13 @@ compliance_items as (
 ),
 
 resilience_items as (
-    -- Stripe events stored, counted when their processing is still 'failed' (a later success settles the row).
+    -- Stripe events stored, counted when their processing failed for good: still 'failed' (a later success
+    -- settles the row) or 'rejected' (a payload that can never be processed).
     select
         'system_resilience' as metric,
         stripe_event_id as item_id,
         cast(received_at as date) as day,
-        processing_status = 'failed' as in_numerator
+        is_failed as in_numerator
     from events
 ),
 

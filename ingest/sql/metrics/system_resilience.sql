@@ -1,6 +1,6 @@
 -- Grain: one row: system_resilience = distinct Stripe events whose processing failed and never later succeeded
--- (still 'failed': a later success settles the row) / distinct Stripe events stored; defined in
--- success_metric_items. No events: 0%, met.
+-- (is_failed: still 'failed', as a later success settles the row, or 'rejected', which never can succeed) /
+-- distinct Stripe events stored; defined in success_metric_items. No events: 0%, met.
 with items as (
     select * from success_metric_items
     where metric = 'system_resilience'

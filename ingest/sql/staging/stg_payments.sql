@@ -1,5 +1,6 @@
--- Grain: one row per PaymentIntent (payment_intent_id). Amounts in cents; status only moves forward
--- (open < failed < canceled < succeeded < refunded).
+-- Grain: one row per PaymentIntent (payment_intent_id). Amounts in cents, currency lower-case; status only moves
+-- forward (open < failed < canceled < succeeded < refunded). is_price_mismatch: succeeded with another amount or
+-- currency than the product's (expected_*), kept for review and not a normal sale.
 with source as (
     select * from payments
 ),
@@ -20,7 +21,11 @@ renamed as (
         updated_at,
         succeeded_at,
         refunded_at,
-        last_stripe_event_id
+        last_stripe_event_id,
+        charge_id,
+        expected_amount_cents,
+        expected_currency,
+        is_price_mismatch
     from source
 )
 

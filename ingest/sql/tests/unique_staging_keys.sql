@@ -19,3 +19,6 @@ from stg_payments group by payment_intent_id having count(*) > 1
 union all
 select 'stg_stripe_events', stripe_event_id, count(*)
 from stg_stripe_events group by stripe_event_id having count(*) > 1
+union all
+select 'stg_unlinked_refunds', charge_id, count(*)
+from stg_unlinked_refunds group by charge_id having count(*) > 1
