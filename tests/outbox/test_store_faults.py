@@ -3,12 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 
+import duckdb
+
+from ingest.core.clock import utcnow
 from ingest.core.vocabulary import DeliveryStatus
+from ingest.store.database import Database
+from ingest.store.status import beat
+from ingest.store.writer import StoreUnavailable
 from sandbox import Sandbox
 from tests.conftest import fill_disk
 from tests.outbox.conftest import async_wait_until, capture, delivery_rows, running_worker, sandbox_settings
+
+
+def _beat(conn: duckdb.DuckDBPyConnection, items: Sequence[None]) -> list[None]:
+    beat(conn, utcnow())
+    return [None for _ in items]
+
+
+async def _exhaust(database: Database) -> None:
+    """Write heartbeats until the full disk refuses one."""
+    for _ in range(200):
+        try:
+            await database.writer.submit(_beat, None)
+        except StoreUnavailable:
+            return
+    raise AssertionError("the full disk kept taking writes")
 
 
 async def test_an_outcome_the_store_refused_is_recorded_once_writes_work_again(
@@ -20,6 +42,7 @@ async def test_an_outcome_the_store_refused_is_recorded_once_writes_work_again(
         await capture(database, settings)
         await async_wait_until(lambda: sandbox.arrived("crm") == 1)
         filler = fill_disk(small_disk)
+        await _exhaust(database)  # the write-ahead log's last page may still take a small write or two
         await asyncio.sleep(2.5)  # the CRM has answered; its outcome could not be committed
         [crm] = delivery_rows(database, "destination = 'crm'")
         assert crm["status"] == DeliveryStatus.PENDING and crm["claimed_until"] is not None
