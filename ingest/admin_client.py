@@ -60,8 +60,7 @@ class AdminApi:
     @classmethod
     def from_settings(cls, settings: Settings) -> AdminApi:
         """The client of ATTRIBUTION_API_URL with ATTRIBUTION_ADMIN_TOKEN."""
-        token = settings.attribution_admin_token
-        return cls(settings.attribution_api_url, token.get_secret_value() if token is not None else None)
+        return cls(settings.attribution_api_url, settings.admin_token_to_send())
 
     def status(self) -> ApiStatus:
         """Probe /healthz: reachable or not, and a sentence about it."""

@@ -118,6 +118,18 @@ class Settings(BaseSettings):
         """The trusted proxies as networks, so single addresses and CIDR ranges both work."""
         return tuple(ipaddress.ip_network(item, strict=False) for item in self.attribution_trusted_proxies)
 
+    def admin_tokens(self) -> tuple[str, ...]:
+        """Every accepted admin token: ATTRIBUTION_ADMIN_TOKEN may be a comma list while a token is rolled."""
+        if self.attribution_admin_token is None:
+            return ()
+        raw = self.attribution_admin_token.get_secret_value()
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+    def admin_token_to_send(self) -> str | None:
+        """The token our own clients (CLI, dashboard) send: the first of the list, so list the new one first."""
+        tokens = self.admin_tokens()
+        return tokens[0] if tokens else None
+
     def destinations_enabled(self) -> dict[str, bool]:
         """Which forwarding destinations are configured; an unconfigured one is off."""
         return {
