@@ -35,6 +35,11 @@ class Settings(BaseSettings):
     attribution_default_phone_region: str = Field("PT", pattern=r"^[A-Z]{2}$")
     attribution_demo: bool = False
     attribution_log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    # Alerts: a Slack-compatible incoming webhook (its URL is a credential, hence secret).
+    attribution_alert_webhook_url: SecretStr | None = None
+    attribution_alert_dead_window_seconds: float = Field(300.0, gt=0, le=86400)
+    attribution_alert_timeout_seconds: float = Field(10.0, gt=0, le=120)
+    attribution_alert_max_backoff_seconds: float = Field(300.0, gt=0, le=86400)
 
     stripe_secret_key: SecretStr | None = None
     stripe_webhook_secret: SecretStr | None = None
@@ -94,6 +99,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "attribution_admin_token",
+        "attribution_alert_webhook_url",
         "stripe_secret_key",
         "stripe_webhook_secret",
         "mailerlite_api_key",
