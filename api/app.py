@@ -14,6 +14,7 @@ from api.assets import StaticAssets
 from api.errors import install_error_handlers
 from api.routes import (
     admin,
+    backup,
     client,
     consent,
     deliveries,
@@ -133,6 +134,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         deliveries.router,
         metrics.router,
         ops.router,
+        backup.router,
     ):
         app.include_router(router)
     app.include_router(client.router)
