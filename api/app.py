@@ -8,11 +8,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from prometheus_client import CollectorRegistry
 
 from api.assets import StaticAssets
 from api.errors import EVERY_ROUTE, install_error_handlers
 from api.routes import (
     admin,
+    backup,
     client,
     consent,
     deliveries,
@@ -20,12 +22,16 @@ from api.routes import (
     health,
     leads,
     metrics,
+    ops,
     payments,
     stripe_admin,
     webhooks,
 )
 from api.security import RateLimiter, RequestLimits
+from api.telemetry import RequestMetrics
 from ingest.core.settings import Settings, load_settings
+from ingest.ops.alerts import AlertMonitor
+from ingest.ops.metrics import StoreCollector, WriterMetrics
 from ingest.outbox.worker import DeliveryWorker
 from ingest.payments.checkout import Checkout, stripe_client
 from ingest.reconcile.replica import ReplicaPublisher
@@ -37,18 +43,24 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; the database is opened at start-up, not at import."""
     settings = settings or load_settings()
+    # One registry per app (not prometheus_client's global one), so apps in one process keep their own counts.
+    registry = CollectorRegistry()
+    writer_metrics = WriterMetrics(registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         database = Database.open(settings.attribution_db_path)
         app.state.database = database
+        database.writer.observe_commit = writer_metrics.observe
+        monitor = AlertMonitor(database, settings)
+        app.state.alert_monitor = monitor
         # One Stripe SDK client and one Checkout (it holds the per-lead locks) for the app's life.
         client = stripe_client(settings) if settings.stripe_secret_key is not None else None
         app.state.stripe = client
         app.state.checkout = Checkout(settings, database, client) if client is not None else None
         publisher = ReplicaPublisher(database, settings)
+        publisher.on_published = monitor.evaluate_targets
         app.state.replica_publisher = publisher
-        publisher.start()
         enabled = settings.destinations_enabled()
         log.info(
             "service started",
@@ -64,9 +76,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     "destination not configured: deliveries to it are recorded as disabled",
                     extra={"destination": name},
                 )
-        worker = DeliveryWorker(database, settings) if settings.attribution_delivery_worker else None
+        worker = (
+            DeliveryWorker(database, settings, on_circuit_change=monitor.circuit_changed)
+            if settings.attribution_delivery_worker
+            else None
+        )
         app.state.delivery_worker = worker
+        collector = StoreCollector(
+            database,
+            circuits=worker.status if worker is not None else None,
+            replica_taken_at=lambda: publisher.last.taken_at if publisher.last is not None else None,
+        )
+        registry.register(collector)
+        await monitor.start()
+        publisher.start()
         if worker is not None:
+            worker.resume_open_circuits(monitor.open_circuits())
             await worker.start()
         try:
             yield
@@ -74,6 +99,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if worker is not None:
                 await worker.stop()
             publisher.stop()
+            await monitor.stop()
+            registry.unregister(collector)
             database.close()
             log.info("service stopped")
 
@@ -85,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses=EVERY_ROUTE,
     )
     app.state.settings = settings
+    app.state.metrics_registry = registry
     app.state.rate_limiter = RateLimiter(settings.attribution_rate_limit_per_minute)
     install_error_handlers(app)
     # The last added is the outermost: CORS wraps the limits, so a refusal (413, 415, 431) carries CORS headers.
@@ -106,10 +134,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         stripe_admin.router,
         deliveries.router,
         metrics.router,
+        ops.router,
+        backup.router,
     ):
         app.include_router(router)
     app.include_router(client.router)
     if settings.attribution_demo:
         app.include_router(demo.router)
     app.mount("/static", StaticAssets(demo=settings.attribution_demo), name="static")
+    # Outermost, so requests refused by the limits or CORS are counted too.
+    app.add_middleware(RequestMetrics, registry=registry, templates=lambda: app.openapi()["paths"])
     return app

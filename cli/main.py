@@ -121,3 +121,27 @@ def _say_applied(applied: list[str], where: str) -> None:
         console.print(f"applied {len(applied)} migration(s) to {where}: {', '.join(applied)}")
     else:
         console.print(f"{where} is up to date")
+
+
+@db_app.command("backup")
+def db_backup(
+    directory: Annotated[str, typer.Argument(help="An empty folder for the backup.")],
+) -> None:
+    """A consistent copy of the embedded database into DIRECTORY, while the API runs or not."""
+    from pathlib import Path
+
+    from cli.backup import backup
+
+    backup(Path(directory))
+
+
+@db_app.command("restore")
+def db_restore(
+    directory: Annotated[str, typer.Argument(help="The folder of a backup made by `attribution db backup`.")],
+) -> None:
+    """Put a backup back as ATTRIBUTION_DB_PATH (refused while an API holds the file)."""
+    from pathlib import Path
+
+    from cli.backup import restore
+
+    restore(Path(directory))

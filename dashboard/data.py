@@ -73,6 +73,15 @@ def daily_metrics(snapshot_key: str) -> pd.DataFrame:
     )
 
 
+@st.cache_data(ttl=CACHE_SECONDS, max_entries=CACHE_ENTRIES, show_spinner=False)
+def outbox_health(snapshot_key: str) -> pd.DataFrame:
+    """Per destination: deliveries waiting and dead, since when the oldest waiting one is due, its circuit."""
+    return source().frame(
+        "select destination, waiting_count, dead_count, oldest_due_at, is_circuit_open, circuit_changed_at "
+        "from outbox_health order by destination"
+    )
+
+
 # --- funnel and attribution ---------------------------------------------------------------------------------
 
 

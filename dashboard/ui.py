@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -13,6 +14,7 @@ from dashboard.snapshots import NoReplica, Snapshot
 from ingest.admin_client import AdminApi, ApiStatus
 from ingest.reconcile.report import percent
 
+LAG_WARNING_SECONDS = 60  # a destination whose oldest due delivery waited longer than this is shown as behind
 STALE_AFTER_INTERVALS = 6  # a replica older than this many publish intervals means the API stopped publishing
 API_STATUS_SECONDS = 10
 METRIC_LABELS = {
@@ -37,12 +39,15 @@ _EMAIL = re.compile(r"^(.)[^@]*(@.*)$")
 
 
 def require_snapshot() -> Snapshot:
-    """The replica this rerun reads; without one, say what to start and stop the page."""
+    """The replica this rerun reads, with the health strip under the page title; without one, say what to
+    start and stop the page."""
     try:
-        return data.snapshot()
+        current = data.snapshot()
     except NoReplica as exc:
         st.info(f"**No data yet.** {exc}", icon=":material/hourglass_empty:")
         st.stop()
+    health_strip(current)
+    return current
 
 
 def freshness(snapshot: Snapshot) -> None:
@@ -143,6 +148,50 @@ def _mask_field(key: str, value: Any) -> Any:
     if key in ("name", "full_name"):
         return " ".join(part[:1] + "." for part in value.split())
     return value
+
+
+@dataclass(frozen=True)
+class Health:
+    """The health strip's three facts about a replica copy."""
+
+    replica_age_seconds: float
+    lag_seconds: dict[str, float]  # destination -> how long its oldest waiting delivery has been due
+    open_circuits: list[str]
+
+    @property
+    def troubled(self) -> bool:
+        """Whether anything needs a look: a circuit open or a destination behind by more than a minute."""
+        return bool(self.open_circuits) or any(lag > LAG_WARNING_SECONDS for lag in self.lag_seconds.values())
+
+    def line(self) -> str:
+        """One line: replica age, lag per destination, open circuits."""
+        lags = (
+            ", ".join(f"{name} {age_text(lag)}" for name, lag in sorted(self.lag_seconds.items()))
+            or "nothing queued"
+        )
+        circuits = ", ".join(f"**{name}**" for name in self.open_circuits) or "none"
+        return f"Replica {age_text(self.replica_age_seconds)} old · Outbox lag: {lags} · Open circuits: {circuits}"
+
+
+def health_of(snapshot: Snapshot, rows: pd.DataFrame) -> Health:
+    """The health strip of a copy from its outbox_health rows (lag counted at the copy's moment)."""
+    lags: dict[str, float] = {}
+    for row in rows.itertuples(index=False):
+        due = row.oldest_due_at
+        lags[str(row.destination)] = (
+            0.0 if pd.isna(due) else max((snapshot.taken_at - due.to_pydatetime()).total_seconds(), 0.0)
+        )
+    circuits = [str(row.destination) for row in rows.itertuples(index=False) if bool(row.is_circuit_open)]
+    return Health(snapshot.age_seconds, lags, circuits)
+
+
+def health_strip(current: Snapshot) -> None:
+    """On every page: replica age, outbox lag per destination, open circuits (from the replica's models)."""
+    health = health_of(current, data.outbox_health(current.key))
+    if health.troubled:
+        st.warning(health.line(), icon=":material/monitor_heart:")
+    else:
+        st.caption(f":material/monitor_heart: {health.line()}")
 
 
 def sidebar() -> None:

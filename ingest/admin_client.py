@@ -21,6 +21,7 @@ from ingest.payments.sync import SyncReport
 HEALTH_TIMEOUT_SECONDS = 2.0
 REPLAY_TIMEOUT_SECONDS = 120.0
 SYNC_TIMEOUT_SECONDS = 600.0
+BACKUP_TIMEOUT_SECONDS = 3600.0
 READ_TIMEOUT_SECONDS = 10.0
 
 
@@ -60,8 +61,7 @@ class AdminApi:
     @classmethod
     def from_settings(cls, settings: Settings) -> AdminApi:
         """The client of ATTRIBUTION_API_URL with ATTRIBUTION_ADMIN_TOKEN."""
-        token = settings.attribution_admin_token
-        return cls(settings.attribution_api_url, token.get_secret_value() if token is not None else None)
+        return cls(settings.attribution_api_url, settings.admin_token_to_send())
 
     def status(self) -> ApiStatus:
         """Probe /healthz: reachable or not, and a sentence about it."""
@@ -88,6 +88,14 @@ class AdminApi:
         body = {"since": since.isoformat() if since else None}
         response = self._admin("POST", "/v1/admin/sync/stripe", SYNC_TIMEOUT_SECONDS, json=body)
         return SyncReport.model_validate(response.json())
+
+    def backup(self, directory: str) -> dict[str, Any]:
+        """POST /v1/admin/backup: the API copies its live database into `directory` (on its host)."""
+        response = self._admin(
+            "POST", "/v1/admin/backup", BACKUP_TIMEOUT_SECONDS, json={"directory": directory}
+        )
+        body: dict[str, Any] = response.json()
+        return body
 
     def delivery(self, delivery_id: UUID) -> DeliveryDetail:
         """GET /v1/admin/deliveries/{id}: the live state of one delivery with its attempts."""

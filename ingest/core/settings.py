@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     attribution_default_phone_region: str = Field("PT", pattern=r"^[A-Z]{2}$")
     attribution_demo: bool = False
     attribution_log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    # Alerts: a Slack-compatible incoming webhook (its URL is a credential, hence secret).
+    attribution_alert_webhook_url: SecretStr | None = None
+    attribution_alert_dead_window_seconds: float = Field(300.0, gt=0, le=86400)
+    attribution_alert_timeout_seconds: float = Field(10.0, gt=0, le=120)
+    attribution_alert_max_backoff_seconds: float = Field(300.0, gt=0, le=86400)
 
     stripe_secret_key: SecretStr | None = None
     stripe_webhook_secret: SecretStr | None = None
@@ -102,6 +107,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "attribution_admin_token",
+        "attribution_alert_webhook_url",
         "stripe_secret_key",
         "stripe_webhook_secret",
         "mailerlite_api_key",
@@ -132,6 +138,18 @@ class Settings(BaseSettings):
     def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         """The trusted proxies as networks, so single addresses and CIDR ranges both work."""
         return tuple(ipaddress.ip_network(item, strict=False) for item in self.attribution_trusted_proxies)
+
+    def admin_tokens(self) -> tuple[str, ...]:
+        """Every accepted admin token: ATTRIBUTION_ADMIN_TOKEN may be a comma list while a token is rolled."""
+        if self.attribution_admin_token is None:
+            return ()
+        raw = self.attribution_admin_token.get_secret_value()
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+    def admin_token_to_send(self) -> str | None:
+        """The token our own clients (CLI, dashboard) send: the first of the list, so list the new one first."""
+        tokens = self.admin_tokens()
+        return tokens[0] if tokens else None
 
     def destinations_enabled(self) -> dict[str, bool]:
         """Which forwarding destinations are configured; an unconfigured one is off."""

@@ -46,6 +46,10 @@ class CircuitBreaker:
             return None
         return max(0.0, self.opened_at + self.cooldown - self._clock())
 
+    def assume_open(self) -> None:
+        """Start half-open, as after a cool-down: an outage recorded before a restart is probed before sending."""
+        self.opened_at = self._clock() - self.cooldown
+
     def start_probe(self) -> bool:
         """Take the one probe slot of a half-open circuit."""
         if self.state is not BreakerState.HALF_OPEN or self.probing:

@@ -10,7 +10,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -221,8 +221,12 @@ class DeliveryWorker:
         *,
         clients: dict[Destination, DestinationClient] | None = None,
         rng: random.Random | None = None,
+        on_circuit_change: Callable[[Destination, bool], None] | None = None,
     ) -> None:
         self._database = database
+        self._on_circuit_change = (
+            on_circuit_change  # told (destination, opened) when a circuit opens or closes
+        )
         self._settings = settings
         self._clients = clients if clients is not None else build_clients(settings)
         self._rng = rng or random.Random()
@@ -282,6 +286,13 @@ class DeliveryWorker:
             for future in futures:
                 if not future.done():
                     future.set_result(None)
+
+    def resume_open_circuits(self, destinations: Iterable[Destination]) -> None:
+        """Circuits recorded open by a previous run start half-open: a probe decides, and closing them is told."""
+        for destination in destinations:
+            lane = self._lanes[destination]
+            if lane.client is not None:
+                lane.breaker.assume_open()
 
     def wake(self) -> None:
         """Look for due deliveries now rather than at the next poll."""
@@ -517,5 +528,9 @@ class DeliveryWorker:
             log.warning(
                 "circuit opened: nothing is sent to this destination until a probe succeeds", extra=extra
             )
+            if self._on_circuit_change is not None:
+                self._on_circuit_change(lane.destination, True)
         elif before is not BreakerState.CLOSED and after is BreakerState.CLOSED:
             log.warning("circuit closed: the destination answers again", extra=extra)
+            if self._on_circuit_change is not None:
+                self._on_circuit_change(lane.destination, False)

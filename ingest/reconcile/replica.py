@@ -234,6 +234,8 @@ class ReplicaPublisher:
         self._working: duckdb.DuckDBPyConnection | None = None  # the connection the copy runs on
         self._lock = threading.Lock()
         self._published_batches = -1
+        # Told each published copy, on the publisher thread (the alert monitor evaluates the targets on it).
+        self.on_published: Callable[[ReplicaSnapshot], object] | None = None
 
     def start(self) -> None:
         """Start publishing: one copy now, then one per interval while anything is committed."""
@@ -261,6 +263,8 @@ class ReplicaPublisher:
         self.last = snapshot
         self.publishes += 1
         self._published_batches = batches
+        if self.on_published is not None:
+            self.on_published(snapshot)
         return snapshot
 
     def _track(self, conn: duckdb.DuckDBPyConnection | None) -> None:

@@ -94,6 +94,8 @@ class Writer:
         self.jobs_committed = 0
         self._last_fault_at: float | None = None  # time.monotonic() of the last storage fault
         self.last_fault: str | None = None
+        # Told (jobs, seconds from begin to committed) after each commit, on the writer thread; must be quick.
+        self.observe_commit: Callable[[int, float], None] | None = None
 
     def start(self) -> None:
         """Start the writer thread."""
@@ -200,6 +202,7 @@ class Writer:
         for job in jobs:
             groups.setdefault(job.handler, []).append(job)
         outcomes: list[tuple[_Job, Any]] = []
+        started = time.perf_counter()
         try:
             self._conn.begin()
             for handler, group in groups.items():
@@ -232,6 +235,8 @@ class Writer:
             self.last_fault = None
         self.batches_committed += 1
         self.jobs_committed += len(jobs)
+        if self.observe_commit is not None:
+            self.observe_commit(len(jobs), time.perf_counter() - started)
         self._answer(outcomes)
 
     def _fault(self, jobs: list[_Job], exc: BaseException) -> None:

@@ -25,6 +25,9 @@ from sandbox import LocalStripe, Sandbox
 from tests.conftest import ADMIN_TOKEN, make_settings, serve
 
 EXAMPLES_PER_OPERATION = 40
+# Writes to the server's file system at a path the caller names: fuzzing would litter the machine with folders.
+# tests/ops covers it with real requests.
+NOT_FUZZED = frozenset({"POST /v1/admin/backup"})
 CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance, content_type_conformance]
 
 
@@ -43,7 +46,10 @@ def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 def _operations() -> list[str]:
     # The app's own schema, built without starting it (nothing is opened before the lifespan runs).
     app = create_app(make_settings(Path("unused"), attribution_demo=True))
-    return [f"{method.upper()} {path}" for path, item in app.openapi()["paths"].items() for method in item]
+    operations = [
+        f"{method.upper()} {path}" for path, item in app.openapi()["paths"].items() for method in item
+    ]
+    return [operation for operation in operations if operation not in NOT_FUZZED]
 
 
 @pytest.mark.parametrize("operation", _operations())

@@ -16,6 +16,7 @@ renamed as (
         status as delivery_status,
         reason,
         attempt_count,
+        next_attempt_at,
         last_error,
         created_at,
         updated_at,

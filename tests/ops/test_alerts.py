@@ -1,0 +1,146 @@
+"""Alerts to ATTRIBUTION_ALERT_WEBHOOK_URL: once per change of state, durable, retried, never with PII."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import httpx
+
+from sandbox import Sandbox
+from sandbox.alerts import AlertReceiver
+from tests.conftest import serve, wait_until
+from tests.ops.conftest import EMAIL_DOMAIN, PHONE_DIGITS, ops_settings, pii_lead
+
+LEADS = 4
+
+
+def _post_leads(client: httpx.Client, count: int, start: int = 0) -> None:
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(
+            pool.map(lambda n: client.post("/v1/leads", json=pii_lead(n)), range(start, start + count))
+        )
+    assert all(answer.status_code == 200 for answer in answers)
+
+
+def _about(alerts: list[dict[str, Any]], kind: str, **fields: str) -> list[dict[str, Any]]:
+    return [a for a in alerts if a["alert"] == kind and all(a.get(k) == v for k, v in fields.items())]
+
+
+def _no_pii(alerts: list[dict[str, Any]]) -> None:
+    text = json.dumps(alerts)
+    assert EMAIL_DOMAIN not in text and "@" not in text and PHONE_DIGITS not in text
+
+
+def _alert_rows(database: Path) -> list[tuple[str, str, int]]:
+    conn = duckdb.connect(str(database), read_only=True)
+    try:
+        return [
+            tuple(row)
+            for row in conn.execute(
+                "select alert, status, attempts from alerts order by created_at"
+            ).fetchall()
+        ]
+    finally:
+        conn.close()
+
+
+def test_one_alert_per_outage_and_one_on_recovery_while_probes_fail_between(
+    tmp_path: Path, sandbox: Sandbox, receiver: AlertReceiver
+) -> None:
+    settings = ops_settings(tmp_path, sandbox, receiver)
+    outage_seconds = 2.5  # five cool-downs of 0.5 s: several half-open probes fail in between
+    sandbox.set_faults("crm", fail_5xx_until=time.time() + 600)
+    with serve(settings) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
+        _post_leads(client, LEADS)
+        wait_until(lambda: _about(receiver.alerts(), "circuit_open", destination="crm"), what="circuit_open")
+        time.sleep(outage_seconds)
+        failed_during_outage = sandbox.arrived("crm")
+        sandbox.set_faults("crm", clear=True)
+        wait_until(
+            lambda: _about(receiver.alerts(), "circuit_closed", destination="crm"), what="circuit_closed"
+        )
+        wait_until(
+            lambda: _about(receiver.alerts(), "target_met", metric="crm_coverage"), what="target met again"
+        )
+        time.sleep(1.0)  # anything else that was going to arrive, arrives
+        alerts = receiver.alerts()
+
+    # More failed requests than leads means half-open probes went out and failed while the circuit was open.
+    assert failed_during_outage >= LEADS + 2
+    circuit = [a["alert"] for a in alerts if a.get("destination") == "crm"]
+    assert circuit == ["circuit_open", "circuit_closed"]
+    coverage = [a["alert"] for a in alerts if a.get("metric") == "crm_coverage"]
+    assert coverage == ["target_missed", "target_met"]
+    assert not [a for a in alerts if a.get("destination") in ("mailerlite", "sgtm")]
+    missed = _about(alerts, "target_missed", metric="crm_coverage")[0]
+    assert missed["numerator"] < missed["denominator"] and isinstance(missed["text"], str)
+    _no_pii(alerts)
+
+
+def test_an_alert_whose_receiver_is_down_then_up_arrives_once(
+    tmp_path: Path, sandbox: Sandbox, receiver: AlertReceiver
+) -> None:
+    settings = ops_settings(tmp_path, sandbox, receiver)
+    receiver.down = True
+    sandbox.set_faults("crm", fail_5xx_until=time.time() + 600)
+    with serve(settings) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
+        _post_leads(client, LEADS)
+        wait_until(lambda: receiver.attempts >= 3, what="the alert retried against a receiver that is down")
+    # The API stopped with the alert still queued; it is sent after the next start, once the receiver is back.
+    assert ("circuit_open", "pending") in [(a, s) for a, s, _ in _alert_rows(settings.attribution_db_path)]
+    receiver.down = False
+    with serve(settings):
+        wait_until(lambda: _about(receiver.alerts(), "circuit_open"), what="the queued alert")
+        time.sleep(1.0)
+        alerts = receiver.alerts()
+    assert len(_about(alerts, "circuit_open", destination="crm")) == 1
+    assert len({a["alert_id"] for a in alerts}) == len(alerts)
+    sent = [row for row in _alert_rows(settings.attribution_db_path) if row[0] == "circuit_open"]
+    assert sent[0][1] == "sent" and sent[0][2] >= 4
+    _no_pii(alerts)
+
+
+def test_a_circuit_open_at_a_restart_is_probed_and_its_recovery_told(
+    tmp_path: Path, sandbox: Sandbox, receiver: AlertReceiver
+) -> None:
+    settings = ops_settings(tmp_path, sandbox, receiver)
+    sandbox.set_faults("crm", fail_5xx_until=time.time() + 600)
+    with serve(settings) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
+        _post_leads(client, LEADS)
+        wait_until(lambda: _about(receiver.alerts(), "circuit_open"), what="circuit_open")
+    sandbox.set_faults("crm", clear=True)  # the CRM recovers while the API is stopped
+    with serve(settings):
+        wait_until(
+            lambda: _about(receiver.alerts(), "circuit_closed"), what="circuit_closed after the restart"
+        )
+        time.sleep(0.5)
+        circuit = [a["alert"] for a in receiver.alerts() if a.get("destination") == "crm"]
+    assert circuit == ["circuit_open", "circuit_closed"]
+
+
+def test_deliveries_going_dead_are_summarised_not_alerted_one_by_one(
+    tmp_path: Path, sandbox: Sandbox, receiver: AlertReceiver
+) -> None:
+    settings = ops_settings(tmp_path, sandbox, receiver, attribution_alert_dead_window_seconds=1.5)
+    sandbox.set_faults(
+        "crm", reject_status=400
+    )  # permanent: each CRM delivery goes dead at its first attempt
+    dead = 6
+    with serve(settings) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
+        _post_leads(client, dead)
+
+        def summarised() -> int:
+            return sum(a["count"] for a in receiver.alerts("deliveries_dead"))
+
+        wait_until(lambda: summarised() >= dead, timeout=20, what="the dead deliveries summarised")
+        time.sleep(2.0)  # another window passes with nothing new: no further alert
+        summaries = receiver.alerts("deliveries_dead")
+    assert sum(a["count"] for a in summaries) == dead
+    assert len(summaries) <= 2  # one per window (the burst may straddle two), never one per delivery
+    assert all(set(a["by_destination"]) == {"crm"} for a in summaries)
+    _no_pii(summaries)
