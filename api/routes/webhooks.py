@@ -32,7 +32,7 @@ _ACK = {
 _SIGNATURE_HEADER = {
     "name": "stripe-signature",
     "in": "header",
-    "required": False,
+    "required": True,
     "schema": {"type": "string"},
     "description": "Stripe's `t=...,v1=...` signature of the raw body",
 }
@@ -61,7 +61,7 @@ async def stripe_webhook(request: Request) -> Response:
     settings: Settings = request.app.state.settings
     database: Database = request.app.state.database
     body = await request.body()
-    event = verify_event(body, request.headers.get("stripe-signature"), settings.stripe_webhook_secret)
+    event = verify_event(body, request.headers.get("stripe-signature"), settings.stripe_webhook_secrets())
     job = EventJob(event=event, source="webhook", received_at=utcnow(), settings=settings)
     outcome = await receive_event(database, job)  # EventProcessingFailed: a 500, so Stripe retries
     answer = _ACK.get((outcome.status, outcome.duplicate))

@@ -13,6 +13,13 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 CommaList = Annotated[tuple[str, ...], NoDecode]
 
 
+def _secret_list(value: SecretStr | None) -> tuple[str, ...]:
+    """The entries of a secret that may be a comma list while it is rolled."""
+    if value is None:
+        return ()
+    return tuple(part.strip() for part in value.get_secret_value().split(",") if part.strip())
+
+
 class SettingsError(Exception):
     """A configuration value is missing or invalid; the message names the variable."""
 
@@ -141,10 +148,12 @@ class Settings(BaseSettings):
 
     def admin_tokens(self) -> tuple[str, ...]:
         """Every accepted admin token: ATTRIBUTION_ADMIN_TOKEN may be a comma list while a token is rolled."""
-        if self.attribution_admin_token is None:
-            return ()
-        raw = self.attribution_admin_token.get_secret_value()
-        return tuple(part.strip() for part in raw.split(",") if part.strip())
+        return _secret_list(self.attribution_admin_token)
+
+    def stripe_webhook_secrets(self) -> tuple[str, ...]:
+        """Every accepted webhook signing secret: STRIPE_WEBHOOK_SECRET may be a comma list during a roll (Stripe
+        signs with the new secret while the old one still verifies)."""
+        return _secret_list(self.stripe_webhook_secret)
 
     def admin_token_to_send(self) -> str | None:
         """The token our own clients (CLI, dashboard) send: the first of the list, so list the new one first."""

@@ -22,7 +22,7 @@ from uuid import UUID
 
 import duckdb
 import stripe
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel
 
 from ingest.core.clock import from_unix, utcnow
 from ingest.core.errors import DomainError, NotConfigured
@@ -327,12 +327,13 @@ def parse_event(payload: str) -> StripeEvent:
 def verify_event(
     body: bytes,
     signature: str | None,
-    secret: SecretStr | None,
+    secrets: Sequence[str],
     *,
     tolerance: int = SIGNATURE_TOLERANCE_SECONDS,
 ) -> StripeEvent:
-    """Verify `Stripe-Signature` on the raw body (HMAC-SHA256, timestamp tolerance), then parse the event."""
-    if secret is None:
+    """Verify `Stripe-Signature` on the raw body (HMAC-SHA256, timestamp tolerance) against any of `secrets` (more
+    than one while a secret is rolled), then parse the event."""
+    if not secrets:
         # An empty secret would make every forged body "verify": refuse to process webhooks at all.
         raise NotConfigured("Stripe webhooks are not configured: set STRIPE_WEBHOOK_SECRET")
     if not signature:
@@ -341,11 +342,16 @@ def verify_event(
         payload = body.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidWebhook("body is not UTF-8") from None
-    try:
-        stripe.WebhookSignature.verify_header(payload, signature, secret.get_secret_value(), tolerance)
-    except stripe.SignatureVerificationError as exc:
-        raise InvalidWebhook(f"signature verification failed: {exc.user_message or exc}") from None
-    return parse_event(payload)
+    failure: stripe.SignatureVerificationError | None = None
+    for secret in secrets:
+        try:
+            stripe.WebhookSignature.verify_header(payload, signature, secret, tolerance)
+        except stripe.SignatureVerificationError as exc:
+            failure = exc
+            continue
+        return parse_event(payload)
+    assert failure is not None
+    raise InvalidWebhook(f"signature verification failed: {failure.user_message or failure}")
 
 
 # --- processing (writer batch handlers) --------------------------------------------------------------------

@@ -81,7 +81,7 @@ class RunningApi:
         self, body: dict[str, Any] | str, *, secret: str | None = None, timestamp: int | None = None
     ) -> httpx.Response:
         """Deliver one signed event the way Stripe does."""
-        key = secret if secret is not None else self.settings.stripe_webhook_secret.get_secret_value()  # type: ignore[union-attr]
+        key = secret if secret is not None else self.settings.stripe_webhook_secrets()[0]
         text, headers = signed(body, key, timestamp=timestamp)
         return self.client.post("/v1/webhooks/stripe", content=text, headers=headers)
 

@@ -762,3 +762,15 @@ def test_a_payment_after_an_unsubscribe_in_mailerlite_does_not_resubscribe(
     assert subscriber()["fields"]["payment_status"] == "paid"  # the fields still update
     paid = [r.body for r in sandbox.requests("mailerlite") if r.body and r.body.get("email") == email][-1]
     assert not {"status", "groups", "opted_in_at", "optin_ip"} & set(paid)
+
+
+def test_either_of_two_rotating_secrets_verifies_and_a_third_does_not(
+    stripe_api_with: Callable[..., RunningApi],
+) -> None:
+    api = stripe_api_with(stripe_webhook_secret="whsec_new_rolled_in, whsec_old_still_valid")
+    for secret in ("whsec_new_rolled_in", "whsec_old_still_valid"):
+        answer = api.post_event(events.succeeded(events.new_id("pi")), secret=secret)
+        assert answer.status_code == 200, answer.text
+    forged = api.post_event(events.succeeded(events.new_id("pi")), secret="whsec_someone_else")
+    assert forged.status_code == 400 and "signature verification failed" in forged.json()["message"]
+    assert api.one("select count(*) from stripe_events") == 2
