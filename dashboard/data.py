@@ -142,6 +142,18 @@ def orphan_payments(snapshot_key: str, first_day: date, last_day: date) -> pd.Da
     )
 
 
+@st.cache_data(ttl=CACHE_SECONDS, max_entries=CACHE_ENTRIES, show_spinner=False)
+def price_mismatches(snapshot_key: str, first_day: date, last_day: date) -> pd.DataFrame:
+    """Succeeded payments whose amount or currency is not the product's, succeeded between first_day and last_day."""
+    return source().frame(
+        "select payment_intent_id, named_event_id, amount_cents, currency, expected_amount_cents, "
+        "expected_currency, payment_status, succeeded_at from payment_outcomes "
+        "where is_succeeded and is_price_mismatch and cast(succeeded_at as date) between ? and ? "
+        "order by succeeded_at",
+        [first_day, last_day],
+    )
+
+
 # --- event_id coverage --------------------------------------------------------------------------------------
 
 
@@ -254,6 +266,17 @@ def delivery_status(snapshot_key: str) -> pd.DataFrame:
     return source().frame(
         "select destination, delivery_status as status, count(*) as deliveries "
         "from stg_deliveries group by all order by destination, status"
+    )
+
+
+@st.cache_data(ttl=CACHE_SECONDS, max_entries=CACHE_ENTRIES, show_spinner=False)
+def failed_stripe_events(snapshot_key: str, limit: int = DEAD_LETTER_LIMIT) -> pd.DataFrame:
+    """Stripe events whose processing failed and never later succeeded (failed or rejected), newest first."""
+    return source().frame(
+        "select processing_status, event_type, stripe_event_id, object_id, processing_error, "
+        "processing_attempts, received_at from stg_stripe_events where is_failed "
+        "order by received_at desc limit ?",
+        [limit],
     )
 
 

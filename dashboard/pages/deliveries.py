@@ -90,6 +90,19 @@ if labels:
             st.caption("Payload (names, emails and phone numbers masked):")
             st.json(ui.mask_pii(detail.payload), expanded=False)
 
+st.subheader("Stripe events not processed")
+unprocessed = data.failed_stripe_events(snapshot.key)
+if unprocessed.empty:
+    st.success("Every Stripe event stored was processed.", icon=":material/check_circle:")
+else:
+    st.caption(
+        "failed: processing broke and Stripe's next delivery of the event retries it; rejected: a signed event we "
+        "can never process (its reason is kept), acknowledged so Stripe stops retrying. Both count against "
+        "system_resilience."
+    )
+    st.dataframe(unprocessed, hide_index=True, key="stripe-failures")
+    ui.csv_download(unprocessed, "stripe_events_not_processed")
+
 st.subheader("Replay")
 api = ui.admin_api()
 api_status = ui.current_api_status()

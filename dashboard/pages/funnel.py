@@ -116,3 +116,17 @@ else:
     )
     st.dataframe(orphans, hide_index=True, key="orphans")
     ui.csv_download(orphans, f"orphan_payments_{first_day}_{last_day}")
+
+mismatches = data.price_mismatches(snapshot.key, first_day, last_day)
+st.subheader("Payments off the product price")
+if mismatches.empty:
+    st.caption("Every succeeded payment in these days charged the product's price and currency.")
+else:
+    st.warning(
+        f"{len(mismatches):,} succeeded payment(s) charged another amount or currency than the product's: they are "
+        "kept, marked paid and forwarded with what was really charged, and flagged here so they are not taken "
+        "for ordinary sales.",
+        icon=":material/price_change:",
+    )
+    st.dataframe(mismatches, hide_index=True, key="price-mismatches")
+    ui.csv_download(mismatches, f"price_mismatches_{first_day}_{last_day}")

@@ -135,6 +135,13 @@ def test_deliveries_show_status_dead_letters_and_attempts_and_say_the_api_is_dow
     assert list(attempts["attempt_number"]) == list(range(1, len(attempts) + 1))
     assert attempts["outcome"].iloc[-1] == "dead"
     page = texts(app)
+    (failed_events,) = demo_replica.query("select count(*) from stg_stripe_events where is_failed")[0]
+    if failed_events:  # Stripe events whose processing failed for good, after the attempt history
+        unprocessed = app.dataframe[3].value
+        assert len(unprocessed) == min(failed_events, 200)
+        assert set(unprocessed["processing_status"]) <= {"failed", "rejected"}
+    else:
+        assert "Every Stripe event stored was processed." in page
     assert "attribution serve" in page  # what to start for replay
     assert app.button(key="replay-preview").disabled
 
