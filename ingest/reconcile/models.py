@@ -63,6 +63,8 @@ MATERIALISED = frozenset(
         "delivery_consent",
         "funnel_daily",
         "success_metrics_daily",
+        "system_presence",
+        "verified_journey_presence",
     }
 )
 _MODEL_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
