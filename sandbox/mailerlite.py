@@ -12,6 +12,7 @@ Deliberate differences: the real API silently drops `fields` keys that were neve
 
 from __future__ import annotations
 
+import copy
 import hmac
 import ipaddress
 import re
@@ -25,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from sandbox.mailerlite_listing import list_subscribers
 from sandbox.validation import is_number, is_valid_email, normalise_email, parse_json_object, stable_digits
 
 SUBSCRIBER_STATUSES = ("active", "unsubscribed", "unconfirmed", "bounced", "junk")
@@ -90,6 +92,7 @@ class MailerLiteFake:
         self.app = Starlette(
             routes=[
                 Route("/api/subscribers", self._upsert_subscriber, methods=["POST"]),
+                Route("/api/subscribers", self._list_subscribers, methods=["GET"]),
                 Route("/api/subscribers/{subscriber}", self._get_subscriber, methods=["GET"]),
                 Route("/api/fields", self._create_field, methods=["POST"]),
                 Route("/api/fields", self._list_fields, methods=["GET"]),
@@ -250,3 +253,25 @@ class MailerLiteFake:
         with self._lock:
             data = [dict(f) for f in self._fields.values()]
         return JSONResponse({"data": data, "meta": {"total": len(data)}})
+
+    async def _list_subscribers(self, request: Request) -> Response:
+        return list_subscribers(self.api_key, self.state()["subscribers"].values(), request)
+
+    def keep_out(self, body: Any) -> Callable[[], None]:
+        """For a silent loss: what undoes the upsert `body` is about to make (the harness calls it once answered)."""
+        email = (
+            normalise_email(body["email"])
+            if isinstance(body, dict) and isinstance(body.get("email"), str)
+            else ""
+        )
+        with self._lock:
+            before = copy.deepcopy(self._subscribers.get(email))
+
+        def undo() -> None:
+            with self._lock:
+                if before is None:
+                    self._subscribers.pop(email, None)
+                else:
+                    self._subscribers[email] = before
+
+        return undo
