@@ -62,9 +62,10 @@ def _is_parquet(path: Path) -> bool:
 
 
 def _csv_header(path: Path) -> list[str]:
+    with path.open("rb") as handle:
+        first = handle.readline()
     try:
-        with path.open(encoding="utf-8-sig", newline="") as handle:
-            header = next(csv.reader(handle), None)
+        header = next(csv.reader([first.decode("utf-8-sig")]), None)
     except UnicodeDecodeError:
         raise ExportRejected("line 1", "the header is not UTF-8 text") from None
     if not header or not any(name.strip() for name in header):

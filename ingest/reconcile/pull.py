@@ -286,6 +286,7 @@ def pull_systems(
     stripe_client: stripe.StripeClient | None,
     http: httpx.Client | None = None,
     progress: Progress = _no_progress,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> PullOut:
     """Read each system asked for completely, then replace its records with what was read (one write each)."""
     systems = systems_to_pull(settings, request, stripe_client)
@@ -300,7 +301,7 @@ def pull_systems(
                 assert stripe_client is not None
                 listing = list_stripe_payment_intents(stripe_client, since, progress)
             else:
-                listing = list_mailerlite_subscribers(settings, client, since, progress)
+                listing = list_mailerlite_subscribers(settings, client, since, progress, sleep=sleep)
             rows = records_table(system, listing.columns)
             write(Records(system, RecordSource.API, pulled_at, rows, since=since))
             log.info("system records pulled", extra={"system": system.value, "records": rows.num_rows})

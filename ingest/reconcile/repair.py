@@ -21,8 +21,9 @@ from ingest.core.settings import Settings
 from ingest.core.vocabulary import PURPOSE_OF, DeliveryKind, DeliveryStatus
 from ingest.outbox.gate import ConsentState, consent_gate
 from ingest.outbox.planning import Delivery, plan_delivery
-from ingest.outbox.repository import Journeys, journeys
+from ingest.outbox.repository import Journeys, journeys, sent_or_waiting
 from ingest.reconcile.models import ModelParams, load_models
+from ingest.reconcile.repository import pull_stamps
 from ingest.reconcile.schemas import DESTINATION_OF, NotRepaired, RepairIn, RepairItem, RepairOut, System
 from ingest.store.database import Database
 from ingest.store.rows import insert_rows
@@ -109,6 +110,30 @@ def _consent_now(found: Journeys, candidate: Candidate) -> ConsentState | None:
     return ConsentState(marketing=bool(lead["marketing_consent"]), analytics=bool(lead["analytics_consent"]))
 
 
+def _already_sent(
+    conn: duckdb.DuckDBPyConnection, candidates: Sequence[Candidate]
+) -> dict[tuple[str, ...], str]:
+    """Why a candidate must not be queued again: a delivery of it is waiting, or one went out after the system's
+    records were read (they cannot show it yet, and a second purchase would count twice in GA4)."""
+    as_of = {
+        DESTINATION_OF[system].value: stamp.pulled_at
+        for system, stamp in pull_stamps(conn).items()
+        if system in DESTINATION_OF
+    }
+    already: dict[tuple[str, ...], str] = {}
+    for event_id, destination, kind, transaction_id, status, created_at in sent_or_waiting(
+        conn, [candidate.event_id for candidate in candidates]
+    ):
+        key = (event_id, destination, kind, transaction_id)
+        if status in (DeliveryStatus.PENDING, DeliveryStatus.RETRYING):
+            already[key] = "a delivery of it is already waiting to be sent"
+        elif key not in already and destination in as_of and created_at > as_of[destination]:
+            already[key] = (
+                f"it was re-sent after the records were read ({as_of[destination]:%Y-%m-%d %H:%M:%S} UTC)"
+            )
+    return already
+
+
 def _payload(candidate: Candidate) -> dict[str, Any]:
     # The outbox renders MailerLite and CRM bodies from the lead as it is when sent, so they carry nothing; an sGTM
     # purchase names its payment, as the webhook's does.
@@ -130,6 +155,7 @@ def plan_repairs(
         [candidate.event_id for candidate in findings.candidates],
         [candidate.user_session_id for candidate in findings.candidates],
     )
+    already = _already_sent(conn, findings.candidates)
     planned: list[tuple[RepairItem, Delivery]] = []
     left = list(findings.not_repairable)
     batch = uuid.uuid4().hex[:12]
@@ -140,6 +166,12 @@ def plan_repairs(
             left.append(NotRepaired(system=candidate.system, event_id=event_id, reason="no lead stored"))
             continue
         destination = DESTINATION_OF[candidate.system]
+        kind = KIND_OF[candidate.system]
+        done = already.get((event_id, destination.value, kind.value, candidate.transaction_id or ""))
+        if done is not None:
+            reason = f"{candidate.why}, but {done}: not queued twice (pull or import again to check it)"
+            left.append(NotRepaired(system=candidate.system, event_id=event_id, reason=reason))
+            continue
         refused = consent_gate(PURPOSE_OF[destination], consent, require_consent=settings.require_consent)
         if refused is not None:
             left.append(
@@ -154,7 +186,7 @@ def plan_repairs(
         delivery = plan_delivery(
             settings,
             destination=destination,
-            kind=KIND_OF[candidate.system],
+            kind=kind,
             event_id=candidate.event_id,
             user_session_id=candidate.user_session_id,
             consent=consent,
