@@ -255,7 +255,9 @@ class MailerLiteFake:
         return JSONResponse({"data": data, "meta": {"total": len(data)}})
 
     async def _list_subscribers(self, request: Request) -> Response:
-        return list_subscribers(self.api_key, self.state()["subscribers"].values(), request)
+        with self._lock:
+            subscribers = list(self._subscribers.values())
+        return list_subscribers(self.api_key, subscribers, request)
 
     def keep_out(self, body: Any) -> Callable[[], None]:
         """For a silent loss: what undoes the upsert `body` is about to make (the harness calls it once answered)."""

@@ -64,6 +64,9 @@ MATERIALISED = frozenset(
         "funnel_daily",
         "success_metrics_daily",
         "system_presence",
+        "system_missing",
+        "system_unexpected",
+        "system_stale",
         "verified_journey_presence",
     }
 )

@@ -44,7 +44,7 @@ unexpected as (
     union all
     select
         'mailerlite',
-        coalesce(subscriber_id, email_key),
+        coalesce(subscriber_id, 'subscriber without an id'),  -- never the email: marts carry ids
         lower(named_event_id),
         lower(named_event_id),
         'subscriber ' || coalesce(subscriber_id, '?') || ' names an event_id we never issued'
