@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from ingest.reconcile.models import METRIC_NAMES
+from ingest.store.database import available_migrations
 from sandbox.bulk import BulkSpec, generate_bulk
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,4 +97,4 @@ def test_a_fresh_database_is_migrated_by_the_installed_package(installed: Path, 
     env = {"ATTRIBUTION_DB_PATH": str(tmp_path / "new.duckdb")}
     result = _run(installed, [str(installed / "bin" / "attribution"), "db", "migrate"], tmp_path, env)
     assert result.returncode == 0, result.stderr
-    assert "applied 3 migration(s)" in result.stderr
+    assert f"applied {len(available_migrations())} migration(s)" in result.stderr
