@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from ingest.core.settings import Settings
 from sandbox import Sandbox
+from sandbox.fakes import MAILERLITE_API_KEY
 from tests.conftest import ADMIN_TOKEN, lead_body, make_settings, serve, wait_until
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -41,6 +42,13 @@ def _settled(client: httpx.Client) -> bool:
 def two_leads_one_lost(tmp_path: Path, sandbox: Sandbox) -> tuple[Settings, str, str]:
     """A database where MailerLite accepted two subscribers and kept only the first."""
     sandbox.reset()
+    for field in ("event_id", "payment_status"):  # as `attribution mailerlite setup-fields` would create them
+        created = httpx.post(
+            f"{sandbox.mailerlite_url}/api/fields",
+            json={"name": field, "type": "text"},
+            headers={"Authorization": f"Bearer {MAILERLITE_API_KEY}"},
+        )
+        assert created.status_code == 201
     mailerlite = {k.lower(): v for k, v in sandbox.env().items() if k.startswith("MAILERLITE")}
     settings = make_settings(
         tmp_path, **mailerlite, mailerlite_requests_per_minute=0, attribution_replica_seconds=0.2
