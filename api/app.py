@@ -24,6 +24,7 @@ from api.routes import (
     metrics,
     ops,
     payments,
+    reconcile,
     stripe_admin,
     webhooks,
 )
@@ -116,7 +117,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.rate_limiter = RateLimiter(settings.attribution_rate_limit_per_minute)
     install_error_handlers(app)
     # The last added is the outermost: CORS wraps the limits, so a refusal (413, 415, 431) carries CORS headers.
-    app.add_middleware(RequestLimits, max_bytes=settings.attribution_max_body_bytes)
+    app.add_middleware(
+        RequestLimits,
+        max_bytes=settings.attribution_max_body_bytes,
+        larger={reconcile.IMPORT_PATH: settings.attribution_max_import_bytes},
+    )
     app.add_middleware(
         CORSMiddleware,
         allow_origins=list(settings.attribution_allowed_origins),
@@ -136,6 +141,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.router,
         ops.router,
         backup.router,
+        reconcile.router,
     ):
         app.include_router(router)
     app.include_router(client.router)

@@ -16,6 +16,7 @@ from ingest.core.errors import Conflict, DomainError, InvalidField, NotConfigure
 from ingest.payments.checkout import StripeUnavailable
 from ingest.payments.demo_card import CardDeclined
 from ingest.payments.webhooks import EventProcessingFailed
+from ingest.reconcile.pull import SystemUnavailable
 from ingest.store.database import DatabaseLocked
 from ingest.store.writer import StoreUnavailable
 
@@ -66,6 +67,7 @@ CLIENT_CLOSED_REQUEST = 499  # nginx's code for a request whose client left befo
 _DOMAIN_STATUS: dict[type[DomainError], tuple[int, str]] = {
     CardDeclined: (status.HTTP_402_PAYMENT_REQUIRED, "card_declined"),
     StripeUnavailable: (status.HTTP_502_BAD_GATEWAY, "stripe_unavailable"),
+    SystemUnavailable: (status.HTTP_502_BAD_GATEWAY, "system_unavailable"),
     InvalidField: (status.HTTP_422_UNPROCESSABLE_CONTENT, "invalid_request"),
     Conflict: (status.HTTP_409_CONFLICT, "conflict"),
     NotFound: (status.HTTP_404_NOT_FOUND, "not_found"),

@@ -7,6 +7,7 @@ import ipaddress
 import json
 import math
 import time
+from collections.abc import Mapping
 
 from fastapi import HTTPException, Request, status
 from limits import RateLimitItemPerMinute
@@ -36,9 +37,10 @@ class RequestLimits:
     whether Content-Length is sent or not. Installed inside the CORS middleware, so a browser can read the answer.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, larger: Mapping[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.larger = dict(larger or {})  # path -> its own limit (an admin route taking a whole export file)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -51,6 +53,7 @@ class RequestLimits:
             message = f"request headers are over {MAX_HEADER_BYTES} bytes or {MAX_HEADER_COUNT} fields"
             await _refuse(send, status.HTTP_431_REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large", message)
             return
+        limit = self.larger.get(scope["path"], self.max_bytes)
         declared: int | None = None
         for name, value in headers:
             if name == b"content-length" and value.isdigit():
@@ -64,8 +67,8 @@ class RequestLimits:
                     f"the body must be JSON (Content-Type: application/json), not {media}",
                 )
                 return
-        if declared is not None and declared > self.max_bytes:
-            await self._too_large(send)
+        if declared is not None and declared > limit:
+            await self._too_large(send, limit)
             return
         seen = 0
         refused = False
@@ -77,10 +80,10 @@ class RequestLimits:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > limit:
                     # Answer 413 now and tell the app the client left, so it never handles a truncated body.
                     refused = True
-                    await self._too_large(send)
+                    await self._too_large(send, limit)
                     return {"type": "http.disconnect"}
             return message
 
@@ -90,8 +93,8 @@ class RequestLimits:
 
         await self.app(scope, limited_receive, guarded_send)
 
-    async def _too_large(self, send: Send) -> None:
-        message = f"request body is over {self.max_bytes} bytes"
+    async def _too_large(self, send: Send, limit: int) -> None:
+        message = f"request body is over {limit} bytes"
         await _refuse(send, status.HTTP_413_CONTENT_TOO_LARGE, "payload_too_large", message)
 
 

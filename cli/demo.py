@@ -391,6 +391,8 @@ def print_urls(api_url: str, dashboard_url: str, paths: DemoPaths) -> None:
         f"(landing page with UTMs: {api_url}/demo?utm_source=instagram&utm_medium=social&utm_campaign=demo)\n"
         f"Other terminals: `set -a; . {paths.env_file}; set +a`, then `attribution report`, "
         "`attribution replay --dry-run`, or the notebooks.\n"
+        "The fakes silently lost some records and hold a few we never issued: `attribution reconcile pull`, "
+        "`attribution reconcile`, `attribution reconcile repair --dry-run` (or the Systems' records page).\n"
         f"Logs: {paths.root / 'api.log'}, {paths.root / 'dashboard.log'}"
     )
 

@@ -22,6 +22,7 @@ LAZY_COMMANDS = {
     "sandbox": "cli.outbox:sandbox",
     "mailerlite": "cli.outbox:mailerlite_app",
     "sync": "cli.stripe:sync_app",
+    "reconcile": "cli.reconcile:reconcile_app",
     "dashboard": "cli.demo:dashboard",
     "demo": "cli.demo:demo",
 }

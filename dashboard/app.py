@@ -15,6 +15,7 @@ navigation = st.navigation(
         st.Page("pages/coverage.py", title="event_id coverage", icon=":material/hub:"),
         st.Page("pages/consent.py", title="Consent", icon=":material/verified_user:"),
         st.Page("pages/deliveries.py", title="Deliveries", icon=":material/outbox:"),
+        st.Page("pages/records.py", title="Systems' records", icon=":material/fact_check:"),
     ]
 )
 ui.sidebar()

@@ -7,8 +7,10 @@ what to do, for the CLI to print and the dashboard to show.
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -17,12 +19,15 @@ import httpx
 from ingest.core.settings import Settings
 from ingest.outbox.replay import DeliveryDetail, ReplayIn, ReplayOut
 from ingest.payments.sync import SyncReport
+from ingest.reconcile.schemas import ImportOut, PullIn, PullOut, ReconcileOut, RepairIn, RepairOut, System
 
 HEALTH_TIMEOUT_SECONDS = 2.0
 REPLAY_TIMEOUT_SECONDS = 120.0
 SYNC_TIMEOUT_SECONDS = 600.0
 BACKUP_TIMEOUT_SECONDS = 3600.0
 READ_TIMEOUT_SECONDS = 10.0
+RECONCILE_TIMEOUT_SECONDS = 120.0
+PULL_TIMEOUT_SECONDS = 1800.0  # 100,000 MailerLite subscribers at its 120 requests/minute take about a minute
 
 
 class ApiError(Exception):
@@ -101,6 +106,34 @@ class AdminApi:
         """GET /v1/admin/deliveries/{id}: the live state of one delivery with its attempts."""
         response = self._admin("GET", f"/v1/admin/deliveries/{delivery_id}", READ_TIMEOUT_SECONDS)
         return DeliveryDetail.model_validate(response.json())
+
+    def reconcile(self) -> ReconcileOut:
+        """GET /v1/reconcile: each system's records against ours, computed now."""
+        response = self._admin("GET", "/v1/reconcile", RECONCILE_TIMEOUT_SECONDS)
+        return ReconcileOut.model_validate(response.json())
+
+    def pull(self, request: PullIn) -> PullOut:
+        """POST /v1/admin/reconcile/pull: the API reads Stripe and MailerLite into its ext_* tables."""
+        body = request.model_dump(mode="json", exclude_none=True)
+        response = self._admin("POST", "/v1/admin/reconcile/pull", PULL_TIMEOUT_SECONDS, json=body)
+        return PullOut.model_validate(response.json())
+
+    def import_export(self, system: System, path: Path, columns: dict[str, str]) -> ImportOut:
+        """POST /v1/admin/reconcile/import: the file's bytes, checked and loaded by the API."""
+        body = {
+            "system": system.value,
+            "file_name": path.name,
+            "content_base64": base64.b64encode(path.read_bytes()).decode("ascii"),
+            **columns,
+        }
+        response = self._admin("POST", "/v1/admin/reconcile/import", RECONCILE_TIMEOUT_SECONDS, json=body)
+        return ImportOut.model_validate(response.json())
+
+    def repair(self, request: RepairIn) -> RepairOut:
+        """POST /v1/admin/reconcile/repair: re-send what a system misses or holds stale (dry: list it)."""
+        body = request.model_dump(mode="json", exclude_none=True)
+        response = self._admin("POST", "/v1/admin/reconcile/repair", RECONCILE_TIMEOUT_SECONDS, json=body)
+        return RepairOut.model_validate(response.json())
 
     def _admin(self, method: str, path: str, timeout: float, **kwargs: Any) -> httpx.Response:
         if self.token is None:

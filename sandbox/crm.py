@@ -14,6 +14,7 @@ key after a 4xx or an injected fault is a first write.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import hmac
 import threading
@@ -169,3 +170,22 @@ class CrmFake:
             }
             self._answers[key] = answer
         return JSONResponse(answer)
+
+    def keep_out(self, body: Any) -> Callable[[], None]:
+        """For a silent loss: what undoes the contact write `body` is about to make (the stored answer stays)."""
+        email = (
+            normalise_email(body["email"])
+            if isinstance(body, dict) and isinstance(body.get("email"), str)
+            else ""
+        )
+        with self._lock:
+            before = copy.deepcopy(self._contacts.get(email))
+
+        def undo() -> None:
+            with self._lock:
+                if before is None:
+                    self._contacts.pop(email, None)
+                else:
+                    self._contacts[email] = before
+
+        return undo

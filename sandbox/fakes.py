@@ -258,6 +258,7 @@ class Sandbox:
         latency_ms: int | None = None,
         reset_connection: bool | None = None,
         reject_status: int | None = None,
+        silent_loss: bool | None = None,
     ) -> Faults:
         """Change one fake's faults (arguments left as None keep their value; clear=True resets first)."""
         update = faults_from_kwargs(
@@ -271,6 +272,7 @@ class Sandbox:
                 "latency_ms": latency_ms,
                 "reset_connection": reset_connection,
                 "reject_status": reject_status,
+                "silent_loss": silent_loss,
             }
         )
         return self._harnesses[dest].set_faults(update)

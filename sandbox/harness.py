@@ -11,9 +11,10 @@ Fault JSON (`POST /_sandbox/faults`, every key optional; keys given replace the 
 resets everything to "no faults"):
 `{"clear": bool, "error_rate": 0..1, "seed": int, "fail_5xx_until": unix_seconds | null,
 "status_429_retry_after": seconds | null, "count_429": int, "latency_ms": int, "reset_connection": bool,
-"reject_status": 400..499 | null}`.
+"reject_status": 400..499 | null, "silent_loss": bool}`.
 Faults are checked in this order: latency, reset_connection, fail_5xx_until (503), the 429 budget,
-reject_status, error_rate (500).
+reject_status, error_rate (500). `silent_loss` is the quiet one: the fake answers as usual, then forgets what the
+request wrote (a 2xx for a record it does not keep), for fakes that can undo a write (`keep_out`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,12 @@ class StatefulFake(Protocol):
     def reset(self) -> None: ...
 
 
+class ForgetfulFake(Protocol):
+    """A fake that can lose a write silently: `keep_out(body)` returns what undoes the write `body` is about to make."""
+
+    def keep_out(self, body: Any) -> Callable[[], None]: ...
+
+
 @dataclass(frozen=True)
 class RecordedRequest:
     """One request a fake received and how it answered (status None: connection dropped)."""
@@ -86,6 +93,7 @@ class FaultUpdate(BaseModel):
     latency_ms: int | None = Field(default=None, ge=0, le=120_000)
     reset_connection: bool | None = None
     reject_status: int | None = Field(default=None, ge=400, le=499)
+    silent_loss: bool | None = None
 
 
 class Faults(BaseModel):
@@ -99,9 +107,12 @@ class Faults(BaseModel):
     latency_ms: int = 0
     reset_connection: bool = False
     reject_status: int | None = None
+    silent_loss: bool = False
 
 
-_NOT_NULLABLE = frozenset({"error_rate", "seed", "count_429", "latency_ms", "reset_connection"})
+_NOT_NULLABLE = frozenset(
+    {"error_rate", "seed", "count_429", "latency_ms", "reset_connection", "silent_loss"}
+)
 
 
 @dataclass(frozen=True)
@@ -161,6 +172,11 @@ class FaultPlan:
             if f.error_rate > 0 and self._rng.random() < f.error_rate:
                 return InjectedFault("error_rate", 500)
             return None
+
+    def loses_silently(self) -> bool:
+        """Whether a request the fake accepts is to be forgotten once answered."""
+        with self._lock:
+            return self._faults.silent_loss
 
     def latency_seconds(self) -> float:
         """Return the delay to add before answering."""
@@ -294,6 +310,16 @@ class Harness:
             await asyncio.sleep(latency)
         injected = self.faults.draw(self.clock())
         recorded = False
+        lost = False
+        undo: Callable[[], None] | None = None
+        keep_out = getattr(self.fake, "keep_out", None)
+        if (
+            injected is None
+            and scope["method"] == "POST"
+            and keep_out is not None
+            and self.faults.loses_silently()
+        ):
+            undo = keep_out(_parse_json(raw))
 
         # Recorded before the last byte of the answer goes out, so a client that has its answer also finds
         # the record.
@@ -312,7 +338,7 @@ class Harness:
                     received_at=received_at,
                     status=status,
                     response=_parse_json(response),
-                    fault=None if injected is None else injected.name,
+                    fault=injected.name if injected is not None else "silent_loss" if lost else None,
                 )
             )
 
@@ -343,12 +369,15 @@ class Harness:
             return await receive()
 
         async def capture_send(message: Message) -> None:
-            nonlocal status
+            nonlocal status, lost
             if message["type"] == "http.response.start":
                 status = int(message["status"])
             elif message["type"] == "http.response.body":
                 chunks.append(message.get("body", b""))
                 if not message.get("more_body", False):
+                    if undo is not None and status is not None and 200 <= status < 300:
+                        undo()  # before the answer leaves: a client that has its 2xx finds nothing kept
+                        lost = True
                     record(status, b"".join(chunks))
             await send(message)
 

@@ -14,6 +14,7 @@ still visible in the recorded requests. Deliberate difference: it accepts unknow
 
 from __future__ import annotations
 
+import copy
 import hmac
 import ipaddress
 import re
@@ -27,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from sandbox.mailerlite_listing import list_subscribers
 from sandbox.validation import is_number, is_valid_email, normalise_email, parse_json_object, stable_digits
 
 SUBSCRIBER_STATUSES = ("active", "unsubscribed", "unconfirmed", "bounced", "junk")
@@ -92,6 +94,7 @@ class MailerLiteFake:
         self.app = Starlette(
             routes=[
                 Route("/api/subscribers", self._upsert_subscriber, methods=["POST"]),
+                Route("/api/subscribers", self._list_subscribers, methods=["GET"]),
                 Route("/api/subscribers/{subscriber}", self._get_subscriber, methods=["GET"]),
                 Route("/api/fields", self._create_field, methods=["POST"]),
                 Route("/api/fields", self._list_fields, methods=["GET"]),
@@ -253,3 +256,27 @@ class MailerLiteFake:
         with self._lock:
             data = [dict(f) for f in self._fields.values()]
         return JSONResponse({"data": data, "meta": {"total": len(data)}})
+
+    async def _list_subscribers(self, request: Request) -> Response:
+        with self._lock:
+            subscribers = list(self._subscribers.values())
+        return list_subscribers(self.api_key, subscribers, request)
+
+    def keep_out(self, body: Any) -> Callable[[], None]:
+        """For a silent loss: what undoes the upsert `body` is about to make (the harness calls it once answered)."""
+        email = (
+            normalise_email(body["email"])
+            if isinstance(body, dict) and isinstance(body.get("email"), str)
+            else ""
+        )
+        with self._lock:
+            before = copy.deepcopy(self._subscribers.get(email))
+
+        def undo() -> None:
+            with self._lock:
+                if before is None:
+                    self._subscribers.pop(email, None)
+                else:
+                    self._subscribers[email] = before
+
+        return undo

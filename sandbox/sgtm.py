@@ -197,6 +197,18 @@ class SgtmFake:
         events = [{"client_id": p["client_id"], **e} for p in accepted for e in p["events"]]
         return {"accepted": accepted, "events": events}
 
+    def keep_out(self, body: Any) -> Callable[[], None]:
+        """For a silent loss: what forgets the payload `body` once the fake has accepted it."""
+
+        def undo() -> None:
+            with self._lock:
+                for position in range(len(self._accepted) - 1, -1, -1):
+                    if self._accepted[position] == body:
+                        del self._accepted[position]
+                        break
+
+        return undo
+
     async def _collect(self, request: Request) -> Response:
         if not request.url.path.endswith("/collect"):
             return JSONResponse({"error": "not found"}, status_code=404)

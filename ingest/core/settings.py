@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     attribution_allowed_origins: CommaList = ()
     attribution_trusted_proxies: CommaList = ()
     attribution_max_body_bytes: int = Field(65536, ge=1024)
+    attribution_max_import_bytes: int = Field(64 * 1024 * 1024, ge=1024)  # an export sent to the admin import
     attribution_rate_limit_per_minute: int = Field(120, ge=0)
     attribution_inline_delivery_ms: int = Field(1500, ge=0)
     attribution_default_phone_region: str = Field("PT", pattern=r"^[A-Z]{2}$")

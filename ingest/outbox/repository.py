@@ -484,3 +484,20 @@ def deliveries_by_status(conn: duckdb.DuckDBPyConnection) -> dict[str, dict[str,
     ).fetchall():
         result.setdefault(destination, {})[status] = int(count)
     return result
+
+
+def sent_or_waiting(
+    conn: duckdb.DuckDBPyConnection, event_ids: Sequence[UUID]
+) -> list[tuple[str, str, str, str, str, datetime]]:
+    """(event_id, destination, kind, transaction_id or '', status, created_at) of these journeys' deliveries that
+    are delivered or still waiting to be sent."""
+    rows = conn.execute(
+        """
+        select event_id::varchar, destination, kind, coalesce(json_extract_string(payload, '$.transaction_id'), ''),
+               status, created_at
+        from deliveries
+        where status in ('pending', 'retrying', 'delivered') and event_id in (select unnest(?::uuid[]))
+        """,
+        [_uuids(event_ids)],
+    ).fetchall()
+    return [(str(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), r[5]) for r in rows]

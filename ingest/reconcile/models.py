@@ -63,6 +63,11 @@ MATERIALISED = frozenset(
         "delivery_consent",
         "funnel_daily",
         "success_metrics_daily",
+        "system_presence",
+        "system_missing",
+        "system_unexpected",
+        "system_stale",
+        "verified_journey_presence",
     }
 )
 _MODEL_NAME = re.compile(r"^[a-z][a-z0-9_]*$")

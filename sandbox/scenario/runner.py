@@ -14,6 +14,15 @@ from typing import Any, TypeVar
 import httpx
 import stripe
 
+from ingest.outbox.destinations.mailerlite import MAILERLITE_CUSTOM_FIELDS
+from sandbox.crm import sign_crm_body
+from sandbox.fakes import (
+    CRM_API_TOKEN,
+    CRM_SIGNING_SECRET,
+    MAILERLITE_API_KEY,
+    SGTM_API_SECRET,
+    SGTM_MEASUREMENT_ID,
+)
 from sandbox.scenario.model import Lead, Payment, ServiceModel
 from sandbox.scenario.spec import (
     CONSENT_MIX,
@@ -29,6 +38,7 @@ from sandbox.scenario.stripe_objects import build_charge, build_event, build_pay
 from sandbox.scenario.truth import GroundTruth
 
 PRICE_CENTS = SCENARIO_API_SETTINGS["product_price_cents"]
+WEBHOOK_DELAY_SECONDS = 1.5  # localstripe sends an event's webhooks about a second after the event
 OVERFLOWING_CENTS = 2**64  # no BIGINT holds it: such an event can never be processed, and is kept as rejected
 SETTLE_TIMEOUT_SECONDS = 90.0
 POLL_SECONDS = 0.05
@@ -121,10 +131,36 @@ class _Scenario:
         self.truth.rejecting.add(destination)
         self.truth.count(f"{destination}_rejection_phases")
 
+    def lose(self, destination: str) -> None:
+        """The destination answers 2xx and keeps nothing (a silent loss) until the faults are cleared."""
+        self.faults(destination, silent_loss=True)
+        self.truth.losing.add(destination)
+        self.truth.count(f"{destination}_silent_loss_phases")
+
     def clear_faults(self) -> None:
         for destination in self.env.fakes:
             self.faults(destination, clear=True)
         self.truth.rejecting.clear()
+        self.truth.losing.clear()
+
+    def fresh_systems(self) -> None:
+        """Empty fakes and localstripe, so the systems' records are this run's alone; MailerLite's custom fields."""
+        for url in self.env.fakes.values():
+            response = httpx.post(f"{url}/_sandbox/reset", timeout=5)
+            if response.status_code != 204:
+                raise ScenarioError(f"resetting the fake at {url} failed: {response.status_code}")
+        response = httpx.delete(f"{self.env.stripe_api_base}/_config/data", timeout=5)
+        if response.status_code != 200:
+            raise ScenarioError(f"flushing localstripe failed: {response.status_code}")
+        mailerlite = self.env.fakes.get("mailerlite")
+        if mailerlite is not None:
+            for name in MAILERLITE_CUSTOM_FIELDS:  # as `attribution mailerlite setup-fields` would
+                httpx.post(
+                    f"{mailerlite}/api/fields",
+                    json={"name": name, "type": "text"},
+                    headers={"Authorization": f"Bearer {MAILERLITE_API_KEY}"},
+                    timeout=5,
+                )
 
     def send_event(self, event: dict[str, Any], *, body: str | None = None) -> httpx.Response:
         text = body if body is not None else json.dumps(event)
@@ -242,6 +278,7 @@ class _Scenario:
                 continue
             # The event localstripe sends is looked up with the others of this phase (collect_emitted).
             self.confirmed.append(payment_intent_id)
+            payment.in_stripe = status == "succeeded"
             self.truth.move(payment, status)
             self.truth.count(f"payments_{status}")
         return payments
@@ -347,6 +384,103 @@ class _Scenario:
             self.truth.failed_events.add(poison["id"])
             self.truth.count("events_failed_for_good")
 
+    # --- records the systems hold that we never issued ------------------------------------------------------
+
+    def foreign_records(self, leads: list[Lead]) -> None:
+        """Records unknown to us in each system: subscribers, a CRM contact and a GA4 purchase naming event_ids we
+        never issued, and a payment on Stripe for one of our leads that no webhook told us of."""
+        fakes = self.env.fakes
+        for position in range(2):
+            event_id = str(self._uuid())
+            body = {
+                "email": f"foreign.{self.spec.seed}.{position}@example.com",
+                "fields": {"event_id": event_id},
+            }
+            answer = httpx.post(
+                f"{fakes['mailerlite']}/api/subscribers",
+                json=body,
+                headers={"Authorization": f"Bearer {MAILERLITE_API_KEY}"},
+                timeout=5,
+            )
+            self._expect(answer, 200, 201)
+            self.truth.foreign.setdefault("mailerlite", set()).add(event_id)
+        self._expect(  # a subscriber naming no event_id at all: someone else's, not judged
+            httpx.post(
+                f"{fakes['mailerlite']}/api/subscribers",
+                json={"email": f"newsletter.{self.spec.seed}@example.com"},
+                headers={"Authorization": f"Bearer {MAILERLITE_API_KEY}"},
+                timeout=5,
+            ),
+            200,
+            201,
+        )
+        event_id = str(self._uuid())
+        contact = json.dumps(
+            {"event_id": event_id, "email": f"foreign.{self.spec.seed}@example.com", "lead_status": "lead"}
+        ).encode()
+        headers = {
+            "Authorization": f"Bearer {CRM_API_TOKEN}",
+            "Idempotency-Key": f"foreign-{event_id}",
+            "X-Attribution-Signature": sign_crm_body(CRM_SIGNING_SECRET, contact, int(time.time())),
+            "Content-Type": "application/json",
+        }
+        self._expect(
+            httpx.post(f"{fakes['crm']}/webhooks/attribution", content=contact, headers=headers), 200
+        )
+        self.truth.foreign.setdefault("crm", set()).add(event_id)
+        event_id = str(self._uuid())
+        purchase = {
+            "client_id": "555.666",
+            "events": [
+                {
+                    "name": "purchase",
+                    "params": {"transaction_id": self._stripe_id("pi"), "value": 47, "currency": "EUR",
+                               "event_id": event_id},
+                }
+            ],
+        }  # fmt: skip
+        response = httpx.post(
+            f"{fakes['sgtm']}/mp/collect",
+            params={"measurement_id": SGTM_MEASUREMENT_ID, "api_secret": SGTM_API_SECRET},
+            json=purchase,
+            timeout=5,
+        )
+        if response.status_code != 204:
+            raise ScenarioError(f"the sGTM fake refused a foreign purchase: {response.status_code}")
+        self.truth.foreign.setdefault("ga4", set()).add(event_id)
+        self.unseen_payment(leads)
+
+    def unseen_payment(self, leads: list[Lead]) -> None:
+        """A lead pays on Stripe while no webhook reaches us: Stripe holds a payment we never recorded."""
+        paying = [lead for lead in leads if not any(p.lead is lead for p in self.truth.payments.values())]
+        lead = (paying or leads)[0]
+        register = f"{self.env.stripe_api_base}/_config/webhooks/{WEBHOOK_ID}"
+        webhook = {"url": f"{self.env.api_url}/v1/webhooks/stripe", "secret": self.env.stripe_webhook_secret}
+        self._expect_ok(httpx.post(register, data={**webhook, "events[]": ["customer.created"]}, timeout=5))
+        try:
+            intent = self.stripe.v1.payment_intents.create(
+                params={
+                    "amount": PRICE_CENTS,
+                    "currency": "eur",
+                    "metadata": {"event_id": str(lead.event_id)},
+                }
+            )
+            self.stripe.v1.payment_intents.update(intent.id, params={"payment_method": "pm_card_visa"})
+            self.stripe.v1.payment_intents.confirm(intent.id)
+            time.sleep(
+                WEBHOOK_DELAY_SECONDS
+            )  # its webhook is sent (to nobody) before ours is registered again
+        finally:
+            self._expect_ok(
+                httpx.post(register, data={**webhook, "events[]": list(WEBHOOK_EVENTS)}, timeout=5)
+            )
+        self.truth.foreign.setdefault("stripe", set()).add(str(lead.event_id))
+        self.truth.count("payments_webhooks_never_saw")
+
+    def _expect_ok(self, response: httpx.Response) -> None:
+        if response.status_code != 200:
+            raise ScenarioError(f"localstripe answered {response.status_code}: {response.text[:200]}")
+
     # --- the whole run -------------------------------------------------------------------------------------
 
     def run(self) -> GroundTruth:
@@ -358,6 +492,7 @@ class _Scenario:
             "url": f"{self.env.api_url}/v1/webhooks/stripe",
             "secret": self.env.stripe_webhook_secret,
         }
+        self.fresh_systems()
         response = httpx.post(
             f"{self.env.stripe_api_base}/_config/webhooks/{WEBHOOK_ID}",
             data={**localstripe_webhook, "events[]": list(WEBHOOK_EVENTS)},
@@ -383,12 +518,15 @@ class _Scenario:
         self.clear_faults()
         self.faults("crm", fail_5xx_until=time.time() + 0.5)  # an outage the retries ride out
         self.truth.count("crm_outages")
+        self.lose("mailerlite")  # meanwhile MailerLite answers 2xx and keeps nothing
         leads += self.capture(crm_outage)
         self.settle()
         self.clear_faults()
-        # Second leads in the sessions of earlier ones: their consent becomes the session's.
+        # Second leads in the sessions of earlier ones: their consent becomes the session's. The CRM loses them.
+        self.lose("crm")
         leads += self.capture(partners, sessions=[lead.session for lead in self.rng.sample(leads, partners)])
         self.settle()
+        self.clear_faults()
         self.change_consent(leads)
         self.settle()
 
@@ -403,7 +541,15 @@ class _Scenario:
             draw = self.rng.random()
             card = "pm_card_visa" if draw < 0.75 else "pm_card_chargeCustomerFail" if draw < 0.88 else None
             orders.append((lead, card))
-        payments = self.pay_each(orders)
+        # The first half pay while MailerLite and sGTM keep nothing they accept (subscribers stale, purchases lost).
+        cut = len(orders) // 2
+        self.lose("mailerlite")
+        self.lose("sgtm")
+        payments = self.pay_each(orders[:cut])
+        self.collect_emitted()
+        self.settle()
+        self.clear_faults()
+        payments += self.pay_each(orders[cut:])
         paid = [
             payment for (_, card), payment in zip(orders, payments, strict=True) if card == "pm_card_visa"
         ]
@@ -415,8 +561,11 @@ class _Scenario:
         self.settle()
         self.clear_faults()
         unpaid = [lead for lead in leads if not any(p.lead is lead for p in self.truth.payments.values())]
+        self.lose("mailerlite")  # the refunds' upserts are lost: MailerLite keeps the earlier payment status
         self.stripe_chaos(paid, self.rng.sample(unpaid, min(len(unpaid), max(1, n // 15))))
         self.settle()
+        self.clear_faults()
+        self.foreign_records(leads)
 
         truth = GroundTruth(
             kind="scenario",
@@ -424,6 +573,7 @@ class _Scenario:
             params=self.env.params,
             metrics=self.truth.metrics(),
             injected=dict(sorted(self.truth.injected.items())),
+            systems=self.truth.systems(),
         )
         truth.save(self.env.database_path)
         return truth

@@ -31,6 +31,10 @@ class GroundTruth:
     metrics: dict[str, tuple[int, int]]
     rows: dict[str, int] = field(default_factory=dict)
     injected: dict[str, Any] = field(default_factory=dict)
+    # What `attribution reconcile` must find once each system's own records are read (the HTTP scenario only):
+    # per system {"missing": [journey], "unexpected": [entry], "stale": [[journey, field]]}, and
+    # "verified_data_consistency": {"value": [numerator, denominator]}.
+    systems: dict[str, Any] = field(default_factory=dict)
 
     def save(self, database_path: Path) -> Path:
         """Write the ground truth beside the database; return its path."""
@@ -45,6 +49,7 @@ class GroundTruth:
             },
             "rows": self.rows,
             "injected": self.injected,
+            "systems": self.systems,
         }
         path.write_text(json.dumps(document, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
         return path
@@ -63,6 +68,7 @@ class GroundTruth:
             },
             rows=document["rows"],
             injected=document["injected"],
+            systems=document.get("systems", {}),
         )
 
     def expected(self) -> dict[str, tuple[int, int]]:

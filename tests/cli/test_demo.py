@@ -22,7 +22,11 @@ from cli.demo import DemoPaths
 from sandbox.scenario import GroundTruth
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
-NOTEBOOK_NAMES = ("01_attribution_explore.ipynb", "02_replay_failed_deliveries.ipynb")
+NOTEBOOK_NAMES = (
+    "01_attribution_explore.ipynb",
+    "02_replay_failed_deliveries.ipynb",
+    "03_reconcile_systems_records.ipynb",
+)
 DEMO_LEADS = 12
 READY_LINE = "Ctrl-C stops everything."
 START_TIMEOUT_SECONDS = 150
@@ -174,7 +178,7 @@ def test_notebooks_are_committed_without_outputs() -> None:
         assert code and all(not cell.outputs and cell.execution_count is None for cell in code), name
 
 
-def test_both_notebooks_run_clean_against_the_demo(demo: DemoProcess) -> None:
+def test_the_notebooks_run_clean_against_the_demo(demo: DemoProcess) -> None:
     env = {**os.environ, **demo.env()}
     headers = {"Authorization": f"Bearer {env['ATTRIBUTION_ADMIN_TOKEN']}"}
     api = env["ATTRIBUTION_API_URL"]

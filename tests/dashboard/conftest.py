@@ -24,6 +24,7 @@ PAGES = (
     "pages/coverage.py",
     "pages/consent.py",
     "pages/deliveries.py",
+    "pages/records.py",
 )
 RUN_TIMEOUT_SECONDS = 60
 UNREACHABLE_API = "http://127.0.0.1:9"  # the discard port: nothing listens on loopback
