@@ -19,6 +19,7 @@ import duckdb
 
 from ingest.core.settings import Settings
 from ingest.core.vocabulary import PURPOSE_OF, DeliveryKind, DeliveryStatus
+from ingest.outbox.destinations.mailerlite import UPDATE_ONLY
 from ingest.outbox.gate import ConsentState, consent_gate
 from ingest.outbox.planning import Delivery, plan_delivery
 from ingest.outbox.repository import Journeys, journeys, sent_or_waiting
@@ -135,8 +136,11 @@ def _already_sent(
 
 
 def _payload(candidate: Candidate) -> dict[str, Any]:
-    # The outbox renders MailerLite and CRM bodies from the lead as it is when sent, so they carry nothing; an sGTM
-    # purchase names its payment, as the webhook's does.
+    # The outbox renders MailerLite and CRM bodies from the lead as it is when sent, so they carry nothing, but for a
+    # subscriber MailerLite already holds (stale): that repair only updates its fields, never its status, so it
+    # cannot re-subscribe someone who unsubscribed there. An sGTM purchase names its payment, as the webhook's does.
+    if candidate.system is System.MAILERLITE and candidate.why != "missing":
+        return {UPDATE_ONLY: True}
     if candidate.system is not System.GA4:
         return {}
     return {

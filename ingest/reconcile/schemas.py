@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ingest.core.clock import InputTimestamp, UtcTimestamp
 from ingest.core.vocabulary import Destination
 
 
@@ -42,7 +42,7 @@ class PullIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     systems: list[System] | None = Field(default=None, min_length=1)
-    since: datetime | None = Field(
+    since: InputTimestamp | None = Field(
         default=None, description="only records created (Stripe) or updated (MailerLite) at or after (UTC)"
     )
 
@@ -52,8 +52,8 @@ class PulledSystem(BaseModel):
 
     system: System
     records: int
-    pulled_at: datetime
-    since: datetime | None
+    pulled_at: UtcTimestamp
+    since: UtcTimestamp | None
     pages: int
     rate_limited: int = Field(description="429 answers waited out")
 
@@ -69,7 +69,7 @@ class ImportOut(BaseModel):
 
     system: System
     records: int
-    pulled_at: datetime
+    pulled_at: UtcTimestamp
     file_name: str
 
 
@@ -87,7 +87,7 @@ class SystemRecords(BaseModel):
 
     system: System
     source: RecordSource
-    as_of: datetime
+    as_of: UtcTimestamp
     expected: int
     held: int
     missing: list[str]

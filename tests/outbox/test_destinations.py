@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from ingest.outbox.destinations.crm import crm_body, crm_signature, render_crm
-from ingest.outbox.destinations.mailerlite import mailerlite_body
+from ingest.outbox.destinations.mailerlite import UPDATE_ONLY, mailerlite_body
 from ingest.outbox.destinations.rendering import CannotRender
 from ingest.outbox.destinations.sgtm import derive_client_id, normalise_email_for_google, sgtm_body
 from ingest.outbox.repository import ClaimedDelivery
@@ -176,6 +176,17 @@ def test_crm_signature_verifies_with_the_receivers_scheme(settings: Any) -> None
 def test_a_delivery_with_no_lead_and_no_email_cannot_be_rendered() -> None:
     with pytest.raises(CannotRender, match="no lead stored"):
         crm_body(claimed("crm", "contact_upsert", no_lead=True, payload={"lead_status": "paid"}))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [{"payment_status": "paid"}, {UPDATE_ONLY: True}],
+    ids=["payment-update", "repair-of-a-held-subscriber"],
+)
+def test_an_upsert_after_the_opt_in_never_sets_status_groups_or_opt_in(settings: Any, payload: Any) -> None:
+    body = mailerlite_body(claimed("mailerlite", "subscriber_upsert", payload=payload), settings)
+    assert set(body) == {"email", "fields"}  # an unsubscribe made in MailerLite holds
+    assert body["fields"]["event_id"] == "6f1d8c8e-8a44-4d3a-9a57-2d9b0f1c0001"
 
 
 def test_mailerlite_upsert_has_enhanced_fields_and_unsubscribe_is_minimal(settings: Any) -> None:

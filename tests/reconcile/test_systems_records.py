@@ -14,6 +14,7 @@ from ingest.reconcile.models import run_data_tests
 from ingest.reconcile.replica import reading
 from sandbox import LocalStripe, Sandbox
 from sandbox.exports import write_crm_export, write_ga4_export
+from sandbox.fakes import MAILERLITE_API_KEY
 from sandbox.scenario import GroundTruth, ScenarioSpec, run_scenario
 from tests.conftest import ADMIN_TOKEN, serve, wait_until
 from tests.reconcile.conftest import scenario_environment, scenario_settings
@@ -125,6 +126,18 @@ def test_repair_then_a_fresh_pull_shows_none_missing_and_never_sends_without_con
         }
         assert client.post("/v1/consent", json=withdrawal).status_code == 200
         wait_until(lambda: _settled(client), what="the withdrawal's unsubscribe")
+        # Someone whose MailerLite record is stale unsubscribes there: the repair updates the fields, never the status.
+        stale_journey = truth.systems["mailerlite"]["stale"][0][0]
+        subscribers = sandbox.state("mailerlite")["subscribers"]
+        [stale_email] = [e for e, s in subscribers.items() if s["fields"].get("event_id") == stale_journey]
+        unsubscribe = {"email": stale_email, "status": "unsubscribed"}
+        answer = httpx.post(
+            f"{sandbox.mailerlite_url}/api/subscribers",
+            json=unsubscribe,
+            headers={"Authorization": f"Bearer {MAILERLITE_API_KEY}"},
+            timeout=10,
+        )
+        assert answer.status_code == 200, answer.text
         before = _deliveries(client)
 
         dry = client.post("/v1/admin/reconcile/repair", json={"dry_run": True}, headers=ADMIN).json()
@@ -156,6 +169,7 @@ def test_repair_then_a_fresh_pull_shows_none_missing_and_never_sends_without_con
         read_every_system(client, sandbox, tmp_path)
         report = client.get("/v1/reconcile", headers=ADMIN).json()
 
+    assert sandbox.state("mailerlite")["subscribers"][stale_email]["status"] == "unsubscribed"
     after = found_sets(report)
     assert after["mailerlite"]["missing"] == after["crm"]["missing"] == []
     assert after["mailerlite"]["stale"] == []

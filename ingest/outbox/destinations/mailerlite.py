@@ -12,6 +12,7 @@ first MailerLite send (`ensure_mailerlite_fields`) and holds MailerLite deliveri
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -84,7 +85,7 @@ def mailerlite_body(claimed: ClaimedDelivery, settings: Settings) -> dict[str, A
         **{key: lead.get(key) for key in UTM_KEYS},
     }
     body: dict[str, Any] = {"email": email, "fields": fields}
-    if "payment_status" in claimed.payload:
+    if not is_opt_in(claimed.payload):
         return body  # an update after the opt-in: never a status, so an unsubscribe made in MailerLite holds
     if settings.mailerlite_group_id:
         body["groups"] = [settings.mailerlite_group_id]
@@ -95,6 +96,18 @@ def mailerlite_body(claimed: ClaimedDelivery, settings: Settings) -> dict[str, A
         if _is_ip(lead.get("consent_ip")):
             body["optin_ip"] = str(lead["consent_ip"])
     return body
+
+
+UPDATE_ONLY = "update_only"  # a payload key: this upsert updates a subscriber MailerLite holds, never opts in
+
+
+def is_opt_in(payload: Mapping[str, Any]) -> bool:
+    """Whether a subscriber upsert is the opt-in (lead capture's, which may set status, groups, opted_in_at).
+
+    Every later upsert (a payment's or refund's, carrying payment_status; a repair of a subscriber MailerLite
+    already holds, marked UPDATE_ONLY) sends fields only, so it never re-subscribes someone who unsubscribed.
+    """
+    return not payload.get(UPDATE_ONLY) and "payment_status" not in payload
 
 
 def render_mailerlite(claimed: ClaimedDelivery, settings: Settings, now: datetime) -> OutgoingRequest:
