@@ -18,7 +18,7 @@ from ingest.payments.demo_card import CardDeclined
 from ingest.payments.webhooks import EventProcessingFailed
 from ingest.reconcile.pull import SystemUnavailable
 from ingest.store.database import DatabaseLocked
-from ingest.store.writer import StoreUnavailable
+from ingest.store.writer import StoreUnavailable, WriterStopped
 
 
 class FieldError(BaseModel):
@@ -143,7 +143,14 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
 
 
 async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
-    return _error(status.HTTP_503_SERVICE_UNAVAILABLE, "unavailable", str(exc), headers={"Retry-After": "5"})
+    # Browsers and Stripe read this: the storage's own words (file paths, hosts) stay in the log and the admin
+    # status; the caller learns what to do.
+    message = (
+        "the service is stopping; try again shortly"
+        if isinstance(exc, WriterStopped)
+        else "the database cannot write now; nothing was stored, try again shortly"
+    )
+    return _error(status.HTTP_503_SERVICE_UNAVAILABLE, "unavailable", message, headers={"Retry-After": "5"})
 
 
 def install_error_handlers(app: FastAPI) -> None:

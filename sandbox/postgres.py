@@ -97,6 +97,7 @@ class PostgresCluster:
             "--no-sync", "--locale=C.UTF-8",
         )  # fmt: skip
         if init.returncode != 0:
+            self._remove()
             raise PostgresUnavailable(f"initdb failed: {init.stderr.strip()[-500:]}")
         options = (
             f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.root} "

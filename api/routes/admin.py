@@ -15,8 +15,8 @@ router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[AdminOnly],
 
 
 @router.get("/status")
-async def admin_status(database: DatabaseDep) -> dict[str, Any]:
-    """Row counts, deliveries by status and the writer's group-commit counters."""
+def admin_status(database: DatabaseDep) -> dict[str, Any]:
+    """Row counts, deliveries by status, the writer's group-commit counters and why writes fail, if they do."""
     counts = database.read(table_counts)
     return {
         "database": str(database.path),
@@ -25,5 +25,6 @@ async def admin_status(database: DatabaseDep) -> dict[str, Any]:
         "writer": {
             "batches_committed": database.writer.batches_committed,
             "jobs_committed": database.writer.jobs_committed,
+            "last_fault": database.writer.last_fault,  # the storage's own words while writes fail, else null
         },
     }

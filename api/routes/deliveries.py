@@ -39,13 +39,13 @@ WorkerDep = Annotated[DeliveryWorker | None, Depends(_worker)]
 
 
 @router.get("/deliveries")
-async def get_deliveries(database: DatabaseDep, query: Annotated[DeliveryListIn, Query()]) -> DeliveryList:
+def get_deliveries(database: DatabaseDep, query: Annotated[DeliveryListIn, Query()]) -> DeliveryList:
     """Deliveries matching the filters, newest first (dead letters: `status=dead`)."""
     return database.read(lambda conn: list_deliveries(conn, query, query.limit))
 
 
 @router.get("/deliveries/{delivery_id}", responses=declared(404))
-async def get_one_delivery(delivery_id: UUID, database: DatabaseDep) -> DeliveryDetail:
+def get_one_delivery(delivery_id: UUID, database: DatabaseDep) -> DeliveryDetail:
     """One delivery with every attempt made for it."""
     found = database.read(lambda conn: get_delivery(conn, delivery_id))
     if found is None:

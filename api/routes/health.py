@@ -35,13 +35,15 @@ def _beat(conn: duckdb.DuckDBPyConnection, items: Sequence[None]) -> list[None]:
 @router.get("/readyz", responses={503: {"description": "the database does not accept writes"}})
 async def readyz(database: DatabaseDep) -> JSONResponse:
     """The database accepts and commits a write, and no write failed for the storage's sake just before."""
+    # Probes are unauthenticated: the reason says what failed, the log (and /v1/admin/status) say how.
     if database.writer.faulted_within(READY_HOLD_SECONDS):
-        reason = f"a write failed in the last {READY_HOLD_SECONDS:.0f} s: {database.writer.last_fault}"
+        reason = f"a write failed for the storage's sake in the last {READY_HOLD_SECONDS:.0f} s"
         return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
     try:
         await asyncio.wait_for(database.writer.submit(_beat, None), READY_TIMEOUT_SECONDS)
     except (duckdb.Error, TimeoutError, StoreUnavailable) as exc:
         return JSONResponse(
-            {"status": "unavailable", "reason": str(exc) or type(exc).__name__}, status_code=503
+            {"status": "unavailable", "reason": f"the probe write did not commit ({type(exc).__name__})"},
+            status_code=503,
         )
-    return JSONResponse({"status": "ready", "database": str(database.path)})
+    return JSONResponse({"status": "ready"})

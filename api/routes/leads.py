@@ -10,7 +10,7 @@ from api.deps import BrowserCallDep
 from api.errors import BROWSER_ROUTE, declared
 from api.routes.deliveries import WorkerDep
 from ingest.leads.schemas import LeadIn, LeadOut
-from ingest.leads.service import capture_leads, inline_delivery_ids, lead_answer, plan_lead
+from ingest.leads.service import capture_leads, inline_deliveries, lead_answer, plan_lead
 
 router = APIRouter(responses=BROWSER_ROUTE, tags=["leads"])
 log = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ async def post_lead(lead_in: LeadIn, call: BrowserCallDep, worker: WorkerDep) ->
     plan = plan_lead(call.settings, lead_in, call.context)
     captured = await call.database.writer.submit(capture_leads, plan)
     wait_ms = call.settings.attribution_inline_delivery_ms
-    inline = inline_delivery_ids(captured.plan) if worker and wait_ms and not captured.duplicate else []
+    inline = inline_deliveries(captured.plan) if worker and wait_ms and not captured.duplicate else {}
     if worker and inline:
         # Wait briefly for MailerLite and the CRM, so the answer can carry subscriber_id / contact_id.
         await worker.wait_for(inline, wait_ms / 1000)

@@ -7,7 +7,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CommaList = Annotated[tuple[str, ...], NoDecode]
@@ -83,6 +83,7 @@ class Settings(BaseSettings):
     attribution_delivery_worker: bool = True
     attribution_delivery_poll_seconds: float = Field(0.5, gt=0, le=60)
     attribution_delivery_timeout_seconds: float = Field(10.0, gt=0, le=120)
+    attribution_delivery_lease_seconds: float = Field(30.0, gt=0)
     attribution_circuit_breaker_threshold: int = Field(5, ge=1, le=1000)
     attribution_circuit_breaker_cooldown_seconds: float = Field(30.0, gt=0, le=3600)
     mailerlite_concurrency: int = Field(4, ge=1, le=256)
@@ -160,6 +161,15 @@ class Settings(BaseSettings):
         """The token our own clients (CLI, dashboard) send: the first of the list, so list the new one first."""
         tokens = self.admin_tokens()
         return tokens[0] if tokens else None
+
+    @model_validator(mode="after")
+    def _lease_outlives_a_send(self) -> Settings:
+        if self.attribution_delivery_lease_seconds <= self.attribution_delivery_timeout_seconds:
+            raise ValueError(
+                "ATTRIBUTION_DELIVERY_LEASE_SECONDS must be longer than ATTRIBUTION_DELIVERY_TIMEOUT_SECONDS, "
+                "or a delivery still being sent could be claimed again"
+            )
+        return self
 
     def destinations_enabled(self) -> dict[str, bool]:
         """Which forwarding destinations are configured; an unconfigured one is off."""

@@ -109,13 +109,13 @@ def _outcome(
     return DestinationOutcome(status=shown, reason=reason, **extra)
 
 
-def inline_delivery_ids(plan: LeadPlan) -> list[UUID]:
-    """The MailerLite and CRM deliveries lead capture waits for, so its answer can carry their ids."""
-    return [
-        d.delivery_id
+def inline_deliveries(plan: LeadPlan) -> dict[UUID, Destination]:
+    """The MailerLite and CRM deliveries lead capture waits for (so its answer can carry their ids), by id."""
+    return {
+        d.delivery_id: d.destination
         for d in plan.deliveries
         if d.kind in INLINE_KINDS and d.status == DeliveryStatus.PENDING
-    ]
+    }
 
 
 def lead_answer(plan: LeadPlan, *, duplicate: bool, conn: duckdb.DuckDBPyConnection | None = None) -> LeadOut:

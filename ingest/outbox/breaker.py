@@ -41,8 +41,9 @@ class CircuitBreaker:
         return BreakerState.HALF_OPEN
 
     def seconds_to_probe(self) -> float | None:
-        """How long until a probe may go, when open."""
-        if self.opened_at is None:
+        """How long until a probe may go, when open; None when closed or while the probe is out (its answer, not
+        the clock, decides what comes next: the worker is woken then)."""
+        if self.opened_at is None or self.probing:
             return None
         return max(0.0, self.opened_at + self.cooldown - self._clock())
 

@@ -16,9 +16,10 @@ from ingest.core.clock import utcnow
 from ingest.outbox import repository
 from ingest.outbox.repository import ClaimedDelivery, RecordedOutcome, Unclaimed
 
-# A lease outlives any send (timeout <= 120 s) and the short wait for a rate-limit slot; a process that dies
-# leaves it behind and the next start releases it.
-LEASE = timedelta(minutes=10)
+# How long a claimed delivery belongs to the worker that claimed it (ATTRIBUTION_DELIVERY_LEASE_SECONDS): it
+# outlives the send (Settings refuses a lease not longer than the delivery timeout) and the short wait for a
+# rate-limit slot; a process that dies leaves it behind, and the next start releases it.
+DEFAULT_LEASE = timedelta(seconds=30)
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class ClaimRequest:
     limits: dict[str, int]
     busy: frozenset[tuple[str, UUID]] = frozenset()
     urgent: tuple[UUID, ...] = ()
+    lease: timedelta = DEFAULT_LEASE
 
 
 def pick_claims(
@@ -70,7 +72,7 @@ def claim_deliveries(
         if not picked:
             results.append([])
             continue
-        repository.lease(conn, [row["delivery_id"] for row in picked], request.now + LEASE)
+        repository.lease(conn, [row["delivery_id"] for row in picked], request.now + request.lease)
         journeys = repository.journeys(
             conn, [row["event_id"] for row in picked], [row["user_session_id"] for row in picked]
         )

@@ -10,14 +10,13 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
 import duckdb
-import httpx
 
 from ingest.core.clock import utcnow
 from ingest.core.settings import Settings
@@ -25,7 +24,7 @@ from ingest.core.vocabulary import DeliveryStatus, Destination
 from ingest.outbox.breaker import BreakerState, CircuitBreaker
 from ingest.outbox.delivery import PROBE_FAILED, AttemptResult, Verdict, deliver_one, send_time_gate, settle
 from ingest.outbox.destinations import DestinationClient, build_clients, destination_limits
-from ingest.outbox.destinations.mailerlite import MailerLiteSetupError, ensure_mailerlite_fields
+from ingest.outbox.destinations.mailerlite import ensure_mailerlite_fields
 from ingest.outbox.leases import (
     ClaimRequest,
     Flush,
@@ -71,9 +70,9 @@ class _Lane:
     inflight: dict[UUID, UUID | None] = field(default_factory=dict)  # delivery_id -> event_id
     seconds_per_send: float | None = None  # moving average of request durations
     sent: int = 0
-    held: str | None = (
-        None  # why nothing is claimed for it now (MailerLite: our custom fields not ensured yet)
-    )
+    # Why nothing is claimed for it now (MailerLite: our custom fields not ensured yet), else None.
+    held: str | None = None
+    setup_failed: bool = False  # its set-up was tried and failed: held until a retry succeeds
 
     def observe(self, result: AttemptResult) -> None:
         """Fold a request's duration into the moving average that sizes claims."""
@@ -173,7 +172,10 @@ class _Recorder:
             self._retry_at = time.monotonic() + RECORD_RETRY_SECONDS
             self._ready.set()
             return
-        except duckdb.Error as exc:
+        except (
+            Exception
+        ) as exc:  # a bug or a database error: logged, and the waiting sends are answered with it
+            # (the recorder must outlive it, or every later send would wait for ever)
             log.exception("recording delivery outcomes failed", extra={"count": len(taken)})
             self._fail(taken, exc)
             return
@@ -245,6 +247,7 @@ class DeliveryWorker:
                 semaphore=asyncio.Semaphore(concurrency),
             )
         self._recorder = _Recorder(database.writer)
+        self._lease = timedelta(seconds=settings.attribution_delivery_lease_seconds)
         self._wake = asyncio.Event()
         self._stopping = False
         self._dispatcher: asyncio.Task[None] | None = None
@@ -298,9 +301,19 @@ class DeliveryWorker:
         """Look for due deliveries now rather than at the next poll."""
         self._wake.set()
 
-    async def wait_for(self, ids: Iterable[UUID], timeout: float) -> None:
-        """Send these deliveries ahead of the queue and wait up to `timeout` s until each has an outcome."""
-        wanted = list(ids)
+    async def wait_for(self, deliveries: Mapping[UUID, Destination], timeout: float) -> None:
+        """Send these deliveries ahead of the queue and wait up to `timeout` s until each has an outcome.
+
+        Deliveries to a destination that cannot send now (its circuit is not closed, or its set-up failed and is being
+        retried) are not waited for: they stay queued, and the caller answers at once instead of after `timeout`.
+        """
+        wanted = [
+            delivery_id
+            for delivery_id, destination in deliveries.items()
+            if (lane := self._lanes.get(destination)) is not None
+            and lane.breaker.state is BreakerState.CLOSED
+            and not lane.setup_failed
+        ]
         if not wanted or self._stopping:
             return
         loop = asyncio.get_running_loop()
@@ -354,7 +367,10 @@ class DeliveryWorker:
         while True:
             try:
                 created = await asyncio.to_thread(ensure_mailerlite_fields, self._settings)
-            except (MailerLiteSetupError, httpx.HTTPError) as exc:
+            except (
+                Exception
+            ) as exc:  # MailerLite's refusal, a network error, or a bug: logged, and tried again
+                lane.setup_failed = True
                 lane.held = f"MailerLite custom fields could not be checked or created: {exc}"[:300]
                 log.error(
                     "MailerLite deliveries held until our custom fields exist there; retrying (run "
@@ -366,7 +382,7 @@ class DeliveryWorker:
                 continue
             if created:
                 log.info("created MailerLite custom fields", extra={"created_fields": created})
-            lane.held = None
+            lane.held, lane.setup_failed = None, False
             self._wake.set()
             return
 
@@ -414,14 +430,19 @@ class DeliveryWorker:
                 if wait is not None:
                     sleep = min(sleep, wait + 0.001)
         worth_it = worth_it or bool(self._urgent)  # a lead capture is waiting for one of them
-        if worth_it and self._found_none and not self._urgent:
-            # The last claim found nothing: look with a read first, so an idle worker commits nothing (the
-            # replica publisher republishes after every commit). Only this worker claims, so a row the read
-            # misses is simply claimed at the next poll.
-            worth_it = await asyncio.to_thread(self._database.read, functools.partial(any_due, list(limits)))
+        try:
+            if worth_it and self._found_none and not self._urgent:
+                # The last claim found nothing: look with a read first, so an idle worker commits nothing (the
+                # replica publisher republishes after every commit). Only this worker claims, so a row the read
+                # misses is simply claimed at the next poll.
+                worth_it = await asyncio.to_thread(
+                    self._database.read, functools.partial(any_due, list(limits))
+                )
+        finally:
+            if not worth_it:  # no claim: a probe slot taken above is given back, whatever stopped the round
+                for destination in probes:
+                    self._lanes[destination].breaker.probing = False
         if not worth_it:
-            for destination in probes:
-                self._lanes[destination].breaker.probing = False
             return sleep
         busy = frozenset(
             (lane.destination.value, event_id)
@@ -429,7 +450,7 @@ class DeliveryWorker:
             for event_id in lane.inflight.values()
             if event_id is not None
         )
-        request = ClaimRequest(utcnow(), limits, busy, tuple(self._urgent))
+        request = ClaimRequest(utcnow(), limits, busy, tuple(self._urgent), lease=self._lease)
         try:
             claimed = await self._database.writer.submit(claim_deliveries, request)
         except BaseException:

@@ -213,16 +213,16 @@ class Writer:
             if isinstance(exc, _STORE_FAULTS):
                 self._fault(jobs, exc)
                 return
-            if len(jobs) == 1:
-                log.warning("write failed", extra={"error": repr(exc)})
-                self._answer([(jobs[0], exc)])
-                return
-            # One bad job must not sink its batch-mates: retry each in its own transaction.
-            for job in jobs:
-                self._run_batch([job])
+            self._refuse_alone(jobs, exc)
             return
         try:
             self._conn.commit()
+        except (
+            duckdb.ConstraintException
+        ) as exc:  # an item's fault found at commit: retried job by job as above
+            self._rollback()
+            self._refuse_alone(jobs, exc)
+            return
         except (
             duckdb.Error
         ) as exc:  # every statement went through: the storage refused the commit (disk full)
@@ -235,9 +235,22 @@ class Writer:
             self.last_fault = None
         self.batches_committed += 1
         self.jobs_committed += len(jobs)
-        if self.observe_commit is not None:
-            self.observe_commit(len(jobs), time.perf_counter() - started)
         self._answer(outcomes)
+        if self.observe_commit is not None:
+            try:  # metrics only: a failure here must never leave a committed batch unanswered or stop the writer
+                self.observe_commit(len(jobs), time.perf_counter() - started)
+            except Exception:
+                log.exception("recording the writer's commit metrics failed")
+
+    def _refuse_alone(self, jobs: list[_Job], exc: BaseException) -> None:
+        """An item's fault: a lone job is answered with it; in a batch, one bad job must not sink its batch-mates,
+        so each is retried in its own transaction."""
+        if len(jobs) == 1:
+            log.warning("write failed", extra={"error": repr(exc)})
+            self._answer([(jobs[0], exc)])
+            return
+        for job in jobs:
+            self._run_batch([job])
 
     def _fault(self, jobs: list[_Job], exc: BaseException) -> None:
         reason = f"{type(exc).__name__}: {exc}"[:300]

@@ -19,6 +19,16 @@ def test_defaults_match_the_contract(monkeypatch: pytest.MonkeyPatch, tmp_path) 
         1,
     )
     assert settings.destinations_enabled() == {"mailerlite": False, "crm": False, "sgtm": False}
+    assert settings.attribution_delivery_lease_seconds == 30
+
+
+def test_a_lease_not_longer_than_a_send_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ATTRIBUTION_DELIVERY_LEASE_SECONDS", "10")
+    monkeypatch.setenv("ATTRIBUTION_DELIVERY_TIMEOUT_SECONDS", "10")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert "ATTRIBUTION_DELIVERY_LEASE_SECONDS" in str(caught.value)
 
 
 def test_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:

@@ -7,6 +7,7 @@ import itertools
 import time
 import uuid
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 
 from ingest.core.clock import utcnow
@@ -342,8 +343,12 @@ async def test_a_lease_left_by_a_dead_worker_is_sent_again_with_the_same_key(
         await worker.stop()  # this one never sends
         event_id = await capture(database, settings)
         # Claim as a worker would, then "die" before sending: the lease stays in the table.
-        claimed = await database.writer.submit(claim_deliveries, ClaimRequest(utcnow(), {"crm": 10}))
+        now = utcnow()
+        lease = timedelta(seconds=45)  # ATTRIBUTION_DELIVERY_LEASE_SECONDS, as the worker passes it
+        claimed = await database.writer.submit(claim_deliveries, ClaimRequest(now, {"crm": 10}, lease=lease))
         assert len(claimed) == 1
+        (row,) = delivery_rows(database, "destination = 'crm'")
+        assert row["claimed_until"] == now + lease
     async with running_worker(settings) as (database, worker):
         worker.wake()
         await async_wait_until(lambda: statuses(database) == {"delivered": 3})

@@ -16,7 +16,7 @@ import duckdb
 import httpx
 import pytest
 
-from tests.conftest import fill_disk, lead_body, make_settings, remount, serve, wait_until
+from tests.conftest import ADMIN_TOKEN, fill_disk, lead_body, make_settings, remount, serve, wait_until
 
 
 def _leads(database: Path) -> int:
@@ -50,9 +50,15 @@ def test_a_full_disk_answers_503_until_space_is_freed(tmp_path: Path, small_disk
             assert answer.headers["retry-after"] == "5"
             assert answer.headers["content-type"] == "application/json"
             assert answer.json()["error"] == "unavailable"
-            assert "No space left" in answer.json()["message"]
+            assert (
+                answer.json()["message"]
+                == "the database cannot write now; nothing was stored, try again shortly"
+            )
         ready = client.get("/readyz")
-        assert ready.status_code == 503 and "No space left" in ready.json()["reason"]
+        assert ready.status_code == 503 and "storage" in ready.json()["reason"]
+        assert "/" not in ready.text  # no file path on the unauthenticated probe
+        status = client.get("/v1/admin/status", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).json()
+        assert "No space left" in status["writer"]["last_fault"]  # the detail is for the admin
         filler.unlink()
         assert client.post("/v1/leads", json=lead_body(email="after@example.com")).status_code == 200
         wait_until(lambda: client.get("/readyz").status_code == 200, timeout=20, what="ready again")

@@ -146,9 +146,18 @@ def setup_mailerlite_fields(settings: Settings, http: httpx.Client) -> tuple[lis
             raise MailerLiteSetupError(
                 f"listing fields answered HTTP {answer.status_code}: {answer.text[:300]}"
             )
-        page = answer.json()
-        existing |= {str(item.get("key")) for item in page.get("data", [])}
-        links = page.get("links") or {}
+        try:
+            page = answer.json()
+            existing |= {str(item.get("key")) for item in page.get("data", [])}
+            links = page.get("links") or {}
+        except (
+            ValueError,
+            AttributeError,
+            TypeError,
+        ):  # a 200 that is not MailerLite's JSON (a proxy's page)
+            raise MailerLiteSetupError(
+                f"listing fields answered what is not MailerLite's JSON: {answer.text[:200]}"
+            ) from None
         url = links.get("next") if isinstance(links, dict) else None
     created, present = [], []
     for key in MAILERLITE_CUSTOM_FIELDS:

@@ -1,5 +1,5 @@
 -- PostgreSQL twin of ../001_initial.sql: the same tables and columns in PostgreSQL types (text, jsonb,
--- double precision); timestamps stay naive UTC.
+-- double precision; a Stripe event's payload stays text, as it came); timestamps stay naive UTC.
 -- Foundation schema: leads, the append-only consent ledger, the delivery outbox with its attempts,
 -- and raw Stripe events. All *_at columns are UTC timestamps.
 
@@ -87,7 +87,7 @@ create table stripe_events (
     stripe_created_at timestamp,
     received_at timestamp not null,
     source text not null,
-    payload jsonb not null,
+    payload text not null,  -- the raw body as Stripe sent it (jsonb would reorder keys and refuse \u0000)
     status text not null,
     error text,
     processing_attempts integer not null default 0,
