@@ -93,6 +93,13 @@ class Settings(BaseSettings):
     sgtm_concurrency: int = Field(16, ge=1, le=256)
     sgtm_requests_per_minute: int = Field(0, ge=0)
 
+    @field_validator("attribution_alert_webhook_url")
+    @classmethod
+    def _http_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL (a Slack-compatible incoming webhook)")
+        return value
+
     @field_validator("attribution_database_url")
     @classmethod
     def _postgresql_url(cls, value: SecretStr | None) -> SecretStr | None:

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -26,7 +27,6 @@ from ingest.store.database import DatabaseLocked, connect
 
 BACKUP_FILE = "attribution.duckdb"
 MANIFEST_FILE = "backup.json"
-_OUT = "_backup_out"
 _SOURCE = "_backup_src"
 
 
@@ -80,8 +80,13 @@ def _prepare(directory: Path) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise BackupError(f"cannot create {directory}: {exc.strerror or exc}") from exc
-    if (directory / BACKUP_FILE).exists() or (directory / MANIFEST_FILE).exists():
+    if (directory / MANIFEST_FILE).exists():
         raise BackupError(f"{directory} already holds a backup; choose an empty folder")
+    if (directory / BACKUP_FILE).exists():
+        raise BackupError(
+            f"{directory} holds a backup that was cut off before its {MANIFEST_FILE} was written; "
+            "remove the folder or choose another"
+        )
     if any(item.name != f"{BACKUP_FILE}.partial" for item in directory.iterdir()):
         raise BackupError(f"{directory} is not empty; choose an empty folder")
     temp = directory / f"{BACKUP_FILE}.partial"
@@ -103,26 +108,29 @@ def copy_database(
     `within` runs on the cursor inside the same transaction, so what it computes describes exactly the copy.
     """
     temp = _prepare(directory)
+    out = (
+        f"_backup_out_{uuid.uuid4().hex[:12]}"  # attached instance-wide: two backups at once must not collide
+    )
     try:
-        cursor.execute(f"attach {_literal(temp)} as {_OUT}")
+        cursor.execute(f"attach {_literal(temp)} as {out}")
         try:
             cursor.begin()
             taken_at = utcnow()
-            cursor.execute(f"copy from database {_quoted(catalog)} to {_OUT}")
+            cursor.execute(f"copy from database {_quoted(catalog)} to {out}")
             tables = _row_counts(cursor, catalog)
             version_row = cursor.execute(
                 f"select coalesce(max(version), 0) from {_quoted(catalog)}.main.schema_migrations"  # noqa: S608
             ).fetchone()
             extra = within(cursor) if within is not None else {}
             cursor.commit()
-            cursor.execute(f"checkpoint {_OUT}")
+            cursor.execute(f"checkpoint {out}")
         except BaseException:
             with contextlib.suppress(duckdb.Error):
                 cursor.rollback()
             raise
         finally:
             with contextlib.suppress(duckdb.Error):
-                cursor.execute(f"detach database if exists {_OUT}")
+                cursor.execute(f"detach database if exists {out}")
     except BaseException:
         temp.unlink(missing_ok=True)
         raise

@@ -82,3 +82,14 @@ def test_the_mailerlite_base_url_is_taken_with_or_without_api(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MAILERLITE_BASE_URL", base)
     assert load_settings().mailerlite_base_url == "https://connect.mailerlite.com"
+
+
+def test_an_alert_webhook_that_is_not_an_http_url_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ATTRIBUTION_ALERT_WEBHOOK_URL", "hooks.slack.example/services/T0/B0/x")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert "ATTRIBUTION_ALERT_WEBHOOK_URL" in str(caught.value)
+    assert "hooks.slack" not in str(caught.value)  # a credential: never echoed

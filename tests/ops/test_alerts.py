@@ -13,7 +13,7 @@ import httpx
 
 from sandbox import Sandbox
 from sandbox.alerts import AlertReceiver
-from tests.conftest import serve, wait_until
+from tests.conftest import query, serve, wait_until
 from tests.ops.conftest import EMAIL_DOMAIN, PHONE_DIGITS, ops_settings, pii_lead
 
 LEADS = 4
@@ -58,7 +58,10 @@ def test_one_alert_per_outage_and_one_on_recovery_while_probes_fail_between(
     with serve(settings) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
         _post_leads(client, LEADS)
         wait_until(lambda: _about(receiver.alerts(), "circuit_open", destination="crm"), what="circuit_open")
-        time.sleep(outage_seconds)
+        # Half-open probes go out (and fail) while the circuit stays open: wait for two of them, bounded.
+        wait_until(
+            lambda: sandbox.arrived("crm") >= LEADS + 2, timeout=outage_seconds * 10, what="two probes"
+        )
         failed_during_outage = sandbox.arrived("crm")
         sandbox.set_faults("crm", clear=True)
         wait_until(
@@ -132,6 +135,11 @@ def test_deliveries_going_dead_are_summarised_not_alerted_one_by_one(
     )  # permanent: each CRM delivery goes dead at its first attempt
     dead = 6
     with serve(settings) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
+        # Deliveries dead before the monitor's first look are not news: wait until it has set its cursor.
+        cursor = "select count(*) from alert_states where subject = 'deliveries_dead'"
+        wait_until(
+            lambda: query(settings.attribution_db_path, cursor) == [(1,)], what="the dead-letter cursor"
+        )
         _post_leads(client, dead)
 
         def summarised() -> int:

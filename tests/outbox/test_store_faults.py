@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import duckdb
+import pytest
 
 from ingest.core.clock import utcnow
 from ingest.core.vocabulary import DeliveryStatus
@@ -34,8 +35,9 @@ async def _exhaust(database: Database) -> None:
 
 
 async def test_an_outcome_the_store_refused_is_recorded_once_writes_work_again(
-    tmp_path: Path, small_disk: Path, sandbox: Sandbox
+    tmp_path: Path, small_disk: Path, sandbox: Sandbox, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING)
     settings = sandbox_settings(tmp_path, sandbox, attribution_db_path=small_disk / "attribution.duckdb")
     sandbox.set_faults("crm", latency_ms=1500)  # the CRM answers while the disk is full
     async with running_worker(settings) as (database, _worker):
@@ -43,7 +45,10 @@ async def test_an_outcome_the_store_refused_is_recorded_once_writes_work_again(
         await async_wait_until(lambda: sandbox.arrived("crm") == 1)
         filler = fill_disk(small_disk)
         await _exhaust(database)  # the write-ahead log's last page may still take a small write or two
-        await asyncio.sleep(2.5)  # the CRM has answered; its outcome could not be committed
+        await async_wait_until(  # the CRM has answered; its outcome could not be committed and waits
+            lambda: any("wait for the store to write again" in r.getMessage() for r in caplog.records),
+            timeout=15,
+        )
         [crm] = delivery_rows(database, "destination = 'crm'")
         assert crm["status"] == DeliveryStatus.PENDING and crm["claimed_until"] is not None
         filler.unlink()
