@@ -20,7 +20,7 @@ import httpx
 import stripe
 
 from ingest.core.clock import utcnow
-from ingest.core.errors import DomainError, NotConfigured
+from ingest.core.errors import DomainError, InvalidField, NotConfigured
 from ingest.core.settings import Settings
 from ingest.outbox.delivery import parse_retry_after
 from ingest.outbox.pacing import Pacer
@@ -268,9 +268,10 @@ def systems_to_pull(
             )
         return chosen
     for system in request.systems:
-        if system not in configured:
-            raise NotConfigured(
-                f"{system} keeps no API to pull: import its export with `attribution reconcile import`"
+        if system not in configured:  # the request's mistake, whatever is configured: a 422 naming the field
+            raise InvalidField(
+                "systems",
+                f"{system} keeps no API to pull: import its export with `attribution reconcile import`",
             )
         if not configured[system]:
             key = "STRIPE_SECRET_KEY" if system is System.STRIPE else "MAILERLITE_API_KEY"
