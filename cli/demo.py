@@ -1,7 +1,7 @@
 """`attribution dashboard` (Streamlit over the replica) and `attribution demo` (everything, seeded, on loopback).
 
-The demo runs each piece the way a deployment does: the sandbox fakes of MailerLite / CRM / sGTM and localstripe
-(`sandbox`), the API as an `attribution serve` child process (the database's one writer, with its delivery
+The demo runs each piece the way a deployment does: the sandbox fakes of MailerLite / CRM / sGTM / Meta and
+localstripe (`sandbox`), the API as an `attribution serve` child process (the database's one writer, with its delivery
 worker and replica publisher), and the dashboard as a `streamlit run` child process reading the replica. It then
 drives the scenario generator (`sandbox.scenario`) through the API over HTTP and shows its progress. Its data lives
 under data/demo/ (never the configured ATTRIBUTION_DB_PATH), so a demo cannot clobber a real database; a second
@@ -266,6 +266,7 @@ def demo_params() -> ModelParams:
         mailerlite_enabled=True,
         crm_enabled=True,
         sgtm_enabled=True,
+        meta_enabled=True,
     )
 
 
@@ -475,7 +476,7 @@ def _run_demo(
     dashboard_port: int,
 ) -> None:
     """Start every piece (each stopped by `stack` in reverse order), seed, then wait for Ctrl-C."""
-    console.print("starting the sandbox: localstripe and the MailerLite / CRM / sGTM fakes")
+    console.print("starting the sandbox: localstripe and the MailerLite / CRM / sGTM / Meta fakes")
     sandbox = stack.enter_context(Sandbox(host))
     stripe = stack.enter_context(LocalStripe(host))
     api_url = f"http://{host}:{port_or_free(host, api_port)}"
@@ -525,7 +526,7 @@ def _run_demo(
             stripe_api_base=stripe.url,
             stripe_secret_key=stripe.secret_key,
             stripe_webhook_secret=stripe.webhook_secret,
-            fakes={name: sandbox.base_url(name) for name in ("mailerlite", "crm", "sgtm")},
+            fakes={name: sandbox.base_url(name) for name in ("mailerlite", "crm", "sgtm", "meta")},
             params=demo_params(),
             database_path=paths.database,
         )

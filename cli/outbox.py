@@ -22,7 +22,7 @@ from ingest.store.database import Database, DatabaseLocked
 from sandbox import run_sandbox_forever
 
 mailerlite_app = typer.Typer(help="MailerLite account set-up.", no_args_is_help=True)
-SANDBOX_PORTS = {"mailerlite": 8101, "crm": 8102, "sgtm": 8103, "stripe": 8420}
+SANDBOX_PORTS = {"mailerlite": 8101, "crm": 8102, "sgtm": 8103, "meta": 8104, "stripe": 8420}
 
 
 def _replay_through_api(settings: Settings, request: ReplayIn) -> ReplayOut:
@@ -107,6 +107,7 @@ def sandbox(
     ],
     crm_port: Annotated[int, typer.Option(help="CRM fake port (0: any).")] = SANDBOX_PORTS["crm"],
     sgtm_port: Annotated[int, typer.Option(help="sGTM fake port (0: any).")] = SANDBOX_PORTS["sgtm"],
+    meta_port: Annotated[int, typer.Option(help="Meta fake port (0: any).")] = SANDBOX_PORTS["meta"],
     stripe_port: Annotated[int, typer.Option(help="localstripe port (0: any).")] = SANDBOX_PORTS["stripe"],
     stripe: Annotated[bool, typer.Option(help="Also start localstripe.")] = True,
     stripe_webhook_url: Annotated[
@@ -114,9 +115,15 @@ def sandbox(
         typer.Option(help="Where localstripe sends webhooks (default: the API's /v1/webhooks/stripe)."),
     ] = None,
 ) -> None:
-    """Run the MailerLite / CRM / sGTM fakes (and localstripe) on loopback until Ctrl-C; prints the env."""
+    """Run the MailerLite / CRM / sGTM / Meta fakes (and localstripe) on loopback until Ctrl-C; prints the env."""
     settings = settings_or_exit(with_logging=True)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the launcher's readiness polls are noise here
     webhook_url = stripe_webhook_url or settings.attribution_api_url.rstrip("/") + "/v1/webhooks/stripe"
-    ports = {"mailerlite": mailerlite_port, "crm": crm_port, "sgtm": sgtm_port, "stripe": stripe_port}
+    ports = {
+        "mailerlite": mailerlite_port,
+        "crm": crm_port,
+        "sgtm": sgtm_port,
+        "meta": meta_port,
+        "stripe": stripe_port,
+    }
     run_sandbox_forever(host, ports, with_stripe=stripe, stripe_webhook_url=webhook_url if stripe else None)

@@ -239,7 +239,7 @@ def withdrawals(snapshot_key: str) -> pd.DataFrame:
 
 @st.cache_data(ttl=CACHE_SECONDS, max_entries=CACHE_ENTRIES, show_spinner=False)
 def deliveries_without_consent(snapshot_key: str) -> pd.DataFrame:
-    """Delivered MailerLite / sGTM deliveries made while the consent they need was not in force."""
+    """Delivered MailerLite / sGTM / Meta deliveries made while the consent they need was not in force."""
     return source().frame(
         "select delivery_id, event_id, destination, kind, created_at, delivered_at, consent_decision_at, "
         "marketing_at_completion, analytics_at_completion from delivery_consent "

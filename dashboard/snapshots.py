@@ -69,6 +69,7 @@ class Snapshot:
             Destination.MAILERLITE: self.params.mailerlite_enabled,
             Destination.CRM: self.params.crm_enabled,
             Destination.SGTM: self.params.sgtm_enabled,
+            Destination.META: self.params.meta_enabled,
         }
         return [destination for destination in Destination if not enabled[destination]]
 

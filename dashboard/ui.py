@@ -29,8 +29,8 @@ METRIC_HELP = {
     "should reach sGTM (analytics consent, or REQUIRE_CONSENT=false).",
     "data_consistency": "Journeys (event_ids, plus orphan payments) present in every system they should reach "
     "/ all journeys.",
-    "consent_compliance": "Delivered MailerLite and sGTM deliveries made while the matching consent was in "
-    "force / all of them.",
+    "consent_compliance": "Delivered MailerLite, sGTM and Meta deliveries made while the matching consent was "
+    "in force / all of them.",
     "system_resilience": "Stripe events whose processing failed and never later succeeded / Stripe events "
     "stored (lower is better).",
     "crm_coverage": "Leads with a CRM contact_id / leads.",

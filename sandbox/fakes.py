@@ -1,6 +1,6 @@
-"""The MailerLite, CRM and sGTM fakes served on loopback, and the controller tests and the CLI use.
+"""The MailerLite, CRM, sGTM and Meta fakes served on loopback, and the controller tests and the CLI use.
 
-`Sandbox` binds one socket per fake (port 0 lets the OS choose), then serves the three ASGI apps with uvicorn
+`Sandbox` binds one socket per fake (port 0 lets the OS choose), then serves the four ASGI apps with uvicorn
 from one background thread and event loop. Each fake records what it receives and injects faults on demand
 (see `sandbox.harness` for the fault JSON); the same controls are reachable over HTTP under `/_sandbox/`
 on every fake's port, so another process (the demo, a notebook) can drive them.
@@ -23,9 +23,10 @@ from sandbox.crm import CrmFake
 from sandbox.harness import Clock, Faults, Harness, RecordedRequest, faults_from_kwargs
 from sandbox.localstripe import LocalStripe
 from sandbox.mailerlite import MailerLiteFake
+from sandbox.meta import MetaFake
 from sandbox.sgtm import SgtmFake
 
-Destination = Literal["mailerlite", "crm", "sgtm"]
+Destination = Literal["mailerlite", "crm", "sgtm", "meta"]
 DESTINATIONS: tuple[Destination, ...] = get_args(Destination)
 
 MAILERLITE_API_KEY = "sandbox-mailerlite-api-key"
@@ -34,6 +35,9 @@ CRM_API_TOKEN = "sandbox-crm-api-token"  # noqa: S105 - synthetic sandbox value
 CRM_SIGNING_SECRET = "sandbox-crm-signing-secret"  # noqa: S105 - synthetic sandbox value
 SGTM_MEASUREMENT_ID = "G-SANDBOX0001"
 SGTM_API_SECRET = "sandbox-sgtm-api-secret"  # noqa: S105 - synthetic sandbox value
+META_PIXEL_ID = "100000000000001"
+META_ACCESS_TOKEN = "sandbox-meta-access-token"  # noqa: S105 - synthetic sandbox value
+META_API_VERSION = "v21.0"
 CRM_PATH = "/webhooks/attribution"
 SGTM_PATH = "/mp/collect"
 _STARTUP_TIMEOUT_SECONDS = 10.0
@@ -60,7 +64,7 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 class Sandbox:
-    """Starts, controls and stops the three fakes; use as a context manager or call start() / stop()."""
+    """Starts, controls and stops the four fakes; use as a context manager or call start() / stop()."""
 
     def __init__(
         self,
@@ -82,10 +86,12 @@ class Sandbox:
         self.mailerlite = MailerLiteFake(MAILERLITE_API_KEY, [MAILERLITE_GROUP_ID], clock)
         self.crm = CrmFake(crm_api_token, crm_signing_secret, clock)
         self.sgtm = SgtmFake(sgtm_measurement_id, sgtm_api_secret, clock)
+        self.meta = MetaFake(META_PIXEL_ID, META_ACCESS_TOKEN, clock)
         self._harnesses: dict[Destination, Harness] = {
             "mailerlite": Harness("mailerlite", self.mailerlite, clock, seed),
             "crm": Harness("crm", self.crm, clock, seed),
             "sgtm": Harness("sgtm", self.sgtm, clock, seed),
+            "meta": Harness("meta", self.meta, clock, seed),
         }
         self._base_urls: dict[Destination, str] = {}
         self._servers: list[uvicorn.Server] = []
@@ -102,7 +108,7 @@ class Sandbox:
         self.stop()
 
     def start(self) -> Sandbox:
-        """Bind the sockets, start serving in a background thread and wait until all three answer."""
+        """Bind the sockets, start serving in a background thread and wait until all four answer."""
         if self._thread is not None:
             raise SandboxError("sandbox already started")
         sockets: dict[Destination, socket.socket] = {}
@@ -210,6 +216,11 @@ class Sandbox:
         """Full collect URL of the sGTM fake (without the query string)."""
         return self.base_url("sgtm") + SGTM_PATH
 
+    @property
+    def meta_url(self) -> str:
+        """Base URL of the Meta fake (what META_BASE_URL holds)."""
+        return self.base_url("meta")
+
     def env(self) -> dict[str, str]:
         """Return the environment variables that point the service at these fakes."""
         values: dict[str, str | None] = {
@@ -222,6 +233,10 @@ class Sandbox:
             "SGTM_ENDPOINT": self.sgtm_url,
             "SGTM_MEASUREMENT_ID": self.sgtm.measurement_id,
             "SGTM_API_SECRET": self.sgtm.api_secret,
+            "META_BASE_URL": self.meta_url,
+            "META_PIXEL_ID": self.meta.pixel_id,
+            "META_ACCESS_TOKEN": self.meta.access_token,
+            "META_API_VERSION": META_API_VERSION,
         }
         return {name: value for name, value in values.items() if value is not None}
 
@@ -278,7 +293,7 @@ class Sandbox:
         return self._harnesses[dest].set_faults(update)
 
     def reset(self, dest: Destination | None = None) -> None:
-        """Clear requests, faults and stored data of one fake, or of all three."""
+        """Clear requests, faults and stored data of one fake, or of all four."""
         for name in DESTINATIONS if dest is None else (dest,):
             self._harnesses[name].reset()
 
@@ -303,6 +318,7 @@ def run_sandbox_forever(
             print(f"MailerLite fake: {sandbox.mailerlite_url}")
             print(f"CRM fake:        {sandbox.crm_url}")
             print(f"sGTM fake:       {sandbox.sgtm_url}")
+            print(f"Meta fake:       {sandbox.meta_url}")
             print(
                 "Controls: GET|DELETE <fake>/_sandbox/requests, GET|POST <fake>/_sandbox/faults, "
                 "GET <fake>/_sandbox/state, POST <fake>/_sandbox/reset"

@@ -120,6 +120,7 @@ def lead_body(**overrides: Any) -> dict[str, Any]:
         "utm_source": "instagram",
         "utm_medium": "social",
         "utm_campaign": "lisbon-launch",
+        "landing_page": "https://cafecomvendas.example/lisbon?utm_source=instagram",
         "marketing_consent": True,
         "analytics_consent": True,
         "consent_method": "modal",

@@ -3,12 +3,17 @@
  * (/static/attribution.js) or copy the file next to your checkout.
  *
  *   <script src="https://ingest.example.com/static/attribution.js"></script>
- *   Attribution.consent.registerTag(() => { ...load GA4 / Meta pixel...; return () => { ...stop... }; });
+ *   Attribution.consent.registerTag(() => { ...load GA4...; return () => { ...stop... }; });
+ *   Attribution.consent.registerTag(() => { ...load the Meta Pixel... }, "marketing");
  *   await Attribution.consent.load();                    // notice version from the server
  *   if (Attribution.consent.needsDecision()) showModal(); // -> consent.acceptAll() / rejectAll() / set({...})
  *   await Attribution.submitLead({ full_name, email, phone });   // Step-1: POST /v1/leads
  *   const intent = await Attribution.createPaymentIntent();      // Step-2: POST /v1/payment-intents
  *   ...stripe.confirmCardPayment(intent.client_secret, ...)...; Attribution.completeCheckout();
+ *
+ * With marketing consent, the Meta Pixel (window.fbq, when the page loads it) gets Lead at submitLead() and
+ * Purchase at completeCheckout() with the checkout's event_id as eventID: the server sends the same events to
+ * the Conversions API with the same event_id, so Meta keeps one of each pair.
  *
  * The API is the origin this file is loaded from, unless the script tag says data-api-base="https://...".
  * Every call that reaches the API returns a promise; a refusal rejects with an Attribution.AttributionError
@@ -23,6 +28,7 @@
   const MAX_TEXT = 200; // the API's limit for UTM values
   const MAX_URL = 2048; // the API's limit for landing_page / referrer
   const MAX_HELD_PUSHES = 100; // analytics pushes held while the visitor has not decided yet
+  const PURPOSES = ["analytics", "marketing"];
 
   /** A call the API refused or could not answer; `message` is the server's own message when it sent one. */
   class AttributionError extends Error {
@@ -184,15 +190,17 @@
     }
 
     /**
-     * Run `start` only while analytics consent is in force: at once if it already is, else when it is given;
-     * at most once per grant. If `start` returns a function, it is called when consent is withdrawn.
+     * Run `start` only while consent for `purpose` ("analytics", the default, or "marketing" for ad tags such as
+     * the Meta Pixel) is in force: at once if it already is, else when it is given; at most once per grant. If
+     * `start` returns a function, it is called when consent is withdrawn.
      * Returns a function that unregisters the tag (stopping it if running).
      */
-    registerTag(start) {
+    registerTag(start, purpose = "analytics") {
       if (typeof start !== "function") throw new TypeError("registerTag expects a function");
-      const tag = { start, stop: null, running: false };
+      if (!PURPOSES.includes(purpose)) throw new TypeError(`registerTag: purpose must be one of ${PURPOSES}`);
+      const tag = { start, purpose, stop: null, running: false };
       this._tags.push(tag);
-      if (this.has("analytics")) this._startTag(tag);
+      if (this.has(purpose)) this._startTag(tag);
       return () => {
         this._tags = this._tags.filter((item) => item !== tag);
         if (tag.running) this._stopTag(tag);
@@ -238,11 +246,12 @@
     }
 
     _applyGating() {
-      const on = this.has("analytics");
       for (const tag of this._tags) {
-        if (on && !tag.running) this._startTag(tag);
-        if (!on && tag.running) this._stopTag(tag);
+        const allowed = this.has(tag.purpose);
+        if (allowed && !tag.running) this._startTag(tag);
+        if (!allowed && tag.running) this._stopTag(tag);
       }
+      const on = this.has("analytics");
       if (on) {
         const held = this._held.splice(0);
         for (const item of held) this.push(item);
@@ -358,8 +367,16 @@
       return checkout && typeof checkout.event_id === "string" && UUID_RE.test(checkout.event_id) ? checkout : null;
     }
 
-    /** Close the checkout after payment: the next startCheckout() gets a new event_id, same session. */
+    /**
+     * Close the checkout after payment: the Pixel gets Purchase with its event_id (marketing consent only), and
+     * the next startCheckout() gets a new event_id, same session.
+     */
     completeCheckout() {
+      const checkout = this.currentCheckout();
+      if (checkout && checkout.lead_email && typeof checkout.amount === "number") {
+        const params = { value: checkout.amount / 100, currency: String(checkout.currency || "").toUpperCase() };
+        this.pixel("Purchase", params, checkout.event_id);
+      }
       this._session.remove("checkout");
     }
 
@@ -369,6 +386,46 @@
       if (!match) return null;
       const parts = decodeURIComponent(match[1]).split(".");
       return parts.length >= 4 ? parts.slice(-2).join(".") : null;
+    }
+
+    /**
+     * Meta's browser ids for the Conversions API: _fbp, and _fbc or one built from the fbclid of the landing page
+     * (Meta's `fb.1.<ms>.<fbclid>`). Only with marketing consent; otherwise both null.
+     */
+    metaBrowserIds() {
+      if (!this.consent.has("marketing")) return { fbp: null, fbc: null };
+      const cookie = (name) => {
+        const match = document.cookie.match(new RegExp(`(?:^|;\\s*)${name}=([^;]+)`));
+        return match ? clip(decodeURIComponent(match[1]), 500) : null;
+      };
+      let fbc = cookie("_fbc");
+      if (!fbc) {
+        const touch = this.firstTouch();
+        let fbclid = null;
+        try {
+          fbclid = new URL(touch.landing_page).searchParams.get("fbclid");
+        } catch (_invalid) {
+          fbclid = null;
+        }
+        const seen = Date.parse(touch.first_seen_at) || Date.now();
+        if (fbclid) fbc = clip(`fb.1.${seen}.${fbclid}`, 500);
+      }
+      return { fbp: cookie("_fbp"), fbc };
+    }
+
+    /**
+     * fbq('track', name, params, {eventID}) with the checkout's event_id, the id the server sends to Meta's
+     * Conversions API too: only with marketing consent and when the page loaded the Pixel. True when handed over.
+     */
+    pixel(name, params, eventId) {
+      if (!this.consent.has("marketing") || typeof window.fbq !== "function" || !eventId) return false;
+      try {
+        window.fbq("track", name, params, { eventID: eventId });
+      } catch (error) {
+        console.error("attribution: the Meta Pixel failed", error);
+        return false;
+      }
+      return true;
     }
 
     /** A dataLayer event through the analytics gate (see consent.push). */
@@ -394,6 +451,9 @@
       const decision = this.consent.current();
       const touch = this.firstTouch();
       const analytics = options.analytics_consent ?? (decision ? decision.analytics : false);
+      const marketing = options.marketing_consent ?? (decision ? decision.marketing : false);
+      // Meta's browser ids identify the visitor for ads: sent only with marketing consent.
+      const meta = marketing ? this.metaBrowserIds() : { fbp: null, fbc: null };
       const body = {
         event_id: checkout.event_id,
         user_session_id: this.sessionId(),
@@ -406,7 +466,9 @@
         ga_client_id: analytics ? this.gaClientId() : null,
         lead_created_at: nowIso(),
         checkout_started_at: checkout.checkout_started_at,
-        marketing_consent: options.marketing_consent ?? (decision ? decision.marketing : false),
+        fbp: meta.fbp,
+        fbc: meta.fbc,
+        marketing_consent: marketing,
         analytics_consent: analytics,
         // No decision yet means no consent was given; "implied" records that nothing was asked and answered.
         consent_method: options.consent_method || (decision ? decision.method : "implied"),
@@ -415,6 +477,7 @@
       for (const key of UTM_KEYS) body[key] = touch[key] || null;
       const answer = await this.request("POST", "/v1/leads", body);
       this._session.set("checkout", { ...checkout, lead_email: email });
+      if (marketing) this.pixel("Lead", {}, checkout.event_id);
       return answer;
     }
 
@@ -426,7 +489,10 @@
           code: "no_lead",
         });
       }
-      return this.request("POST", "/v1/payment-intents", { event_id: checkout.event_id });
+      const intent = await this.request("POST", "/v1/payment-intents", { event_id: checkout.event_id });
+      // Kept for the Pixel's Purchase at completeCheckout(): the amount the server charges, not the page's.
+      this._session.set("checkout", { ...checkout, amount: intent.amount, currency: intent.currency });
+      return intent;
     }
 
     /** One JSON call to the API; rejects with AttributionError carrying the server's message. */

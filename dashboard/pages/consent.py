@@ -48,12 +48,12 @@ st.subheader("Deliveries made without consent")
 without = data.deliveries_without_consent(snapshot.key)
 if without.empty:
     st.success(
-        "None: every delivered MailerLite and sGTM delivery was made while its consent was in force.",
+        "None: every delivered MailerLite, sGTM and Meta delivery was made while its consent was in force.",
         icon=":material/check_circle:",
     )
 else:
     st.error(
-        f"{len(without):,} delivered MailerLite / sGTM deliveries were made while the consent they need was not "
+        f"{len(without):,} delivered MailerLite / sGTM / Meta deliveries were made while the consent they need was not "
         "in force. They are the gap in consent_compliance.",
         icon=":material/gpp_bad:",
     )

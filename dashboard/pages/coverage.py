@@ -14,7 +14,8 @@ ui.stop_if_empty(snapshot, "coverage")
 st.caption(
     "A journey is one lead's event_id (plus one per succeeded payment naming no stored lead). It should reach: "
     "ingest always; the CRM when CRM_ENABLE_LEAD_CAPTURE; MailerLite with marketing consent; Stripe when it paid; "
-    "sGTM when it paid with analytics consent. A disabled destination should hold nothing."
+    "sGTM when it paid with analytics consent; Meta (its Purchase) when it paid with marketing consent. A disabled "
+    "destination should hold nothing."
 )
 presence = data.presence(snapshot.key)
 st.subheader("Systems")

@@ -23,7 +23,7 @@ with flags:
     )
     if not params.require_consent:
         st.warning(
-            "The consent gate is off: MailerLite and sGTM deliveries are sent whatever the visitor chose.",
+            "The consent gate is off: MailerLite, sGTM and Meta deliveries are sent whatever the visitor chose.",
             icon=":material/gpp_maybe:",
         )
 with destinations:
@@ -36,7 +36,7 @@ with destinations:
             icon=":material/block:",
         )
     else:
-        st.success("MailerLite, CRM and sGTM are all configured.", icon=":material/check_circle:")
+        st.success("MailerLite, CRM, sGTM and Meta are all configured.", icon=":material/check_circle:")
 
 ui.stop_if_empty(snapshot, "metric")
 

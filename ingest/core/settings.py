@@ -72,6 +72,13 @@ class Settings(BaseSettings):
     sgtm_measurement_id: str | None = None
     sgtm_api_secret: SecretStr | None = None
 
+    # Meta Conversions API: off without a pixel id and an access token.
+    meta_pixel_id: str | None = Field(None, pattern=r"^\d{1,20}$")
+    meta_access_token: SecretStr | None = None
+    meta_api_version: str = Field("v21.0", pattern=r"^v\d{1,3}\.\d{1,3}$")
+    meta_base_url: str = "https://graph.facebook.com"
+    meta_test_event_code: str | None = Field(None, max_length=100)
+
     consent_version: str = Field("1.0", min_length=1, max_length=32)
     require_consent: bool = True
 
@@ -92,6 +99,8 @@ class Settings(BaseSettings):
     crm_requests_per_minute: int = Field(0, ge=0)
     sgtm_concurrency: int = Field(16, ge=1, le=256)
     sgtm_requests_per_minute: int = Field(0, ge=0)
+    meta_concurrency: int = Field(8, ge=1, le=256)
+    meta_requests_per_minute: int = Field(0, ge=0)
 
     @field_validator("attribution_alert_webhook_url")
     @classmethod
@@ -130,6 +139,7 @@ class Settings(BaseSettings):
         "crm_api_token",
         "crm_signing_secret",
         "sgtm_api_secret",
+        "meta_access_token",
         mode="before",
     )
     @classmethod
@@ -137,7 +147,13 @@ class Settings(BaseSettings):
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator(
-        "mailerlite_group_id", "crm_webhook_url", "sgtm_endpoint", "sgtm_measurement_id", mode="before"
+        "mailerlite_group_id",
+        "crm_webhook_url",
+        "sgtm_endpoint",
+        "sgtm_measurement_id",
+        "meta_pixel_id",
+        "meta_test_event_code",
+        mode="before",
     )
     @classmethod
     def _blank_text_is_unset(cls, value: object) -> object:
@@ -149,6 +165,11 @@ class Settings(BaseSettings):
         # MailerLite's docs give the base as https://connect.mailerlite.com/api; paths are added with /api/...
         base = value.strip().rstrip("/")
         return base.removesuffix("/api").rstrip("/") if base.endswith("/api") else base
+
+    @field_validator("meta_base_url")
+    @classmethod
+    def _meta_base_without_slash(cls, value: str) -> str:
+        return value.strip().rstrip("/")
 
     @cached_property
     def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -184,6 +205,7 @@ class Settings(BaseSettings):
             "mailerlite": self.mailerlite_api_key is not None,
             "crm": self.crm_webhook_url is not None,
             "sgtm": self.sgtm_endpoint is not None,
+            "meta": self.meta_pixel_id is not None and self.meta_access_token is not None,
         }
 
 

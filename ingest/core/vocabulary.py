@@ -11,12 +11,13 @@ class Destination(StrEnum):
     MAILERLITE = "mailerlite"
     CRM = "crm"
     SGTM = "sgtm"
+    META = "meta"
 
 
 class Purpose(StrEnum):
     """Why a delivery is made, which decides the consent it needs."""
 
-    MARKETING = "marketing"  # MailerLite
+    MARKETING = "marketing"  # MailerLite, Meta (ads measurement and optimisation)
     ANALYTICS = "analytics"  # sGTM / GA4
     CONTACT = "contact"  # the CRM: the business's own record of a lead, not gated by marketing consent
 
@@ -25,6 +26,7 @@ PURPOSE_OF = {
     Destination.MAILERLITE: Purpose.MARKETING,
     Destination.CRM: Purpose.CONTACT,
     Destination.SGTM: Purpose.ANALYTICS,
+    Destination.META: Purpose.MARKETING,
 }
 
 
@@ -34,8 +36,8 @@ class DeliveryKind(StrEnum):
     SUBSCRIBER_UPSERT = "subscriber_upsert"  # MailerLite: the lead, later its payment status
     UNSUBSCRIBE = "unsubscribe"  # MailerLite: marketing consent withdrawn
     CONTACT_UPSERT = "contact_upsert"  # CRM: the lead, later its payment status
-    GENERATE_LEAD = "generate_lead"  # sGTM: lead capture with analytics consent
-    PURCHASE = "purchase"  # sGTM: a succeeded payment
+    GENERATE_LEAD = "generate_lead"  # sGTM: lead capture with analytics consent; Meta: its `Lead` event
+    PURCHASE = "purchase"  # sGTM: a succeeded payment; Meta: its `Purchase` event
     REFUND = "refund"  # sGTM: a refund
 
 

@@ -43,6 +43,19 @@ Text = Annotated[str, BeforeValidator(_clean)]
 ShortText = Annotated[Annotated[str, Field(max_length=200)] | None, BeforeValidator(_clean_or_none)]
 UrlText = Annotated[Annotated[str, Field(max_length=2048)] | None, BeforeValidator(_clean_or_none)]
 _GA_CLIENT_ID = re.compile(r"^(?:GA\d\.\d+\.)?(\d{1,20}\.\d{1,20})$")
+# Meta's browser ids: `fb.<subdomain index>.<creation time, ms>.<random number | fbclid>` (_fbp / _fbc cookies).
+_META_BROWSER_ID = re.compile(r"^fb\.\d\.\d{9,14}\.[A-Za-z0-9_.\-]{1,480}$")
+
+
+def _meta_browser_id(value: object) -> object:
+    """A well-formed _fbp / _fbc value, else None: a stray cookie must never cost the lead."""
+    cleaned = _clean_or_none(value)
+    if isinstance(cleaned, str) and not _META_BROWSER_ID.match(cleaned):
+        return None
+    return cleaned
+
+
+MetaBrowserId = Annotated[Annotated[str, Field(max_length=500)] | None, BeforeValidator(_meta_browser_id)]
 
 
 class ConsentMethod(StrEnum):
@@ -80,6 +93,9 @@ class LeadIn(ConsentFields):
     landing_page: UrlText = None
     referrer: UrlText = None
     ga_client_id: ShortText = None
+    # Meta's _fbp / _fbc (attribution.js sends them with marketing consent only; the server keeps them only then).
+    fbp: MetaBrowserId = None
+    fbc: MetaBrowserId = None
     lead_created_at: InputTimestamp | None = None
     checkout_started_at: InputTimestamp | None = None
 

@@ -72,13 +72,18 @@ def plan_lead(settings: Settings, lead_in: LeadIn, context: RequestContext) -> L
         "consent_at": now,
         "consent_ip": context.ip,
         "consent_user_agent": context.user_agent,
+        # Meta's browser ids identify the person for ads: kept only with marketing consent.
+        "fbp": lead_in.fbp if lead_in.marketing_consent else None,
+        "fbc": lead_in.fbc if lead_in.marketing_consent else None,
         "status": "lead",
         "received_at": now,
         "updated_at": now,
     }
     state = ConsentState(marketing=lead_in.marketing_consent, analytics=lead_in.analytics_consent)
 
-    def planned(destination: Destination, kind: DeliveryKind) -> Delivery:
+    def planned(
+        destination: Destination, kind: DeliveryKind, payload: dict[str, Any] | None = None
+    ) -> Delivery:
         return plan_delivery(
             settings,
             destination=destination,
@@ -87,11 +92,15 @@ def plan_lead(settings: Settings, lead_in: LeadIn, context: RequestContext) -> L
             user_session_id=user_session_id,
             consent=state,
             now=now,
+            payload=payload,
         )
 
     deliveries = [
         planned(Destination.MAILERLITE, DeliveryKind.SUBSCRIBER_UPSERT),
         planned(Destination.SGTM, DeliveryKind.GENERATE_LEAD),
+        # Meta's Lead happened when the lead reached us (lead_created_at is the browser's clock, and may be
+        # anything); its event_time is fixed now so a late send cannot move it.
+        planned(Destination.META, DeliveryKind.GENERATE_LEAD, {"event_time": now.isoformat()}),
     ]
     if settings.crm_enable_lead_capture:
         deliveries.append(planned(Destination.CRM, DeliveryKind.CONTACT_UPSERT))

@@ -16,7 +16,7 @@ from ingest.core.settings import Settings
 from ingest.core.vocabulary import DeliveryStatus, Destination, Purpose
 from ingest.outbox.destinations import DestinationClient
 from ingest.outbox.destinations.rendering import CannotRender
-from ingest.outbox.destinations.transport import HttpAnswer, TransportError
+from ingest.outbox.destinations.transport import AnswerFault, HttpAnswer, TransportError
 from ingest.outbox.gate import ConsentState, consent_gate
 from ingest.outbox.repository import ClaimedDelivery, RecordedOutcome
 
@@ -99,8 +99,15 @@ def _body_text(raw: bytes) -> str:
     return raw[:RESPONSE_BODY_LIMIT].decode("utf-8", errors="replace")
 
 
-def classify(answer: HttpAnswer, *, started_at: datetime, duration_ms: float, learned: Any) -> AttemptResult:
-    """Turn an HTTP answer into a verdict."""
+def classify(
+    answer: HttpAnswer,
+    *,
+    started_at: datetime,
+    duration_ms: float,
+    learned: Any,
+    fault: AnswerFault | None = None,
+) -> AttemptResult:
+    """Turn an HTTP answer into a verdict; `fault` is what the destination read in its body (see AnswerFault)."""
     code = answer.status
     body = _body_text(answer.body)
     common: dict[str, Any] = {
@@ -109,6 +116,10 @@ def classify(answer: HttpAnswer, *, started_at: datetime, duration_ms: float, le
         "status_code": code,
         "response_body": body,
     }
+    if fault is not None:
+        return AttemptResult(
+            Verdict.RETRY if fault.retryable else Verdict.PERMANENT, error=fault.error, **common
+        )
     if 200 <= code < 300:
         return AttemptResult(Verdict.DELIVERED, learned_id=learned, **common)
     error = f"HTTP {code}: {body[:300]}".rstrip(": ")
@@ -154,8 +165,10 @@ async def deliver_one(
         error = f"{type(exc).__name__}: {exc}".rstrip(": ")
         return AttemptResult(Verdict.RETRY, started_at=now, duration_ms=duration_ms, error=error, outage=True)
     duration_ms = (time.perf_counter() - began) * 1000
-    learned = client.learned_id(_answer_json(answer)) if answer.is_success else None
-    return classify(answer, started_at=now, duration_ms=duration_ms, learned=learned)
+    parsed = _answer_json(answer)
+    learned = client.learned_id(parsed) if answer.is_success else None
+    fault = client.answer_fault(answer, parsed)
+    return classify(answer, started_at=now, duration_ms=duration_ms, learned=learned, fault=fault)
 
 
 def backoff_seconds(failures: int, *, base: float, multiplier: float, rng: random.Random) -> float:

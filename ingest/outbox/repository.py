@@ -26,13 +26,13 @@ _CANDIDATE_COLUMNS = (
     "delivery_id", "event_id", "user_session_id", "destination", "kind", "purpose", "idempotency_key",
     "payload", "attempt_count", "failure_count", "created_at", "next_attempt_at",
 )  # fmt: skip
-# What rendering reads from a lead (the wide user-agent, landing page and referrer columns are not sent; the
-# ids are the delivery's own).
+# What rendering reads from a lead (the referrer is never sent; the landing page, user agent and Meta's browser
+# ids go to Meta; the ids are the delivery's own).
 _LEAD_COLUMNS = (
     "full_name", "email", "phone", "utm_source", "utm_medium", "utm_campaign",
     "utm_content", "utm_term", "ga_client_id", "lead_created_at", "checkout_started_at", "marketing_consent",
     "analytics_consent", "consent_method", "consent_at", "consent_ip", "status", "crm_contact_id",
-    "mailerlite_subscriber_id",
+    "mailerlite_subscriber_id", "landing_page", "consent_user_agent", "fbp", "fbc",
 )  # fmt: skip
 _WAITING_DUE = "status in ('pending', 'retrying') and next_attempt_at <= ? and (claimed_until is null or claimed_until < ?)"
 

@@ -475,11 +475,14 @@ def _implied_deliveries(
     lead: repository.LeadJourney,
     consent: ConsentState,
     now: datetime,
+    happened_at: datetime | None = None,
 ) -> list[Delivery]:
     """The outbox rows a payment's state implies (those already stored are skipped by idempotency key).
 
-    The CRM and MailerLite hold a state, so they get the current one (paid or refunded); sGTM gets events, so
-    a refund also implies the purchase before it, even when the refund was heard of first.
+    The CRM and MailerLite hold a state, so they get the current one (paid or refunded); sGTM and Meta get
+    events, so a refund also implies the purchase before it, even when the refund was heard of first (Meta has no
+    refund event: its Purchase is sent once, refunded later or not). `happened_at` is when Stripe created the
+    event that made the success known: Meta's event_time.
     """
     status = payment["status"]
     if status not in LEAD_STATUS_OF_PAYMENT:
@@ -522,6 +525,19 @@ def _implied_deliveries(
             kind=DeliveryKind.PURCHASE,
             key_suffix=payment_intent_id,
             payload={"transaction_id": payment_intent_id, "value": amount / 100, "currency": currency},
+            **common,
+        ),
+        plan_delivery(
+            settings,
+            destination=Destination.META,
+            kind=DeliveryKind.PURCHASE,
+            key_suffix=payment_intent_id,
+            payload={
+                "transaction_id": payment_intent_id,
+                "value": amount / 100,
+                "currency": currency,
+                "event_time": min(happened_at or now, now).isoformat(),
+            },
             **common,
         ),
     ]
@@ -602,7 +618,8 @@ def _apply_events(
             marketing=lead.consent is not None and lead.consent.marketing,
             analytics=lead.consent is not None and lead.consent.analytics,
         )
-        for delivery in _implied_deliveries(job.settings, payment, lead, consent, now):
+        implied = _implied_deliveries(job.settings, payment, lead, consent, now, job.event.created_at)
+        for delivery in implied:
             planned.setdefault(delivery.idempotency_key, delivery)
     # A batch inserts its outbox rows optimistically: in DuckDB a plain insert costs a fraction of an
     # insert-if-absent. A row whose key exists (the state was reached before, e.g. a refund heard of before the

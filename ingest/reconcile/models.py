@@ -51,6 +51,7 @@ PARAM_COLUMNS = (
     "mailerlite_enabled",
     "crm_enabled",
     "sgtm_enabled",
+    "meta_enabled",
 )
 # Computed into tables of each replica copy (see the module docstring); every other model stays a view.
 MATERIALISED = frozenset(
@@ -99,6 +100,7 @@ class ModelParams:
     mailerlite_enabled: bool
     crm_enabled: bool
     sgtm_enabled: bool
+    meta_enabled: bool = False  # last and defaulted: ground-truth files written before Meta still load
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
@@ -110,6 +112,7 @@ class ModelParams:
             mailerlite_enabled=enabled["mailerlite"],
             crm_enabled=enabled["crm"],
             sgtm_enabled=enabled["sgtm"],
+            meta_enabled=enabled["meta"],
         )
 
     def values(self) -> list[bool]:

@@ -13,7 +13,7 @@ LEAD_COLUMNS = (
     "utm_source", "utm_medium", "utm_campaign", "utm_content", "utm_term",
     "landing_page", "referrer", "ga_client_id", "lead_created_at", "checkout_started_at",
     "marketing_consent", "analytics_consent", "consent_method", "consent_version", "consent_version_current",
-    "consent_at", "consent_ip", "consent_user_agent", "status", "received_at", "updated_at",
+    "consent_at", "consent_ip", "consent_user_agent", "status", "received_at", "updated_at", "fbp", "fbc",
 )  # fmt: skip
 CONSENT_COLUMNS = (
     "consent_id", "user_session_id", "event_id", "marketing_consent", "analytics_consent", "consent_method",

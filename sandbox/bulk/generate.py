@@ -24,7 +24,8 @@ def _chunks(spec: BulkSpec) -> Iterator[tuple[int, int]]:
 def generate_bulk(path: Path, spec: BulkSpec, *, require_consent: bool = True) -> GroundTruth:
     """Write a new database of `spec.leads` synthetic leads and all they cause; save and return its ground truth.
 
-    Every destination is configured and CRM lead capture is on; `require_consent` is the consent gate it ran under.
+    Every destination but Meta is configured (the bulk mode generates no Meta deliveries; the HTTP scenario does)
+    and CRM lead capture is on; `require_consent` is the consent gate it ran under.
     """
     params = ModelParams(
         require_consent=require_consent,
@@ -32,6 +33,7 @@ def generate_bulk(path: Path, spec: BulkSpec, *, require_consent: bool = True) -
         mailerlite_enabled=True,
         crm_enabled=True,
         sgtm_enabled=True,
+        meta_enabled=False,
     )
     for stale in (path, path.with_name(path.name + ".wal")):
         stale.unlink(missing_ok=True)

@@ -33,6 +33,7 @@ class Payment:
     lead: Lead | None
     status: str = "open"  # open | failed | succeeded | refunded (only forward)
     analytics_at_success: bool = False  # the analytics consent in force when it was first known to succeed
+    marketing_at_success: bool = False  # ... and the marketing consent (Meta's Purchase needs it)
     purchase_delivered: bool = False
     in_stripe: bool = (
         False  # Stripe holds it as succeeded (confirmed on localstripe, not only told in an event)
@@ -58,7 +59,7 @@ class ServiceModel:
         self.payments: dict[str, Payment] = {}
         self.events: set[str] = set()  # Stripe event ids the service stores
         self.failed_events: set[str] = set()  # ... of which processing failed and never later succeeded
-        self.needing_consent = 0  # delivered MailerLite (not unsubscribe) and sGTM deliveries
+        self.needing_consent = 0  # delivered MailerLite (not unsubscribe), sGTM and Meta deliveries
         self.with_consent = 0
         self.rejecting: set[str] = set()  # destinations answering every request with a permanent 4xx
         self.losing: set[str] = set()  # destinations answering 2xx and keeping nothing (silent loss)
@@ -85,7 +86,7 @@ class ServiceModel:
             return False  # the outbox's idempotency key: planned once
         lead.planned.add(key)
         marketing, analytics = self.consent(lead)
-        needs = {"mailerlite": marketing, "sgtm": analytics}.get(destination)
+        needs = {"mailerlite": marketing, "sgtm": analytics, "meta": marketing}.get(destination)
         if self.params.require_consent and needs is False:
             return False  # suppressed
         if not self.enabled(destination) or destination in self.rejecting:
@@ -128,6 +129,7 @@ class ServiceModel:
         self.decisions.append((lead.session, lead.event_id, marketing, analytics))
         self.plan(lead, "mailerlite", "subscriber_upsert")
         self.plan(lead, "sgtm", "generate_lead")
+        self.plan(lead, "meta", "generate_lead")
         if self.params.crm_enable_lead_capture:
             self.plan(lead, "crm", "contact_upsert")
 
@@ -145,12 +147,13 @@ class ServiceModel:
         if lead is None or payment.status not in ("succeeded", "refunded"):
             return
         if not known_before:
-            payment.analytics_at_success = self.consent(lead)[1]
+            payment.marketing_at_success, payment.analytics_at_success = self.consent(lead)
         state = "paid" if payment.status == "succeeded" else "refunded"
         self.plan(lead, "crm", "contact_upsert", state)
         self.plan(lead, "mailerlite", "subscriber_upsert", state)
         if self.plan(lead, "sgtm", "purchase", payment.payment_intent_id):
             payment.purchase_delivered = True
+        self.plan(lead, "meta", "purchase", payment.payment_intent_id)  # once, refunded later or not
         if payment.status == "refunded":
             self.plan(lead, "sgtm", "refund", payment.payment_intent_id)
 
@@ -168,6 +171,8 @@ class ServiceModel:
                 and (marketing or not params.require_consent),
                 "sgtm:purchase": params.sgtm_enabled
                 and any(p.analytics_at_success or not params.require_consent for p in paid),
+                "meta:purchase": params.meta_enabled
+                and any(p.marketing_at_success or not params.require_consent for p in paid),
             }
             consistent += all(key in lead.delivered or not due for key, due in expected.items())
         in_scope = [

@@ -531,7 +531,7 @@ class _Scenario:
         self.settle()
 
         buyers = [lead for lead in leads if self.rng.random() < 0.5]
-        # Some buyers with analytics consent pay while sGTM rejects everything: their purchases die.
+        # Some buyers with analytics consent pay while sGTM and Meta reject everything: their purchases die.
         tracked = [lead for lead in buyers if self.truth.consent(lead)[1]]
         late = tracked[: max(1, len(tracked) // 4)]
         orders: list[tuple[Lead, str | None]] = []
@@ -556,6 +556,7 @@ class _Scenario:
         self.collect_emitted()
         self.settle()
         self.reject("sgtm")
+        self.reject("meta")
         paid += self.pay_each([(lead, "pm_card_visa") for lead in late])
         self.collect_emitted()
         self.settle()

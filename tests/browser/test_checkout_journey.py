@@ -77,7 +77,14 @@ def data_layer_events(page: Page) -> list[str]:
 def test_reject_consent_stores_lead_without_marketing_and_runs_no_tag(
     page: Page, shots: Shots, demo_api: RunningApi
 ) -> None:
-    open_checkout(page, demo_api)
+    fbp_cookie = {
+        "name": "_fbp",
+        "value": "fb.1.1712345678901.1098765432",
+        "url": str(demo_api.client.base_url),
+    }
+    page.context.add_cookies([fbp_cookie])  # type: ignore[list-item]
+    page.add_init_script("window.fbqCalls = []; window.fbq = (...args) => window.fbqCalls.push(args);")
+    open_checkout(page, demo_api, "/demo/checkout?fbclid=IwAR0demo_click")
     expect(page.locator("#consent-modal")).to_be_visible()
     shots("consent-modal")
     page.click("#consent-reject")
@@ -105,6 +112,10 @@ def test_reject_consent_stores_lead_without_marketing_and_runs_no_tag(
     planned = deliveries(demo_api, event_id)
     assert planned[("mailerlite", "subscriber_upsert")] == "suppressed"
     assert planned[("sgtm", "generate_lead")] == "suppressed"
+    assert planned[("meta", "generate_lead")] == "suppressed"
+    # Without marketing consent the Pixel gets nothing and Meta's browser ids stay in the browser.
+    assert page.evaluate("window.fbqCalls") == []
+    assert (lead["fbp"], lead["fbc"]) == (None, None)
     # No registered analytics tag ran and nothing reached the dataLayer (begin_checkout, generate_lead dropped).
     assert page.evaluate("window.demoTagRuns") is None
     assert data_layer_events(page) == []
@@ -119,8 +130,15 @@ def test_accept_pays_and_ties_one_event_id_across_systems(
     browser_sandbox: Sandbox,
 ) -> None:
     ga_cookie = {"name": "_ga", "value": "GA1.1.1234567890.1700000000", "url": str(demo_api.client.base_url)}
-    page.context.add_cookies([ga_cookie])  # type: ignore[list-item]
-    open_checkout(page, demo_api)
+    fbp_cookie = {
+        "name": "_fbp",
+        "value": "fb.1.1712345678901.1098765432",
+        "url": str(demo_api.client.base_url),
+    }
+    page.context.add_cookies([ga_cookie, fbp_cookie])  # type: ignore[list-item]
+    # A stub Meta Pixel: records what attribution.js hands it.
+    page.add_init_script("window.fbqCalls = []; window.fbq = (...args) => window.fbqCalls.push(args);")
+    open_checkout(page, demo_api, "/demo/checkout?fbclid=IwAR0demo_click")
     assert page.evaluate("window.demoTagRuns") is None  # not before consent
     page.click("#consent-accept")
     expect(page.locator("#j-tag")).to_have_text("running")
@@ -149,6 +167,17 @@ def test_accept_pays_and_ties_one_event_id_across_systems(
     assert lead is not None
     assert (lead["marketing_consent"], lead["analytics_consent"]) == (True, True)
     assert lead["ga_client_id"] == "1234567890.1700000000"
+    assert lead["fbp"] == "fb.1.1712345678901.1098765432"
+    assert (
+        lead["fbc"] is not None
+        and lead["fbc"].startswith("fb.1.")
+        and lead["fbc"].endswith(".IwAR0demo_click")
+    )
+    # The Pixel got Lead and Purchase with the journey's event_id, the id the server sends Meta too.
+    assert page.evaluate("window.fbqCalls") == [
+        ["track", "Lead", {}, {"eventID": event_id}],
+        ["track", "Purchase", {"value": PRICE_CENTS / 100, "currency": "EUR"}, {"eventID": event_id}],
+    ]
     intent = browser_localstripe.client().v1.payment_intents.retrieve(lead["payment_intent_id"])
     assert intent.status == "succeeded"
     assert intent.amount == PRICE_CENTS
@@ -182,6 +211,13 @@ def test_accept_pays_and_ties_one_event_id_across_systems(
             for event in r.body["events"]
         ]
         assert ("purchase", event_id) in sgtm_events
+        wait_until(
+            lambda: deliveries(demo_api, event_id).get(("meta", "purchase")) == "delivered",
+            15,
+            "Meta's Purchase",
+        )
+        meta_events = {(e["event_name"], e["event_id"]) for e in browser_sandbox.state("meta")["events"]}
+        assert {("Lead", event_id), ("Purchase", event_id)} <= meta_events
     assert data_layer_events(page) == ["begin_checkout", "generate_lead", "purchase"]
 
     # Withdrawing analytics consent stops the tag and closes the gate.

@@ -48,7 +48,8 @@ def test_overview_shows_the_five_metrics_as_attribution_report_computes_them(
     missed = [metric.metric for metric in expected if not metric.met]
     assert missed and f"Target missed: {', '.join(missed)}" in page
     assert "REQUIRE_CONSENT" in page and "CRM_ENABLE_LEAD_CAPTURE" in page
-    assert "all configured" in page  # the bulk data ran with every destination configured
+    # The bulk data ran with every destination configured but Meta, which it does not generate.
+    assert "Disabled (not configured): **meta**" in page
     assert len(app.get("plotly_chart")) == 1  # the daily trend
 
 
@@ -108,7 +109,7 @@ def test_consent_lists_the_deliveries_made_without_consent(
     compliance = next(m for m in demo_replica.metrics() if m.metric == "consent_compliance")
     breaches = compliance.denominator - compliance.numerator
     assert breaches > 0  # the bulk generator injects a few sends after a withdrawal
-    assert f"{breaches:,} delivered MailerLite / sGTM deliveries were made while" in texts(app)
+    assert f"{breaches:,} delivered MailerLite / sGTM / Meta deliveries were made while" in texts(app)
     without = next(frame.value for frame in app.dataframe if "consent_decision_at" in frame.value.columns)
     assert len(without) == breaches
     decisions = next(frame.value for frame in app.dataframe if "consent_method" in frame.value.columns)

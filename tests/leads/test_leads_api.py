@@ -20,6 +20,9 @@ DESTINATIONS_ON = {
     "mailerlite_base_url": "http://127.0.0.1:9",
     "crm_webhook_url": "http://127.0.0.1:9/crm",
     "sgtm_endpoint": "http://127.0.0.1:9/mp/collect",
+    "meta_pixel_id": "100000000000001",
+    "meta_access_token": "meta-test-token",
+    "meta_base_url": "http://127.0.0.1:9",
     "attribution_inline_delivery_ms": 0,
 }
 
@@ -56,7 +59,7 @@ def test_lead_is_stored_with_consent_and_outbox_rows(api: httpx.Client, settings
         db, "select marketing_consent, analytics_consent, consent_method, source from consent_ledger"
     )
     assert (marketing, analytics, method, source) == (True, True, "modal", "lead")
-    assert set(deliveries(db, event_id)) == {"mailerlite", "crm", "sgtm"}
+    assert set(deliveries(db, event_id)) == {"mailerlite", "crm", "sgtm", "meta"}
 
 
 def test_configured_destinations_are_queued(api_with: Any, tmp_path: Path) -> None:
@@ -69,6 +72,7 @@ def test_configured_destinations_are_queued(api_with: Any, tmp_path: Path) -> No
         "mailerlite",
         "crm",
         "sgtm",
+        "meta",
     }
     assert all(status in ("pending", "retrying", "delivered") for status, _ in rows.values())
 
@@ -109,7 +113,7 @@ def test_same_event_and_email_is_a_duplicate(api: httpx.Client, settings: Settin
     db = settings.attribution_db_path
     assert query(db, "select count(*) from leads") == [(1,)]
     assert query(db, "select count(*) from consent_ledger") == [(1,)]
-    assert query(db, "select count(*) from deliveries") == [(3,)]
+    assert query(db, "select count(*) from deliveries") == [(4,)]
 
 
 def test_same_event_other_email_is_a_conflict(api: httpx.Client, settings: Settings) -> None:
@@ -138,7 +142,7 @@ def test_fifty_concurrent_posts_of_one_event_make_one_lead(api: httpx.Client, se
     db = settings.attribution_db_path
     assert query(db, "select count(*) from leads") == [(1,)]
     assert query(db, "select count(*) from consent_ledger") == [(1,)]
-    assert query(db, "select count(*) from deliveries") == [(3,)]
+    assert query(db, "select count(*) from deliveries") == [(4,)]
 
 
 def test_stale_consent_version_is_recorded_and_flagged(api: httpx.Client, settings: Settings) -> None:

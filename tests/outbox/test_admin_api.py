@@ -58,7 +58,7 @@ def test_consent_withdrawal_over_http_unsubscribes_an_existing_subscriber(
     settings = sandbox_settings(tmp_path, sandbox)
     with serve(settings) as url, httpx.Client(base_url=url, timeout=30) as api:
         lead = api.post("/v1/leads", json=lead_body()).json()
-        wait_until(lambda: len(_deliveries(api, status="delivered")) == 3)
+        wait_until(lambda: len(_deliveries(api, status="delivered")) == 4)
         withdrawal = {
             "user_session_id": lead["user_session_id"],
             "event_id": lead["event_id"],
@@ -85,7 +85,7 @@ def test_dead_letters_are_listed_by_filter_and_replayed_with_history(
         dead = _deliveries(api, status="dead", destination="crm", error="HTTP 400")
         assert {d["event_id"] for d in dead} == {lead["event_id"] for lead in leads}
         assert _deliveries(api, status="dead", error="no such error text") == []
-        assert len(_deliveries(api, event_id=leads[0]["event_id"])) == 3
+        assert len(_deliveries(api, event_id=leads[0]["event_id"])) == 4
         assert _deliveries(api, status="dead", since="2099-01-01T00:00:00Z") == []
 
         dry = api.post("/v1/admin/deliveries/replay", json={"dry_run": True}, headers=ADMIN).json()
@@ -143,7 +143,7 @@ def test_an_idle_api_commits_nothing_between_polls(tmp_path: Path, sandbox: Sand
             return int(response.json()["writer"]["batches_committed"])
 
         api.post("/v1/leads", json=lead_body())
-        wait_until(lambda: len(_deliveries(api, status="delivered")) == 3)
+        wait_until(lambda: len(_deliveries(api, status="delivered")) == 4)
         time.sleep(0.3)  # the claim after the last send (which finds nothing) may still be committing
         before = committed()
         time.sleep(0.5)  # ten poll intervals

@@ -69,7 +69,7 @@ def test_kill_9_with_deliveries_in_flight_delivers_every_one_after_restart_with_
         api.kill()
         sandbox.set_faults("crm", clear=True)
         api.start()
-        wait_until(lambda: len(_all(api, status="delivered")) == 3 * leads, timeout=60)
+        wait_until(lambda: len(_all(api, status="delivered")) == 4 * leads, timeout=60)
         crm_rows = _all(api, destination="crm")
     finally:
         api.stop()
@@ -108,7 +108,7 @@ def test_replay_command_goes_through_the_running_api_when_it_holds_the_file(
         done = runner.invoke(app, ["replay", "--destination", "crm", "--error", "HTTP 400"], env=cli_env)
         assert done.exit_code == 0, done.output
         assert json.loads(done.stdout.strip().splitlines()[-1]) == {"replayed": 2, "dry_run": False}
-        wait_until(lambda: len(_all(api, status="delivered")) == 6)
+        wait_until(lambda: len(_all(api, status="delivered")) == 8)
         no_token = runner.invoke(app, ["replay"], env=cli_env | {"ATTRIBUTION_ADMIN_TOKEN": ""})
         assert no_token.exit_code == 1 and "ATTRIBUTION_ADMIN_TOKEN" in no_token.output
     finally:
@@ -124,7 +124,7 @@ async def test_replay_command_works_straight_on_the_file_when_no_api_runs(
     async with running_worker(settings) as (database, worker):
         await capture(database, settings)
         worker.wake()
-        await async_wait_until(lambda: statuses(database) == {"dead": 1, "delivered": 2})
+        await async_wait_until(lambda: statuses(database) == {"dead": 1, "delivered": 3})
     env = _env(sandbox, settings.attribution_db_path)
     runner = CliRunner()
     bad = runner.invoke(app, ["replay", "--status", "lost"], env=env)

@@ -48,7 +48,7 @@ async def test_a_lead_reaches_each_destination_once_and_the_ids_land_on_the_lead
     async with running_worker(settings) as (database, worker):
         event_id = await capture(database, settings)
         worker.wake()
-        await async_wait_until(lambda: statuses(database) == {"delivered": 3})
+        await async_wait_until(lambda: statuses(database) == {"delivered": 4})
         rows = {r["destination"]: r for r in delivery_rows(database)}
         stored = database.read(
             lambda c: c.execute("select crm_contact_id, mailerlite_subscriber_id from leads").fetchone()
@@ -79,7 +79,7 @@ async def test_outage_opens_the_circuit_spends_no_retries_and_loses_or_doubles_n
         await async_wait_until(lambda: worker.status()["crm"]["breaker_opened"] >= 1)
         sandbox.set_faults("crm", clear=True)
         outage_seconds = time.monotonic() - outage_started
-        await async_wait_until(lambda: statuses(database).get("delivered", 0) == 90)
+        await async_wait_until(lambda: statuses(database).get("delivered", 0) == 120)
         crm_rows = delivery_rows(database, "destination = 'crm'")
     failed = [r for r in sandbox.requests("crm") if r.status == 503]
     # Without the breaker, 30 deliveries x 4 attempts would hit the dead CRM; with it: the threshold, what was
@@ -185,11 +185,14 @@ async def test_a_delivery_for_someone_who_withdrew_consent_is_never_sent(
 ) -> None:
     settings = sandbox_settings(tmp_path, sandbox)
     sandbox.set_faults("sgtm", fail_5xx_until=time.time() + 60)
+    sandbox.set_faults("meta", fail_5xx_until=time.time() + 60)
     async with running_worker(settings) as (database, worker):
         sandbox.set_faults("mailerlite", fail_5xx_until=time.time() + 60)
         event_id = await capture(database, settings)
         worker.wake()
-        await async_wait_until(lambda: subscriber_requests(sandbox) and sandbox.requests("sgtm"))
+        await async_wait_until(
+            lambda: subscriber_requests(sandbox) and sandbox.requests("sgtm") and sandbox.requests("meta")
+        )
         lead = database.read(lambda c: c.execute("select user_session_id from leads").fetchone())
         assert lead is not None
         withdrawal = ConsentIn(
@@ -212,6 +215,7 @@ async def test_a_delivery_for_someone_who_withdrew_consent_is_never_sent(
         await database.writer.submit(record_consents, row)
         sandbox.set_faults("mailerlite", clear=True)
         sandbox.set_faults("sgtm", clear=True)
+        sandbox.set_faults("meta", clear=True)
         # Queued after the withdrawal (e.g. a payment webhook): gated at send time by the ledger.
         await queue(
             database,
@@ -223,13 +227,14 @@ async def test_a_delivery_for_someone_who_withdrew_consent_is_never_sent(
             payload={"transaction_id": "pi_1", "value": 120.0, "currency": "EUR"},
         )
         worker.wake()
-        await async_wait_until(lambda: statuses(database) == {"delivered": 1, "suppressed": 3})
+        await async_wait_until(lambda: statuses(database) == {"delivered": 1, "suppressed": 4})
         rows = {r["kind"]: r for r in delivery_rows(database)}
     assert rows["subscriber_upsert"]["status"] == "suppressed" and rows["purchase"]["status"] == "suppressed"
     assert rows["purchase"]["attempt_count"] == 0
     assert all(r.status == 503 for r in subscriber_requests(sandbox))
     assert all(r.status == 503 for r in sandbox.requests("sgtm"))
     assert sandbox.state("mailerlite")["subscribers"] == {} and sandbox.state("sgtm")["accepted"] == []
+    assert sandbox.state("meta")["events"] == []
 
 
 async def test_withdrawing_marketing_consent_unsubscribes_an_existing_subscriber(
@@ -239,7 +244,7 @@ async def test_withdrawing_marketing_consent_unsubscribes_an_existing_subscriber
     async with running_worker(settings) as (database, worker):
         event_id = await capture(database, settings)
         worker.wake()
-        await async_wait_until(lambda: statuses(database) == {"delivered": 3})
+        await async_wait_until(lambda: statuses(database) == {"delivered": 4})
         session = database.read(lambda c: c.execute("select user_session_id from leads").fetchone())
         assert session is not None
         context = RequestContext(received_at=utcnow(), ip="203.0.113.7", user_agent="pytest")
@@ -277,7 +282,7 @@ async def test_a_later_crm_update_carries_the_contact_id_learned_earlier(
     async with running_worker(settings) as (database, worker):
         event_id = await capture(database, settings)
         worker.wake()
-        await async_wait_until(lambda: statuses(database) == {"delivered": 3})
+        await async_wait_until(lambda: statuses(database) == {"delivered": 4})
         await queue(
             database,
             settings,
@@ -288,7 +293,7 @@ async def test_a_later_crm_update_carries_the_contact_id_learned_earlier(
             payload={"lead_status": "paid", "amount_cents": 12000, "currency": "eur"},
         )
         worker.wake()
-        await async_wait_until(lambda: statuses(database) == {"delivered": 4})
+        await async_wait_until(lambda: statuses(database) == {"delivered": 5})
     first, update = sandbox.requests("crm")
     assert "contact_id" not in first.body
     assert update.body["contact_id"] == first.response["contact_id"]
@@ -351,7 +356,7 @@ async def test_a_lease_left_by_a_dead_worker_is_sent_again_with_the_same_key(
         assert row["claimed_until"] == now + lease
     async with running_worker(settings) as (database, worker):
         worker.wake()
-        await async_wait_until(lambda: statuses(database) == {"delivered": 3})
+        await async_wait_until(lambda: statuses(database) == {"delivered": 4})
     assert _keys(sandbox, "crm") == Counter({f"{event_id}:crm:contact_upsert": 1})
 
 
@@ -400,13 +405,14 @@ async def test_an_idle_worker_writes_nothing_yet_sends_a_row_queued_without_a_wa
         idle_commits = database.writer.batches_committed - before
         # Captured straight through the handler, so nobody wakes the worker: its polling read must find them.
         await capture(database, settings)
-        await async_wait_until(lambda: statuses(database) == {"delivered": 3})
+        await async_wait_until(lambda: statuses(database) == {"delivered": 4})
     assert idle_commits == 0
     assert [
         len(subscriber_requests(sandbox)),
         len(sandbox.requests("crm")),
         len(sandbox.requests("sgtm")),
-    ] == [1, 1, 1]
+        len(sandbox.requests("meta")),
+    ] == [1, 1, 1, 1]
 
 
 async def test_mailerlite_is_held_until_our_custom_fields_exist_then_they_are_kept(
@@ -441,5 +447,5 @@ async def test_a_mailerlite_base_url_ending_in_api_is_accepted(tmp_path: Path, s
     async with running_worker(settings) as (database, worker):
         await capture(database, settings)
         worker.wake()
-        await async_wait_until(lambda: statuses(database) == {"delivered": 3})
+        await async_wait_until(lambda: statuses(database) == {"delivered": 4})
     assert [r.path for r in subscriber_requests(sandbox)] == ["/api/subscribers"]

@@ -32,7 +32,7 @@ def localstripe() -> Iterator[LocalStripe]:
 
 @pytest.fixture(scope="session")
 def sandbox() -> Iterator[Sandbox]:
-    """The MailerLite / CRM / sGTM fakes; each scenario clears their faults first."""
+    """The MailerLite / CRM / sGTM / Meta fakes; each scenario clears their faults first."""
     with Sandbox() as fakes:
         yield fakes
 
@@ -47,7 +47,12 @@ def scenario_settings(
 ) -> Settings:
     """Settings for an API under a scenario: the fakes (minus `disabled` destinations), localstripe, fast schedules."""
     env = {name.lower(): value for name, value in (localstripe.env() | sandbox.env()).items()}
-    off = {"mailerlite": "mailerlite_api_key", "crm": "crm_webhook_url", "sgtm": "sgtm_endpoint"}
+    off = {
+        "mailerlite": "mailerlite_api_key",
+        "crm": "crm_webhook_url",
+        "sgtm": "sgtm_endpoint",
+        "meta": "meta_pixel_id",
+    }
     for destination in disabled:
         env.pop(off[destination])
     return make_settings(tmp_path, **(env | SCENARIO_API_SETTINGS | overrides))
@@ -55,7 +60,7 @@ def scenario_settings(
 
 def fake_urls(sandbox: Sandbox) -> dict[str, str]:
     """Base URL of each fake, for its /_sandbox/ fault controls."""
-    return {name: sandbox.base_url(name) for name in ("mailerlite", "crm", "sgtm")}
+    return {name: sandbox.base_url(name) for name in ("mailerlite", "crm", "sgtm", "meta")}
 
 
 def scenario_environment(

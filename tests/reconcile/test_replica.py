@@ -118,9 +118,9 @@ def test_a_reader_never_sees_a_torn_copy(tmp_path: Path) -> None:
                     taken_at = reader.taken_at
                 finally:
                     reader.close()
-                # One capture commits a lead, its ledger row and its three deliveries together: a copy mixing
+                # One capture commits a lead, its ledger row and its four deliveries together: a copy mixing
                 # moments would break these equalities.
-                assert captures == leads and planned == 3 * leads, (leads, captures, planned)
+                assert captures == leads and planned == 4 * leads, (leads, captures, planned)
                 assert leads >= leads_before, "a later copy never holds less"
                 leads_before = leads
                 copies.add(taken_at)

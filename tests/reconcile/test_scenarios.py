@@ -19,15 +19,18 @@ CONFIGURATIONS: list[tuple[ScenarioSpec, dict[str, Any]]] = [
     (ScenarioSpec(seed=11, leads=30, days=30), {}),
     # The consent gate off: MailerLite and sGTM get everyone, and compliance counts what went without consent.
     (ScenarioSpec(seed=12, leads=20, days=10), {"require_consent": False}),
-    # CRM lead capture off and sGTM not configured: neither is "should reach", and purchases are never sent.
-    (ScenarioSpec(seed=13, leads=20, days=60), {"crm_enable_lead_capture": False, "disabled": ("sgtm",)}),
+    # CRM lead capture off, sGTM and Meta not configured: none is "should reach", and purchases are never sent.
+    (
+        ScenarioSpec(seed=13, leads=20, days=60),
+        {"crm_enable_lead_capture": False, "disabled": ("sgtm", "meta")},
+    ),
 ]
 
 
 @pytest.mark.parametrize(
     ("spec", "overrides"),
     CONFIGURATIONS,
-    ids=["default", "consent-gate-off", "crm-capture-off-sgtm-disabled"],
+    ids=["default", "consent-gate-off", "crm-capture-off-sgtm-meta-disabled"],
 )
 def test_every_metric_equals_the_scenarios_ground_truth(
     tmp_path: Path, localstripe: LocalStripe, sandbox: Sandbox, spec: ScenarioSpec, overrides: dict[str, Any]
@@ -41,6 +44,9 @@ def test_every_metric_equals_the_scenarios_ground_truth(
         metrics = success_metrics(reader.conn)
         if not overrides:  # the data tests are slow to plan; once is enough
             assert run_data_tests(reader.conn) == {}
+        meta = reader.conn.execute(
+            "select is_enabled, expected, present from presence_by_system where system = 'meta'"
+        ).fetchone()
     assert {metric.metric: (metric.numerator, metric.denominator) for metric in metrics} == expected
     api = {row["metric"]: (row["numerator"], row["denominator"]) for row in run.api_metrics}
     assert api == expected, "GET /v1/metrics/success computes the same numbers on the live database"
@@ -62,12 +68,16 @@ def test_every_metric_equals_the_scenarios_ground_truth(
         assert expected["attribution_accuracy"][0] == 0 < expected["attribution_accuracy"][1]
     if settings.crm_enable_lead_capture:
         assert 0 < expected["crm_coverage"][0] < expected["crm_coverage"][1]
+    if settings.meta_pixel_id is not None:  # Meta holds the Purchases of buyers with marketing consent
+        assert meta is not None and meta[0] and 0 < meta[2] <= meta[1]
+    else:
+        assert meta == (False, 0, 0)
 
 
 @pytest.mark.parametrize(
     ("spec", "overrides"),
     CONFIGURATIONS,
-    ids=["default", "consent-gate-off", "crm-capture-off-sgtm-disabled"],
+    ids=["default", "consent-gate-off", "crm-capture-off-sgtm-meta-disabled"],
 )
 def test_the_days_of_every_metric_add_up_to_the_scenarios_ground_truth(
     tmp_path: Path, localstripe: LocalStripe, sandbox: Sandbox, spec: ScenarioSpec, overrides: dict[str, Any]

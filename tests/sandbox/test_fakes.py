@@ -647,6 +647,7 @@ def test_env_points_at_the_running_fakes(sandbox: Sandbox) -> None:
     assert set(env) == {
         "MAILERLITE_BASE_URL", "MAILERLITE_API_KEY", "MAILERLITE_GROUP_ID", "CRM_WEBHOOK_URL", "CRM_API_TOKEN",
         "CRM_SIGNING_SECRET", "SGTM_ENDPOINT", "SGTM_MEASUREMENT_ID", "SGTM_API_SECRET",
+        "META_BASE_URL", "META_PIXEL_ID", "META_ACCESS_TOKEN", "META_API_VERSION",
     }  # fmt: skip
     assert env["MAILERLITE_BASE_URL"] == sandbox.mailerlite_url
     assert env["CRM_WEBHOOK_URL"] == sandbox.crm_url

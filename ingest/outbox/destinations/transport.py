@@ -39,6 +39,15 @@ class HttpAnswer:
         return 200 <= self.status < 300
 
 
+@dataclass(frozen=True)
+class AnswerFault:
+    """What a destination's answer body says went wrong where its status alone does not tell (a throttling
+    code in a 400, a 2xx that took none of the events)."""
+
+    retryable: bool
+    error: str
+
+
 _BREAKS = re.compile(r"[\r\n]")
 
 

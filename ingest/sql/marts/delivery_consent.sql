@@ -1,5 +1,6 @@
--- Grain: one row per delivered MailerLite or sGTM delivery other than an unsubscribe (delivery_id): whether the
--- consent its destination needs (marketing for MailerLite, analytics for sGTM) was in force when it was sent.
+-- Grain: one row per delivered MailerLite, sGTM or Meta delivery other than an unsubscribe (delivery_id): whether
+-- the consent its destination needs (marketing for MailerLite and Meta, analytics for sGTM) was in force when it
+-- was sent.
 -- Consent in force at a time: the latest ledger decision recorded at or before it for the delivery's
 -- user_session_id or naming its event_id; that is the later of the lead's own capture decision (if recorded by
 -- then) and the latest override recorded by then (see consent_overrides).
@@ -9,7 +10,7 @@
 with needing as (
     select delivery_id, event_id, user_session_id, destination, kind, created_at, delivered_at
     from stg_deliveries
-    where delivery_status = 'delivered' and destination in ('mailerlite', 'sgtm') and kind <> 'unsubscribe'
+    where delivery_status = 'delivered' and destination in ('mailerlite', 'sgtm', 'meta') and kind <> 'unsubscribe'
 ),
 
 own_decisions as (
@@ -113,7 +114,7 @@ at_send as (
         sends.attempt_number,
         coalesce(
             arg_max(
-                case sends.destination when 'mailerlite' then decisions.marketing else decisions.analytics end,
+                case sends.destination when 'sgtm' then decisions.analytics else decisions.marketing end,
                 decisions.recorded_at
             ),
             false
@@ -145,7 +146,7 @@ final as (
         coalesce(c.decision_at > c.created_at, false) as consent_changed_before_completion,
         coalesce(
             v.in_force_at_every_send,
-            case c.destination when 'mailerlite' then c.marketing_at_completion else c.analytics_at_completion end
+            case c.destination when 'sgtm' then c.analytics_at_completion else c.marketing_at_completion end
         ) as made_with_consent
     from at_completion as c
     left join per_send_verdict as v on v.delivery_id = c.delivery_id

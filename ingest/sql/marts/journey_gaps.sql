@@ -26,6 +26,9 @@ gaps as (
     union all
     select journey_id, event_id, is_orphan, orphan_payment_intent_id, 'sgtm'
     from journeys where sgtm_expected and not in_sgtm
+    union all
+    select journey_id, event_id, is_orphan, orphan_payment_intent_id, 'meta'
+    from journeys where meta_expected and not in_meta
 ),
 
 latest_deliveries as (

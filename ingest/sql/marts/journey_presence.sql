@@ -4,7 +4,8 @@
 -- For each system: whether the journey should reach it and whether it is there, from delivery outcomes (see
 -- presence_deliveries for which delivery places a journey) and Stripe.
 -- Should reach: ingest always; the CRM when lead capture sends to it; MailerLite with marketing consent in force now;
--- Stripe when a payment succeeded; sGTM when a payment succeeded with analytics consent in force at that moment.
+-- Stripe when a payment succeeded; sGTM when a payment succeeded with analytics consent in force at that moment;
+-- Meta (its Purchase) when a payment succeeded with marketing consent in force at that moment.
 -- Consent conditions hold for everyone when REQUIRE_CONSENT=false; a disabled destination is never "should reach".
 with settings as (
     select * from stg_run_settings
@@ -41,7 +42,9 @@ lead_payments as (
         payments.event_id,
         bool_or(payments.confirmed_by_stripe_event) as in_stripe,
         bool_or(payments.analytics_consent_at_success or not settings.require_consent) as sgtm_purchase_due,
-        bool_or(payments.purchase_delivered) as in_sgtm
+        bool_or(payments.purchase_delivered) as in_sgtm,
+        bool_or(payments.marketing_consent_at_success or not settings.require_consent) as meta_purchase_due,
+        bool_or(payments.meta_purchase_delivered) as in_meta
     from succeeded_payments as payments
     cross join settings
     where payments.names_known_lead
@@ -65,7 +68,9 @@ lead_rows as (
         pays.event_id is not null as stripe_expected,
         coalesce(pays.in_stripe, false) as in_stripe,
         settings.sgtm_enabled and coalesce(pays.sgtm_purchase_due, false) as sgtm_expected,
-        coalesce(pays.in_sgtm, false) as in_sgtm
+        coalesce(pays.in_sgtm, false) as in_sgtm,
+        settings.meta_enabled and coalesce(pays.meta_purchase_due, false) as meta_expected,
+        coalesce(pays.in_meta, false) as in_meta
     from consent
     cross join settings
     left join lead_days on lead_days.event_id = consent.event_id
@@ -88,7 +93,9 @@ orphan_rows as (
         true as stripe_expected,
         confirmed_by_stripe_event as in_stripe,
         false as sgtm_expected,
-        false as in_sgtm
+        false as in_sgtm,
+        false as meta_expected,
+        false as in_meta
     from succeeded_payments
     where is_orphan
 ),
@@ -107,7 +114,8 @@ final as (
             and (in_crm or not crm_expected)
             and (in_mailerlite or not mailerlite_expected)
             and (in_stripe or not stripe_expected)
-            and (in_sgtm or not sgtm_expected) as is_consistent
+            and (in_sgtm or not sgtm_expected)
+            and (in_meta or not meta_expected) as is_consistent
     from journeys
 )
 

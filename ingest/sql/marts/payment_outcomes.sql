@@ -1,6 +1,6 @@
 -- Grain: one row per PaymentIntent (payment_intent_id): whether it succeeded (refunded later or not), the stored
--- lead it names (none: an orphan), the analytics consent in force when its success became known, and whether its
--- sGTM purchase was delivered. Its success became known when it was processed as succeeded or, for a refund that
+-- lead it names (none: an orphan), the analytics and marketing consent in force when its success became known, and
+-- whether its sGTM purchase and its Meta Purchase were delivered. Its success became known when it was processed as succeeded or, for a refund that
 -- arrived before the payment it refunds, as refunded: that is when the purchase was planned, so the consent that
 -- decided it. Consent in force: see consent_overrides.
 with payments as (
@@ -8,7 +8,7 @@ with payments as (
 ),
 
 leads as (
-    select event_id, user_session_id, captured_consent_at, captured_analytics_consent
+    select event_id, user_session_id, captured_consent_at, captured_analytics_consent, captured_marketing_consent
     from stg_leads
 ),
 
@@ -20,6 +20,12 @@ delivered_purchases as (
     select distinct transaction_id as payment_intent_id
     from presence_deliveries
     where is_delivered and destination = 'sgtm'
+),
+
+delivered_meta_purchases as (
+    select distinct transaction_id as payment_intent_id
+    from presence_deliveries
+    where is_delivered and destination = 'meta'
 ),
 
 stored_events as (
@@ -35,19 +41,20 @@ named as (
         leads.event_id is not null as names_known_lead,
         leads.user_session_id as lead_session_id,
         leads.captured_consent_at,
-        leads.captured_analytics_consent
+        leads.captured_analytics_consent,
+        leads.captured_marketing_consent
     from payments
     left join leads on leads.event_id = payments.event_id
 ),
 
 overrides_until_success as (
-    select named.payment_intent_id, overrides.recorded_at, overrides.analytics_consent
+    select named.payment_intent_id, overrides.recorded_at, overrides.analytics_consent, overrides.marketing_consent
     from named
     inner join overrides
         on overrides.user_session_id = named.lead_session_id and overrides.recorded_at <= named.success_known_at
     where named.is_succeeded and named.names_known_lead
     union all
-    select named.payment_intent_id, overrides.recorded_at, overrides.analytics_consent
+    select named.payment_intent_id, overrides.recorded_at, overrides.analytics_consent, overrides.marketing_consent
     from named
     inner join overrides
         on overrides.event_id = named.event_id and overrides.recorded_at <= named.success_known_at
@@ -57,7 +64,8 @@ overrides_until_success as (
 latest_override as (
     select
         payment_intent_id,
-        arg_max({'at': recorded_at, 'analytics': analytics_consent}, recorded_at) as decision
+        arg_max({'at': recorded_at, 'analytics': analytics_consent, 'marketing': marketing_consent}, recorded_at)
+            as decision
     from overrides_until_success
     group by payment_intent_id
 ),
@@ -72,7 +80,13 @@ with_consent as (
                 and not coalesce(latest_override.decision.at > named.captured_consent_at, false)
                 then named.captured_analytics_consent
             else coalesce(latest_override.decision.analytics, false)
-        end as analytics_consent_at_success
+        end as analytics_consent_at_success,
+        named.names_known_lead and case
+            when named.captured_consent_at <= named.success_known_at
+                and not coalesce(latest_override.decision.at > named.captured_consent_at, false)
+                then named.captured_marketing_consent
+            else coalesce(latest_override.decision.marketing, false)
+        end as marketing_consent_at_success
     from named
     left join latest_override on latest_override.payment_intent_id = named.payment_intent_id
 ),
@@ -100,10 +114,13 @@ final as (
         payment.success_known_at,
         payment.refunded_at,
         payment.analytics_consent_at_success,
+        payment.marketing_consent_at_success,
         delivered_purchases.payment_intent_id is not null as purchase_delivered,
+        delivered_meta_purchases.payment_intent_id is not null as meta_purchase_delivered,
         stored_events.stripe_event_id is not null as confirmed_by_stripe_event
     from with_consent as payment
     left join delivered_purchases on delivered_purchases.payment_intent_id = payment.payment_intent_id
+    left join delivered_meta_purchases on delivered_meta_purchases.payment_intent_id = payment.payment_intent_id
     left join stored_events on stored_events.stripe_event_id = payment.last_stripe_event_id
 )
 

@@ -1,4 +1,4 @@
--- Grain: one row per system (ingest, crm, mailerlite, stripe, sgtm): how many journeys should reach it, how many
+-- Grain: one row per system (ingest, crm, mailerlite, stripe, sgtm, meta): how many journeys should reach it, how many
 -- it holds, and whether it is configured at all (a disabled destination is expected to hold none).
 with journeys as (
     select * from journey_presence
@@ -23,6 +23,9 @@ per_system as (
     union all
     select 5, 'sgtm', count(*) filter (where sgtm_expected),
         count(*) filter (where sgtm_expected and in_sgtm) from journeys
+    union all
+    select 6, 'meta', count(*) filter (where meta_expected),
+        count(*) filter (where meta_expected and in_meta) from journeys
 ),
 
 final as (
@@ -33,6 +36,7 @@ final as (
             when 'crm' then settings.crm_enabled
             when 'mailerlite' then settings.mailerlite_enabled
             when 'sgtm' then settings.sgtm_enabled
+            when 'meta' then settings.meta_enabled
             else true
         end as is_enabled,
         per_system.expected,

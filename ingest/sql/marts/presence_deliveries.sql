@@ -1,6 +1,7 @@
 -- Grain: one row per delivery that, once delivered, puts its journey in the destination it goes to (delivery_id):
--- the CRM contact upsert, the MailerLite subscriber upsert and the sGTM purchase (for the PaymentIntent named in
--- transaction_id). The other kinds (sGTM generate_lead and refund, MailerLite unsubscribe) place no journey.
+-- the CRM contact upsert, the MailerLite subscriber upsert, the sGTM purchase and the Meta Purchase (both for the
+-- PaymentIntent named in transaction_id). The other kinds (sGTM generate_lead and refund, Meta's Lead, MailerLite
+-- unsubscribe) place no journey.
 with deliveries as (
     select * from stg_deliveries
 ),
@@ -23,6 +24,7 @@ final as (
     where (destination = 'crm' and kind = 'contact_upsert')
         or (destination = 'mailerlite' and kind = 'subscriber_upsert')
         or (destination = 'sgtm' and kind = 'purchase')
+        or (destination = 'meta' and kind = 'purchase')
 )
 
 select * from final

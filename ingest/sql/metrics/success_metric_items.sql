@@ -56,7 +56,8 @@ consistency_items as (
 ),
 
 compliance_items as (
-    -- Delivered MailerLite and sGTM deliveries other than unsubscribes, counted when made with consent in force.
+    -- Delivered MailerLite, sGTM and Meta deliveries other than unsubscribes, counted when made with consent in
+    -- force.
     select
         'consent_compliance' as metric,
         cast(delivery_id as varchar) as item_id,

@@ -1,5 +1,6 @@
 -- Grain: one row per delivery (delivery_id): one fact to forward to one destination, in its current state.
--- transaction_id is the PaymentIntent an sGTM purchase or refund reports (null for every other kind).
+-- transaction_id is the PaymentIntent an sGTM purchase or refund, or a Meta Purchase, reports (null for every
+-- other kind).
 with source as (
     select * from deliveries
 ),
@@ -22,7 +23,7 @@ renamed as (
         updated_at,
         delivered_at,
         case
-            when destination = 'sgtm' and kind in ('purchase', 'refund')
+            when destination in ('sgtm', 'meta') and kind in ('purchase', 'refund')
                 then json_extract_string(payload, '$.transaction_id')
         end as transaction_id
     from source

@@ -10,7 +10,8 @@ renamed as (
         crm_enable_lead_capture,
         mailerlite_enabled,
         crm_enabled,
-        sgtm_enabled
+        sgtm_enabled,
+        meta_enabled
     from source
 )
 
