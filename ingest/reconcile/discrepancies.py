@@ -64,7 +64,7 @@ def build_reconcile(conn: duckdb.DuckDBPyConnection) -> ReconcileOut:
         numerator=int(row[3]),
         denominator=int(row[4]),
         verified_systems=[System(name) for name in row[5]],
-        unverified_systems=[System(name) for name in row[6]],
+        unverified_systems=list(row[6]),
     )
     return ReconcileOut(systems=systems, verified_data_consistency=metric)
 

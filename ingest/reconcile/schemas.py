@@ -104,7 +104,9 @@ class VerifiedConsistency(BaseModel):
     numerator: int
     denominator: int
     verified_systems: list[System]
-    unverified_systems: list[System] = Field(description="systems without records: presence from our outbox")
+    unverified_systems: list[str] = Field(
+        description="systems without records (and Meta, whose records cannot be read): presence from our outbox"
+    )
 
 
 class ReconcileOut(BaseModel):

@@ -18,7 +18,12 @@ def test_defaults_match_the_contract(monkeypatch: pytest.MonkeyPatch, tmp_path) 
         2,
         1,
     )
-    assert settings.destinations_enabled() == {"mailerlite": False, "crm": False, "sgtm": False}
+    assert settings.destinations_enabled() == {
+        "mailerlite": False,
+        "crm": False,
+        "sgtm": False,
+        "meta": False,
+    }
     assert settings.attribution_delivery_lease_seconds == 30
 
 

@@ -196,7 +196,7 @@ def test_checkout_to_paid_over_loopback(stripe_api: RunningApi, localstripe: Loc
     )
     rows = dict(
         stripe_api.rows(
-            "select kind, status from deliveries where event_id = ? and kind in ('purchase') "
+            "select kind, status from deliveries where event_id = ? and kind = 'purchase' and destination = 'sgtm' "
             "or idempotency_key like ?",
             [event_id, f"{event_id}:%:paid"],
         )

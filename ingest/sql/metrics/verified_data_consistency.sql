@@ -9,6 +9,17 @@ pulls as (
     select system from stg_ext_pulls
 ),
 
+settings as (
+    select * from stg_run_settings
+),
+
+known as (
+    -- The systems a journey can be checked against; Meta only when configured (its records cannot be read).
+    select system from (values ('crm'), ('ga4'), ('mailerlite'), ('stripe')) as systems(system)
+    union all
+    select 'meta' from settings where meta_enabled
+),
+
 counts as (
     select
         count(*) filter (where is_verified_consistent) as numerator,
@@ -20,7 +31,7 @@ systems as (
     select
         list(system order by system) filter (where system in (select system from pulls)) as verified_systems,
         list(system order by system) filter (where system not in (select system from pulls)) as unverified_systems
-    from (values ('crm'), ('ga4'), ('mailerlite'), ('stripe')) as known(system)
+    from known
 ),
 
 final as (
