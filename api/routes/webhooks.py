@@ -7,15 +7,8 @@ from fastapi.responses import Response
 
 from ingest.core.clock import utcnow
 from ingest.core.settings import Settings
-from ingest.payments.webhooks import (
-    DUPLICATE,
-    IGNORED,
-    PROCESSED,
-    EventAck,
-    EventJob,
-    receive_event,
-    verify_event,
-)
+from ingest.payments.events import verify_event
+from ingest.payments.webhooks import DUPLICATE, IGNORED, PROCESSED, EventAck, EventJob, receive_event
 from ingest.store.database import Database
 
 router = APIRouter(tags=["webhooks"])

@@ -23,6 +23,7 @@ from ingest.core.errors import Conflict
 from ingest.core.settings import Settings
 from ingest.payments import repository
 from ingest.payments.checkout import StripeUnavailable
+from ingest.payments.events import InvalidWebhook, StripeEvent, parse_event
 from ingest.payments.webhooks import (
     DUPLICATE,
     FAILED,
@@ -32,9 +33,6 @@ from ingest.payments.webhooks import (
     SETTLED,
     EventJob,
     EventProcessingFailed,
-    InvalidWebhook,
-    StripeEvent,
-    parse_event,
     receive_events_sync,
 )
 from ingest.store.database import Database
