@@ -14,7 +14,6 @@ key after a 4xx or an injected fault is a first write.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import hmac
 import threading
@@ -27,7 +26,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from sandbox.validation import is_number, is_valid_email, normalise_email, parse_json_object, stable_token
+from sandbox.validation import (
+    is_number,
+    is_valid_email,
+    normalise_email,
+    parse_json_object,
+    stable_token,
+    undo_of_write,
+)
 
 LEAD_STATUSES = ("lead", "paid", "refunded")
 SIGNATURE_HEADER = "x-attribution-signature"
@@ -173,19 +179,4 @@ class CrmFake:
 
     def keep_out(self, body: Any) -> Callable[[], None]:
         """For a silent loss: what undoes the contact write `body` is about to make (the stored answer stays)."""
-        email = (
-            normalise_email(body["email"])
-            if isinstance(body, dict) and isinstance(body.get("email"), str)
-            else ""
-        )
-        with self._lock:
-            before = copy.deepcopy(self._contacts.get(email))
-
-        def undo() -> None:
-            with self._lock:
-                if before is None:
-                    self._contacts.pop(email, None)
-                else:
-                    self._contacts[email] = before
-
-        return undo
+        return undo_of_write(self._lock, self._contacts, body)

@@ -14,7 +14,6 @@ still visible in the recorded requests. Deliberate difference: it accepts unknow
 
 from __future__ import annotations
 
-import copy
 import hmac
 import ipaddress
 import re
@@ -29,7 +28,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from sandbox.mailerlite_listing import list_subscribers
-from sandbox.validation import is_number, is_valid_email, normalise_email, parse_json_object, stable_digits
+from sandbox.validation import (
+    is_number,
+    is_valid_email,
+    normalise_email,
+    parse_json_object,
+    stable_digits,
+    undo_of_write,
+)
 
 SUBSCRIBER_STATUSES = ("active", "unsubscribed", "unconfirmed", "bounced", "junk")
 FIELD_TYPES = ("text", "number", "date")
@@ -264,19 +270,4 @@ class MailerLiteFake:
 
     def keep_out(self, body: Any) -> Callable[[], None]:
         """For a silent loss: what undoes the upsert `body` is about to make (the harness calls it once answered)."""
-        email = (
-            normalise_email(body["email"])
-            if isinstance(body, dict) and isinstance(body.get("email"), str)
-            else ""
-        )
-        with self._lock:
-            before = copy.deepcopy(self._subscribers.get(email))
-
-        def undo() -> None:
-            with self._lock:
-                if before is None:
-                    self._subscribers.pop(email, None)
-                else:
-                    self._subscribers[email] = before
-
-        return undo
+        return undo_of_write(self._lock, self._subscribers, body)

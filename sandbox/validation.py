@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
@@ -50,3 +53,24 @@ def parse_json_object(raw: bytes) -> dict[str, Any] | None:
 def is_number(value: object) -> bool:
     """Return True for JSON numbers (bool is not a number on the wire)."""
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def undo_of_write(lock: threading.Lock, records: dict[str, Any], body: Any) -> Callable[[], None]:
+    """For a silent loss: what undoes the write `body` is about to make to `records` (keyed by normalised email),
+    restoring the record as it was before, or removing it if there was none."""
+    email = (
+        normalise_email(body["email"])
+        if isinstance(body, dict) and isinstance(body.get("email"), str)
+        else ""
+    )
+    with lock:
+        before = copy.deepcopy(records.get(email))
+
+    def undo() -> None:
+        with lock:
+            if before is None:
+                records.pop(email, None)
+            else:
+                records[email] = before
+
+    return undo
