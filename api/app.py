@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -97,12 +97,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            if worker is not None:
-                await worker.stop()
-            publisher.stop()
-            await monitor.stop()
-            registry.unregister(collector)
-            database.close()
+            # Each part stops even when one before it failed to, and the database is always closed last.
+            async with AsyncExitStack() as stopping:
+                stopping.callback(database.close)
+                stopping.callback(registry.unregister, collector)
+                stopping.push_async_callback(monitor.stop)
+                stopping.callback(publisher.stop)
+                if worker is not None:
+                    stopping.push_async_callback(worker.stop)
             log.info("service stopped")
 
     app = FastAPI(

@@ -177,6 +177,8 @@ def publish_replica(
             materialise_models(copy, params)
             copy.execute("checkpoint")
         finally:
+            # Untracked before it is closed: stop() must never interrupt a connection that is already closed.
+            track(None)
             copy.close()
     except BaseException:
         _remove(temp)

@@ -18,8 +18,14 @@ import pytest
 
 from ingest.core.clock import utcnow
 from ingest.core.settings import Settings
-from ingest.reconcile.models import MATERIALISED, success_metrics
-from ingest.reconcile.replica import ReaderUnavailable, ReplicaPublisher, open_reader, reading
+from ingest.reconcile.models import MATERIALISED, ModelParams, success_metrics
+from ingest.reconcile.replica import (
+    ReaderUnavailable,
+    ReplicaPublisher,
+    open_reader,
+    publish_replica,
+    reading,
+)
 from ingest.store.database import Database
 from ingest.store.status import beat
 from sandbox.bulk import BulkSpec, generate_bulk
@@ -151,6 +157,29 @@ def test_a_copy_records_when_it_was_taken_and_what_the_api_ran_with(tmp_path: Pa
         assert 0 <= reader.staleness_seconds() < 60
         assert reader.conn.execute("select count(*) from service_heartbeat").fetchone() == (1,)
     assert list(tmp_path.glob("*.tmp-*")) == []
+
+
+def test_a_connection_is_untracked_before_it_is_closed(tmp_path: Path) -> None:
+    # stop() interrupts the tracked connection from another thread; a closed one raised and failed the API's shutdown.
+    settings = make_settings(tmp_path)
+    database = Database.open(settings.attribution_db_path)
+    tracked: list[duckdb.DuckDBPyConnection | None] = [None]
+
+    def track(conn: duckdb.DuckDBPyConnection | None) -> None:
+        if tracked[-1] is not None:
+            tracked[-1].interrupt()  # what stop() would do at this moment; raises if the connection is closed
+        tracked.append(conn)
+
+    try:
+        database.writer.submit_sync(_beat, None)
+        publish_replica(
+            database, settings.attribution_replica_path, ModelParams.from_settings(settings), track=track
+        )
+    finally:
+        database.close()
+    assert len([conn for conn in tracked if conn is not None]) == 2, (
+        "from the database's cursor to the copy's own"
+    )
 
 
 def test_publisher_copies_only_when_something_was_committed(tmp_path: Path) -> None:
