@@ -1,4 +1,4 @@
-"""The FastAPI application factory: one process, one DuckDB writer."""
+"""The FastAPI application factory: one writer per process, on the embedded DuckDB file or on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from ingest.ops.metrics import StoreCollector, WriterMetrics
 from ingest.outbox.worker import DeliveryWorker
 from ingest.payments.checkout import Checkout, stripe_client
 from ingest.reconcile.replica import ReplicaPublisher
-from ingest.store.database import Database
+from ingest.store.database import EmbeddedDatabase, open_database
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        database = Database.open(settings.attribution_db_path)
+        database = open_database(settings)
         app.state.database = database
         database.writer.observe_commit = writer_metrics.observe
         monitor = AlertMonitor(database, settings)
@@ -59,14 +59,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         client = stripe_client(settings) if settings.stripe_secret_key is not None else None
         app.state.stripe = client
         app.state.checkout = Checkout(settings, database, client) if client is not None else None
-        publisher = ReplicaPublisher(database, settings)
-        publisher.on_published = monitor.evaluate_targets
+        # The embedded file publishes its own replica; on PostgreSQL `attribution warehouse` keeps it.
+        publisher = ReplicaPublisher(database, settings) if isinstance(database, EmbeddedDatabase) else None
+        if publisher is not None:
+            publisher.on_published = monitor.evaluate_targets
         app.state.replica_publisher = publisher
         enabled = settings.destinations_enabled()
         log.info(
             "service started",
             extra={
-                "database": str(settings.attribution_db_path),
+                "database": database.location,
                 "destinations_enabled": enabled,
                 "require_consent": settings.require_consent,
             },
@@ -86,11 +88,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         collector = StoreCollector(
             database,
             circuits=worker.status if worker is not None else None,
-            replica_taken_at=lambda: publisher.last.taken_at if publisher.last is not None else None,
+            replica_taken_at=lambda: publisher.last.taken_at if publisher and publisher.last else None,
         )
         registry.register(collector)
         await monitor.start()
-        publisher.start()
+        if publisher is not None:
+            publisher.start()
         if worker is not None:
             worker.resume_open_circuits(monitor.open_circuits())
             await worker.start()
@@ -102,7 +105,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 stopping.callback(database.close)
                 stopping.callback(registry.unregister, collector)
                 stopping.push_async_callback(monitor.stop)
-                stopping.callback(publisher.stop)
+                if publisher is not None:
+                    stopping.callback(publisher.stop)
                 if worker is not None:
                     stopping.push_async_callback(worker.stop)
             log.info("service stopped")

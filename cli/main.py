@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 from typing import Annotated, Any
 
@@ -99,7 +98,7 @@ def db_migrate() -> None:
 
         url = settings.attribution_database_url.get_secret_value()
         try:
-            applied = asyncio.run(postgres.migrate(url))
+            applied = postgres.migrate(url)
         except StoreUnavailable as exc:
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(1) from None

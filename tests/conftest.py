@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -17,14 +16,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-import asyncpg
 import duckdb
 import httpx
+import psycopg
 import pytest
 import uvicorn
 
 from api.app import create_app
 from ingest.core.settings import Settings
+from ingest.store import postgres
 from sandbox.postgres import PostgresCluster, PostgresUnavailable
 
 T = TypeVar("T")
@@ -82,8 +82,15 @@ def serve(settings: Settings) -> Iterator[str]:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return make_settings(tmp_path)
+def store() -> dict[str, Any]:
+    """Settings overrides naming the store the `settings`, `api` and `api_with` fixtures use: the embedded file here;
+    a package whose conftest returns `engine` from it runs each of its tests on both engines."""
+    return {}
+
+
+@pytest.fixture
+def settings(tmp_path: Path, store: dict[str, Any]) -> Settings:
+    return make_settings(tmp_path, **store)
 
 
 @pytest.fixture
@@ -94,12 +101,12 @@ def api(settings: Settings) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
-def api_with(tmp_path: Path) -> Iterator[Callable[..., httpx.Client]]:
+def api_with(tmp_path: Path, store: dict[str, Any]) -> Iterator[Callable[..., httpx.Client]]:
     """Serve the app with setting overrides: `api_with(require_consent=False)`."""
     stack: list[Any] = []
 
     def start(**overrides: Any) -> httpx.Client:
-        server = serve(make_settings(tmp_path, **overrides))
+        server = serve(make_settings(tmp_path, **store, **overrides))
         base_url = server.__enter__()
         client = httpx.Client(base_url=base_url, timeout=30)
         stack.append((server, client))
@@ -249,11 +256,14 @@ def fill_disk(mount_point: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def postgres_cluster() -> Iterator[PostgresCluster]:
-    """One throwaway PostgreSQL server for the session (skipped with the reason where there is none)."""
+    """One throwaway PostgreSQL server for the session (skipped with the reason where there is none; in CI, where
+    ATTRIBUTION_REQUIRE_POSTGRES is set by .ci/run, its absence fails instead)."""
     try:
         cluster = PostgresCluster()
         cluster.start()
     except PostgresUnavailable as exc:
+        if os.environ.get("ATTRIBUTION_REQUIRE_POSTGRES"):
+            pytest.fail(f"PostgreSQL is required here: {exc}")
         pytest.skip(str(exc))
     try:
         yield cluster
@@ -265,13 +275,32 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
 def postgres_url(postgres_cluster: PostgresCluster) -> str:
     """The URL of a fresh, empty database of its own on the session's PostgreSQL server."""
     name = f"test_{uuid.uuid4().hex[:12]}"
-
-    async def create() -> None:
-        conn = await asyncpg.connect(postgres_cluster.url)
-        try:
-            await conn.execute(f"create database {name}")
-        finally:
-            await conn.close()
-
-    asyncio.run(create())
+    with psycopg.connect(postgres_cluster.url, autocommit=True) as conn:
+        conn.execute(f"create database {name}")
     return postgres_cluster.url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture(params=["duckdb", "postgresql"])
+def engine(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Settings overrides for each store engine, so one test runs on both: nothing for the embedded file, the URL of
+    a fresh migrated database for PostgreSQL."""
+    if request.param == "duckdb":
+        return {}
+    url: str = request.getfixturevalue("postgres_url")
+    postgres.migrate(url)
+    return {"attribution_database_url": url}
+
+
+@pytest.fixture
+def read_store(tmp_path: Path, store: dict[str, Any]) -> Callable[..., list[tuple[Any, ...]]]:
+    """`read_store(sql, params)`: read the store the test's `settings`, `api` and `api_with` write."""
+    settings = make_settings(tmp_path, **store)
+    return lambda sql, params=None: store_query(settings, sql, params)
+
+
+def store_query(settings: Settings, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+    """Read the store the settings name (`?` placeholders on both engines)."""
+    if settings.attribution_database_url is None:
+        return query(settings.attribution_db_path, sql, params)
+    with psycopg.connect(settings.attribution_database_url.get_secret_value()) as conn:
+        return conn.execute(postgres.to_pyformat(sql) if params else sql, params or None).fetchall()

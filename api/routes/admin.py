@@ -19,7 +19,7 @@ def admin_status(database: DatabaseDep) -> dict[str, Any]:
     """Row counts, deliveries by status, the writer's group-commit counters and why writes fail, if they do."""
     counts = database.read(table_counts)
     return {
-        "database": str(database.path),
+        "database": database.location,
         "tables": counts,
         "deliveries_by_status": database.read(deliveries_by_status),
         "writer": {

@@ -9,7 +9,9 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from api.deps import AdminOnly, DatabaseDep, SettingsDep
+from ingest.core.errors import Conflict
 from ingest.ops.backup import back_up_live
+from ingest.store.database import EmbeddedDatabase
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[AdminOnly])
 
@@ -23,6 +25,8 @@ class BackupIn(BaseModel):
 @router.post("/backup")
 def backup(body: BackupIn, database: DatabaseDep, settings: SettingsDep) -> dict[str, Any]:
     """Copy the live database into `directory` (consistent, while writes go on); answer its manifest."""
+    if not isinstance(database, EmbeddedDatabase):
+        raise Conflict('the store is PostgreSQL: back it up with pg_dump (README "Running on PostgreSQL")')
     directory = Path(body.directory).resolve()
     manifest = back_up_live(database, settings, directory)
     return {

@@ -29,7 +29,7 @@ def lead_delivery_states(
 ) -> dict[str, tuple[str, str | None]]:
     """Status and reason of the deliveries of `kinds` for one lead, keyed by destination."""
     rows = conn.execute(
-        "select destination, status, reason from deliveries where event_id = ? and kind in (select unnest(?))",
+        "select destination, status, reason from deliveries where event_id = ? and kind in (select unnest(?::text[]))",
         [event_id, list(kinds)],
     ).fetchall()
     return {row[0]: (row[1], row[2]) for row in rows}

@@ -16,7 +16,7 @@ import duckdb
 from ingest.core.settings import Settings
 from ingest.reconcile.models import ModelParams, load_models, success_metrics
 from ingest.store.backup import Manifest, attached_read_only, copy_database, current_catalog
-from ingest.store.database import Database
+from ingest.store.database import EmbeddedDatabase
 
 
 def _report_within(settings: Settings) -> Any:
@@ -29,7 +29,7 @@ def _report_within(settings: Settings) -> Any:
     return report
 
 
-def back_up_live(database: Database, settings: Settings, directory: Path) -> Manifest:
+def back_up_live(database: EmbeddedDatabase, settings: Settings, directory: Path) -> Manifest:
     """A consistent copy of the API's own database into `directory`, taken while it keeps writing."""
     cursor = database.conn.cursor()
     try:

@@ -469,7 +469,7 @@ def suppress_pending_deliveries(
     """Mark not-yet-sent deliveries of `purposes` for this journey suppressed; return how many."""
     row = conn.execute(
         "update deliveries set status = ?, reason = ?, next_attempt_at = null, updated_at = ? "
-        "where status in (select unnest(?)) and purpose in (select unnest(?)) "
+        "where status in (select unnest(?::text[])) and purpose in (select unnest(?::text[])) "
         "and (user_session_id = ? or event_id = ?) returning delivery_id",
         [DeliveryStatus.SUPPRESSED, reason, now, sorted(WAITING), list(purposes), user_session_id, event_id],
     ).fetchall()

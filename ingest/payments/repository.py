@@ -63,7 +63,7 @@ def lookup_events(
     ids, keys = list(set(stripe_event_ids)), list(set(change_keys))
     rows = conn.execute(
         "select stripe_event_id, status, change_key from stripe_events "
-        "where stripe_event_id in (select unnest(?)) or (status = 'processed' and change_key in (select unnest(?)))",
+        "where stripe_event_id in (select unnest(?::text[])) or (status = 'processed' and change_key in (select unnest(?::text[])))",
         [ids, keys],
     ).fetchall()
     wanted_ids, wanted_keys = set(ids), set(keys)
@@ -124,7 +124,7 @@ def get_payments(
         return {}
     columns = ", ".join(PAYMENT_COLUMNS)
     rows = conn.execute(
-        f"select {columns} from payments where payment_intent_id in (select unnest(?))",  # noqa: S608
+        f"select {columns} from payments where payment_intent_id in (select unnest(?::text[]))",  # noqa: S608
         [ids],
     ).fetchall()
     return {row[0]: dict(zip(PAYMENT_COLUMNS, row, strict=True)) for row in rows}
@@ -178,7 +178,8 @@ def payment_intents_of_charges(conn: duckdb.DuckDBPyConnection, charge_ids: Iter
     if not ids:
         return {}
     rows = conn.execute(
-        "select charge_id, payment_intent_id from payments where charge_id in (select unnest(?))", [ids]
+        "select charge_id, payment_intent_id from payments where charge_id in (select unnest(?::text[]))",
+        [ids],
     ).fetchall()
     return {charge_id: payment_intent_id for charge_id, payment_intent_id in rows}
 
@@ -296,7 +297,7 @@ def consent_in_force(conn: duckdb.DuckDBPyConnection, event_id: UUID) -> Consent
 def existing_delivery_keys(conn: duckdb.DuckDBPyConnection, keys: Iterable[str]) -> set[str]:
     """The idempotency keys among `keys` that already have a delivery row."""
     rows = conn.execute(
-        "select idempotency_key from deliveries where idempotency_key in (select unnest(?))",
+        "select idempotency_key from deliveries where idempotency_key in (select unnest(?::text[]))",
         [list(set(keys))],
     ).fetchall()
     return {row[0] for row in rows}

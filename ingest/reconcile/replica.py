@@ -46,7 +46,7 @@ from ingest.reconcile.models import (
     load_models,
     materialise_models,
 )
-from ingest.store.database import Database, DatabaseLocked
+from ingest.store.database import DatabaseLocked, EmbeddedDatabase
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def _no_tracking(_conn: duckdb.DuckDBPyConnection | None) -> None:
 
 
 def publish_replica(
-    database: Database,
+    database: EmbeddedDatabase,
     path: Path,
     params: ModelParams,
     *,
@@ -223,7 +223,7 @@ class _Stopping(Exception):
 class ReplicaPublisher:
     """Publishes the replica from a background thread of the API process, `interval` apart."""
 
-    def __init__(self, database: Database, settings: Settings) -> None:
+    def __init__(self, database: EmbeddedDatabase, settings: Settings) -> None:
         self.database = database
         self.path = settings.attribution_replica_path
         self.interval = settings.attribution_replica_seconds

@@ -1,18 +1,19 @@
-"""The DuckDB file: opening it, versioned migrations, and the one writer that owns it."""
+"""The operational store: the embedded DuckDB file (opening it, versioned migrations, the one writer that owns it)
+and what both engines offer."""
 
 from __future__ import annotations
 
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import duckdb
 
 from ingest.core.clock import utcnow
+from ingest.core.settings import Settings
 from ingest.store.writer import StoreUnavailable, Writer
 
 log = logging.getLogger(__name__)
@@ -83,16 +84,48 @@ def migrate(conn: duckdb.DuckDBPyConnection) -> list[str]:
     return applied
 
 
-@dataclass
 class Database:
-    """The read-write database of the API process: its connection and its writer thread."""
+    """The operational store of an API process: the writer that commits grouped units of work, and reads.
 
-    path: Path
-    conn: duckdb.DuckDBPyConnection
+    Two engines: the embedded DuckDB file (`EmbeddedDatabase`, the default) and a PostgreSQL server
+    (`postgres.PostgresDatabase`, which any number of instances share). Repositories take the connection a handler
+    or a read is given; on PostgreSQL it speaks the same few methods as DuckDB's.
+    """
+
+    engine: ClassVar[str]
     writer: Writer
 
+    @staticmethod
+    def open(path: Path) -> EmbeddedDatabase:
+        """Open the embedded file, apply migrations and start the writer."""
+        return EmbeddedDatabase.open_file(path)
+
+    @property
+    def location(self) -> str:
+        """Where the store is, as it may be shown (never a password)."""
+        raise NotImplementedError
+
+    def read(self, query: Callable[[Any], T]) -> T:
+        """Run a read without joining the writer's transaction."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Drain the writer and close the store."""
+        raise NotImplementedError
+
+
+class EmbeddedDatabase(Database):
+    """The DuckDB file of the API process: its connection and its writer thread."""
+
+    engine = "duckdb"
+
+    def __init__(self, path: Path, conn: duckdb.DuckDBPyConnection, writer: Writer) -> None:
+        self.path = path
+        self.conn = conn
+        self.writer = writer
+
     @classmethod
-    def open(cls, path: Path) -> Database:
+    def open_file(cls, path: Path) -> EmbeddedDatabase:
         """Open the file, apply migrations and start the writer."""
         conn = connect(path)
         migrate(conn)
@@ -100,7 +133,11 @@ class Database:
         writer.start()
         return cls(path=path, conn=conn, writer=writer)
 
-    def read(self, query: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
+    def read(self, query: Callable[[Any], T]) -> T:
         """Run a read on its own cursor, so readers in other threads never share the writer's transaction."""
         cursor = self.conn.cursor()
         try:
@@ -124,3 +161,12 @@ class Database:
             )
         finally:
             self.conn.close()
+
+
+def open_database(settings: Settings) -> Database:
+    """The store the settings name: PostgreSQL when ATTRIBUTION_DATABASE_URL is set, else the embedded file."""
+    if settings.attribution_database_url is not None:
+        from ingest.store.postgres import PostgresDatabase  # imports psycopg's pool only where it is used
+
+        return PostgresDatabase.connect(settings.attribution_database_url.get_secret_value())
+    return Database.open(settings.attribution_db_path)

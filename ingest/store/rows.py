@@ -8,6 +8,8 @@ from uuid import UUID
 
 import duckdb
 
+from ingest.store.postgres import PgConnection
+
 LEAD_COLUMNS = (
     "event_id", "user_session_id", "full_name", "email", "phone",
     "utm_source", "utm_medium", "utm_campaign", "utm_content", "utm_term",
@@ -59,9 +61,11 @@ def batch_select(
     return ", ".join(parts), params
 
 
-def insert_rows(conn: duckdb.DuckDBPyConnection, table: str, rows: Sequence[Row]) -> None:
+def insert_rows(conn: duckdb.DuckDBPyConnection | PgConnection, table: str, rows: Sequence[Row]) -> None:
     """Append rows to one of the ingest tables in a single vectorised statement."""
     if rows:
         columns = _TABLE_COLUMNS[table]  # a fixed allow-list: table and column names never come from input
-        select, params = batch_select(columns, rows)
+        # PostgreSQL casts an array parameter to a column's type only when told (text to uuid, to jsonb...).
+        casts = conn.column_types(table) if isinstance(conn, PgConnection) else None
+        select, params = batch_select(columns, rows, casts)
         conn.execute(f"insert into {table} ({', '.join(columns)}) select {select}", params)

@@ -1,4 +1,5 @@
-"""The single DuckDB writer: one thread that commits concurrent units of work in shared transactions."""
+"""The single writer of a process: one thread that commits concurrent units of work in shared transactions, on the
+embedded DuckDB file or on a PostgreSQL connection."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import duckdb
+import psycopg
 
 from ingest.core.errors import DomainError
 
@@ -24,7 +26,8 @@ R = TypeVar("R")
 
 # A batch handler applies many items of one kind inside the writer's open transaction. It returns one
 # result per item, in order; a DomainError result refuses that item alone and must not have written anything.
-BatchHandler = Callable[[duckdb.DuckDBPyConnection, Sequence[I]], Sequence[R | DomainError]]
+# The connection is DuckDB's, or on PostgreSQL a `postgres.PgConnection` speaking the same methods.
+BatchHandler = Callable[[Any, Sequence[I]], Sequence[R | DomainError]]
 
 
 class StoreUnavailable(Exception):
@@ -36,7 +39,19 @@ class WriterStopped(StoreUnavailable):
 
 
 # Errors that say the storage failed, not the item: retrying the batch's jobs one by one would fail the same way.
-_STORE_FAULTS: tuple[type[BaseException], ...] = (duckdb.IOException, duckdb.PermissionException, OSError)
+# On PostgreSQL that is a lost or refused connection (the server restarting, the network): psycopg's
+# OperationalError; the writer's connection reconnects at the next batch.
+_STORE_FAULTS: tuple[type[BaseException], ...] = (
+    duckdb.IOException,
+    duckdb.PermissionException,
+    OSError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    StoreUnavailable,  # the writer's connection could not be opened again
+)
+# An item's fault found only at commit (a deferred constraint).
+_COMMIT_ITEM_FAULTS: tuple[type[BaseException], ...] = (duckdb.ConstraintException, psycopg.IntegrityError)
+_DRIVER_ERRORS: tuple[type[BaseException], ...] = (duckdb.Error, psycopg.Error)
 
 
 @dataclass
@@ -78,13 +93,15 @@ class Writer:
 
     def __init__(
         self,
-        conn: duckdb.DuckDBPyConnection,
+        conn: Any,
         *,
+        name: str = "duckdb-writer",
         max_batch: int = 512,
         linger_gap: float = LINGER_GAP_SECONDS,
         linger_max: float = LINGER_MAX_SECONDS,
     ) -> None:
         self._conn = conn
+        self._name = name
         self._max_batch = max_batch
         self._linger_gap = linger_gap
         self._linger_max = linger_max
@@ -100,7 +117,7 @@ class Writer:
     def start(self) -> None:
         """Start the writer thread."""
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="duckdb-writer", daemon=True)
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
             self._thread.start()
 
     def stop(self) -> None:
@@ -109,6 +126,11 @@ class Writer:
             self._queue.put(_STOP)
             self._thread.join()
             self._thread = None
+
+    def close_connection(self) -> None:
+        """Close the writer's connection (after stop())."""
+        with contextlib.suppress(*_DRIVER_ERRORS):
+            self._conn.close()
 
     @property
     def running(self) -> bool:
@@ -217,14 +239,12 @@ class Writer:
             return
         try:
             self._conn.commit()
-        except (
-            duckdb.ConstraintException
-        ) as exc:  # an item's fault found at commit: retried job by job as above
+        except _COMMIT_ITEM_FAULTS as exc:  # an item's fault found at commit: retried job by job as above
             self._rollback()
             self._refuse_alone(jobs, exc)
             return
         except (
-            duckdb.Error
+            _DRIVER_ERRORS
         ) as exc:  # every statement went through: the storage refused the commit (disk full)
             self._rollback()
             self._fault(jobs, exc)
@@ -276,5 +296,5 @@ class Writer:
 
     def _rollback(self) -> None:
         # The failed statement (or commit) may already have ended the transaction.
-        with contextlib.suppress(duckdb.Error):
+        with contextlib.suppress(*_DRIVER_ERRORS):
             self._conn.rollback()

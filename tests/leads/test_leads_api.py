@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from ingest.core.settings import Settings
-from tests.conftest import lead_body, query
+from tests.conftest import lead_body
 
 DESTINATIONS_ON = {
     "mailerlite_api_key": "ml-test-key",
@@ -27,12 +28,14 @@ DESTINATIONS_ON = {
 }
 
 
-def deliveries(path: Path, event_id: str) -> dict[str, tuple[str, str | None]]:
-    rows = query(path, "select destination, status, reason from deliveries where event_id = ?", [event_id])
+def deliveries(read_store: Callable[..., Any], event_id: str) -> dict[str, tuple[str, str | None]]:
+    rows = read_store("select destination, status, reason from deliveries where event_id = ?", [event_id])
     return {destination: (status, reason) for destination, status, reason in rows}
 
 
-def test_lead_is_stored_with_consent_and_outbox_rows(api: httpx.Client, settings: Settings) -> None:
+def test_lead_is_stored_with_consent_and_outbox_rows(
+    api: httpx.Client, settings: Settings, read_store: Callable[..., Any]
+) -> None:
     response = api.post(
         "/v1/leads", json=lead_body(email=" Ana.Teste@Example.COM "), headers={"User-Agent": "pytest-ua"}
     )
@@ -44,9 +47,8 @@ def test_lead_is_stored_with_consent_and_outbox_rows(api: httpx.Client, settings
     assert answer["consent_version_current"] is True
     assert answer["mailerlite"] == {"status": "disabled", "reason": "mailerlite is not configured"}
 
-    db = settings.attribution_db_path
-    [(email, phone, utm_source, status, consent_ip, user_agent)] = query(
-        db, "select email, phone, utm_source, status, consent_ip, consent_user_agent from leads"
+    [(email, phone, utm_source, status, consent_ip, user_agent)] = read_store(
+        "select email, phone, utm_source, status, consent_ip, consent_user_agent from leads"
     )
     assert (email, phone, utm_source, status) == (
         "Ana.Teste@example.com",
@@ -55,19 +57,21 @@ def test_lead_is_stored_with_consent_and_outbox_rows(api: httpx.Client, settings
         "lead",
     )
     assert (consent_ip, user_agent) == ("127.0.0.1", "pytest-ua")
-    [(marketing, analytics, method, source)] = query(
-        db, "select marketing_consent, analytics_consent, consent_method, source from consent_ledger"
+    [(marketing, analytics, method, source)] = read_store(
+        "select marketing_consent, analytics_consent, consent_method, source from consent_ledger"
     )
     assert (marketing, analytics, method, source) == (True, True, "modal", "lead")
-    assert set(deliveries(db, event_id)) == {"mailerlite", "crm", "sgtm", "meta"}
+    assert set(deliveries(read_store, event_id)) == {"mailerlite", "crm", "sgtm", "meta"}
 
 
-def test_configured_destinations_are_queued(api_with: Any, tmp_path: Path) -> None:
+def test_configured_destinations_are_queued(
+    api_with: Any, tmp_path: Path, read_store: Callable[..., Any]
+) -> None:
     client = api_with(**DESTINATIONS_ON)
     answer = client.post("/v1/leads", json=lead_body()).json()
     assert answer["mailerlite"]["status"] == "queued"
     assert answer["crm"]["status"] == "queued"
-    rows = deliveries(tmp_path / "attribution.duckdb", answer["event_id"])
+    rows = deliveries(read_store, answer["event_id"])
     assert {destination: status for destination, (status, _) in rows.items()}.keys() == {
         "mailerlite",
         "crm",
@@ -77,57 +81,67 @@ def test_configured_destinations_are_queued(api_with: Any, tmp_path: Path) -> No
     assert all(status in ("pending", "retrying", "delivered") for status, _ in rows.values())
 
 
-def test_no_marketing_consent_suppresses_mailerlite(api_with: Any, tmp_path: Path) -> None:
+def test_no_marketing_consent_suppresses_mailerlite(
+    api_with: Any, tmp_path: Path, read_store: Callable[..., Any]
+) -> None:
     client = api_with(**DESTINATIONS_ON)
     answer = client.post("/v1/leads", json=lead_body(marketing_consent=False, analytics_consent=False)).json()
     assert answer["mailerlite"] == {"status": "suppressed", "reason": "no marketing consent"}
     assert answer["crm"]["status"] == "queued"  # the CRM is the shop's own contact record, not marketing
-    rows = deliveries(tmp_path / "attribution.duckdb", answer["event_id"])
+    rows = deliveries(read_store, answer["event_id"])
     assert rows["sgtm"] == ("suppressed", "no analytics consent")
-    [(marketing,)] = query(tmp_path / "attribution.duckdb", "select marketing_consent from leads")
+    [(marketing,)] = read_store("select marketing_consent from leads")
     assert marketing is False
 
 
-def test_consent_gate_off_when_not_required(api_with: Any, tmp_path: Path) -> None:
+def test_consent_gate_off_when_not_required(
+    api_with: Any, tmp_path: Path, read_store: Callable[..., Any]
+) -> None:
     client = api_with(require_consent=False, **DESTINATIONS_ON)
     answer = client.post("/v1/leads", json=lead_body(marketing_consent=False, analytics_consent=False)).json()
     assert answer["mailerlite"]["status"] == "queued"
-    rows = deliveries(tmp_path / "attribution.duckdb", answer["event_id"])
+    rows = deliveries(read_store, answer["event_id"])
     assert rows["sgtm"][0] != "suppressed"
 
 
-def test_crm_lead_capture_can_be_turned_off(api_with: Any, tmp_path: Path) -> None:
+def test_crm_lead_capture_can_be_turned_off(
+    api_with: Any, tmp_path: Path, read_store: Callable[..., Any]
+) -> None:
     client = api_with(crm_enable_lead_capture=False, **DESTINATIONS_ON)
     answer = client.post("/v1/leads", json=lead_body()).json()
     assert answer["crm"]["status"] == "disabled"
-    assert "crm" not in deliveries(tmp_path / "attribution.duckdb", answer["event_id"])
+    assert "crm" not in deliveries(read_store, answer["event_id"])
 
 
-def test_same_event_and_email_is_a_duplicate(api: httpx.Client, settings: Settings) -> None:
+def test_same_event_and_email_is_a_duplicate(
+    api: httpx.Client, settings: Settings, read_store: Callable[..., Any]
+) -> None:
     event_id = str(uuid.uuid4())
     first = api.post("/v1/leads", json=lead_body(event_id=event_id))
     again = api.post("/v1/leads", json=lead_body(event_id=event_id, email="ANA.TESTE@example.com"))
     assert first.status_code == again.status_code == 200
     assert again.json()["duplicate"] is True
     assert again.json()["user_session_id"] == first.json()["user_session_id"]
-    db = settings.attribution_db_path
-    assert query(db, "select count(*) from leads") == [(1,)]
-    assert query(db, "select count(*) from consent_ledger") == [(1,)]
-    assert query(db, "select count(*) from deliveries") == [(4,)]
+    assert read_store("select count(*) from leads") == [(1,)]
+    assert read_store("select count(*) from consent_ledger") == [(1,)]
+    assert read_store("select count(*) from deliveries") == [(4,)]
 
 
-def test_same_event_other_email_is_a_conflict(api: httpx.Client, settings: Settings) -> None:
+def test_same_event_other_email_is_a_conflict(
+    api: httpx.Client, settings: Settings, read_store: Callable[..., Any]
+) -> None:
     event_id = str(uuid.uuid4())
     api.post("/v1/leads", json=lead_body(event_id=event_id))
     response = api.post("/v1/leads", json=lead_body(event_id=event_id, email="someone.else@example.com"))
     assert response.status_code == 409
     assert event_id in response.json()["message"]
-    db = settings.attribution_db_path
-    assert query(db, "select email from leads") == [("ana.teste@example.com",)]
-    assert query(db, "select count(*) from consent_ledger") == [(1,)]
+    assert read_store("select email from leads") == [("ana.teste@example.com",)]
+    assert read_store("select count(*) from consent_ledger") == [(1,)]
 
 
-def test_fifty_concurrent_posts_of_one_event_make_one_lead(api: httpx.Client, settings: Settings) -> None:
+def test_fifty_concurrent_posts_of_one_event_make_one_lead(
+    api: httpx.Client, settings: Settings, read_store: Callable[..., Any]
+) -> None:
     event_id = str(uuid.uuid4())
 
     async def post_all() -> list[httpx.Response]:
@@ -139,26 +153,27 @@ def test_fifty_concurrent_posts_of_one_event_make_one_lead(api: httpx.Client, se
     responses = asyncio.run(post_all())
     assert [r.status_code for r in responses] == [200] * 50
     assert sorted(r.json()["duplicate"] for r in responses) == [False] + [True] * 49
-    db = settings.attribution_db_path
-    assert query(db, "select count(*) from leads") == [(1,)]
-    assert query(db, "select count(*) from consent_ledger") == [(1,)]
-    assert query(db, "select count(*) from deliveries") == [(4,)]
+    assert read_store("select count(*) from leads") == [(1,)]
+    assert read_store("select count(*) from consent_ledger") == [(1,)]
+    assert read_store("select count(*) from deliveries") == [(4,)]
 
 
-def test_stale_consent_version_is_recorded_and_flagged(api: httpx.Client, settings: Settings) -> None:
+def test_stale_consent_version_is_recorded_and_flagged(
+    api: httpx.Client, settings: Settings, read_store: Callable[..., Any]
+) -> None:
     answer = api.post("/v1/leads", json=lead_body(consent_version="0.9")).json()
     assert answer["consent_version_current"] is False
-    db = settings.attribution_db_path
-    assert query(db, "select consent_version, consent_version_current from consent_ledger") == [
+    assert read_store("select consent_version, consent_version_current from consent_ledger") == [
         ("0.9", False)
     ]
 
 
-def test_timestamps_and_ga_client_id_are_normalised(api: httpx.Client, settings: Settings) -> None:
+def test_timestamps_and_ga_client_id_are_normalised(
+    api: httpx.Client, settings: Settings, read_store: Callable[..., Any]
+) -> None:
     body = lead_body(lead_created_at="2026-11-20T10:00:00+01:00", ga_client_id="GA1.1.123456789.1700000000")
     answer = api.post("/v1/leads", json=body).json()
-    [(created, ga)] = query(
-        settings.attribution_db_path,
+    [(created, ga)] = read_store(
         "select lead_created_at, ga_client_id from leads where event_id = ?",
         [answer["event_id"]],
     )
@@ -193,21 +208,27 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize(("change", "field"), BAD_INPUTS)
 def test_bad_input_is_a_4xx_naming_the_field(
-    api: httpx.Client, settings: Settings, change: dict[str, Any], field: str
+    api: httpx.Client,
+    settings: Settings,
+    change: dict[str, Any],
+    field: str,
+    read_store: Callable[..., Any],
 ) -> None:
     response = api.post("/v1/leads", json=lead_body(**change))
     assert response.status_code == 422, response.text
     body = response.json()
     assert field in body["message"]
     assert field in [error["field"] for error in body["errors"]]
-    assert query(settings.attribution_db_path, "select count(*) from leads") == [(0,)]
+    assert read_store("select count(*) from leads") == [(0,)]
 
 
-def test_unknown_fields_are_ignored_and_text_is_trimmed(api: httpx.Client, settings: Settings) -> None:
+def test_unknown_fields_are_ignored_and_text_is_trimmed(
+    api: httpx.Client, settings: Settings, read_store: Callable[..., Any]
+) -> None:
     body = lead_body(full_name="\ufeff  Ana Teste\u200b ", utm_source=" \u200b ", favourite_colour="teal")
     answer = api.post("/v1/leads", json=body)
     assert answer.status_code == 200, answer.text
-    rows = query(settings.attribution_db_path, "select full_name, utm_source from leads")
+    rows = read_store("select full_name, utm_source from leads")
     assert rows == [("Ana Teste", None)]
 
 
@@ -220,14 +241,16 @@ def test_missing_field_is_named(api: httpx.Client) -> None:
 
 
 @pytest.mark.parametrize("raw", [b"{not json", b"[1, 2, 3]", b"", b"\xff\xfe"])
-def test_malformed_body_is_refused(api: httpx.Client, settings: Settings, raw: bytes) -> None:
+def test_malformed_body_is_refused(
+    api: httpx.Client, settings: Settings, raw: bytes, read_store: Callable[..., Any]
+) -> None:
     response = api.post("/v1/leads", content=raw, headers={"Content-Type": "application/json"})
     assert response.status_code in (400, 422), response.text
     assert response.json()["message"]
-    assert query(settings.attribution_db_path, "select count(*) from leads") == [(0,)]
+    assert read_store("select count(*) from leads") == [(0,)]
 
 
-def test_oversized_body_is_413(api: httpx.Client, settings: Settings) -> None:
+def test_oversized_body_is_413(api: httpx.Client, settings: Settings, read_store: Callable[..., Any]) -> None:
     body = lead_body(referrer="https://example.com/" + "r" * 70_000)
     response = api.post("/v1/leads", json=body)
     assert response.status_code == 413
@@ -239,7 +262,7 @@ def test_oversized_body_is_413(api: httpx.Client, settings: Settings) -> None:
 
     streamed = api.post("/v1/leads", content=chunks(), headers={"Content-Type": "application/json"})
     assert streamed.status_code == 413
-    assert query(settings.attribution_db_path, "select count(*) from leads") == [(0,)]
+    assert read_store("select count(*) from leads") == [(0,)]
 
 
 @hypothesis_settings(

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import asyncpg
 import duckdb
+import psycopg
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -22,18 +22,15 @@ def _said(output: str) -> str:
     return " ".join(output.split())
 
 
-async def _postgres_columns(url: str) -> dict[str, list[str]]:
-    conn = await asyncpg.connect(url)
-    try:
-        rows = await conn.fetch(
+def _postgres_columns(url: str) -> dict[str, list[str]]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
             "select table_name, column_name from information_schema.columns where table_schema = 'public' "
             "order by table_name, ordinal_position"
-        )
-    finally:
-        await conn.close()
+        ).fetchall()
     columns: dict[str, list[str]] = {}
-    for row in rows:
-        columns.setdefault(row["table_name"], []).append(row["column_name"])
+    for table, column in rows:
+        columns.setdefault(table, []).append(column)
     return columns
 
 
@@ -56,29 +53,21 @@ def _duckdb_columns(path: Path) -> dict[str, list[str]]:
 def test_postgresql_gets_the_same_tables_and_columns_as_the_duckdb_file(
     postgres_url: str, tmp_path: Path
 ) -> None:
-    applied = asyncio.run(postgres.migrate(postgres_url))
+    applied = postgres.migrate(postgres_url)
     assert applied == [name for _, name, _ in postgres.available_migrations("postgresql")]
     assert len(applied) >= 3
-    assert asyncio.run(_postgres_columns(postgres_url)) == _duckdb_columns(tmp_path / "attribution.duckdb")
-    assert asyncio.run(postgres.migrate(postgres_url)) == []  # a second run applies nothing
+    assert _postgres_columns(postgres_url) == _duckdb_columns(tmp_path / "attribution.duckdb")
+    assert postgres.migrate(postgres_url) == []  # a second run applies nothing
 
 
 def test_instances_migrating_at_the_same_moment_apply_each_migration_once(postgres_url: str) -> None:
-    async def at_once() -> list[list[str]]:
-        return await asyncio.gather(*(postgres.migrate(postgres_url) for _ in range(6)))
-
-    results = asyncio.run(at_once())
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda _: postgres.migrate(postgres_url), range(6)))
     applied = [name for result in results for name in result]
     assert sorted(applied) == sorted(name for _, name, _ in postgres.available_migrations("postgresql"))
-
-    async def versions() -> list[int]:
-        conn = await asyncpg.connect(postgres_url)
-        try:
-            return [row["version"] for row in await conn.fetch("select version from schema_migrations")]
-        finally:
-            await conn.close()
-
-    assert sorted(asyncio.run(versions())) == [v for v, _, _ in postgres.available_migrations("postgresql")]
+    with psycopg.connect(postgres_url) as conn:
+        versions = [row[0] for row in conn.execute("select version from schema_migrations").fetchall()]
+    assert sorted(versions) == [v for v, _, _ in postgres.available_migrations("postgresql")]
 
 
 def test_db_migrate_command_on_postgresql(postgres_url: str) -> None:
