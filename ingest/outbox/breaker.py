@@ -51,6 +51,15 @@ class CircuitBreaker:
         """Start half-open, as after a cool-down: an outage recorded before a restart is probed before sending."""
         self.opened_at = self._clock() - self.cooldown
 
+    def follow(self, seconds_to_probe: float | None) -> None:
+        """Take the state other instances recorded for the destination (PostgreSQL): closed (None), or open with a
+        probe allowed in `seconds_to_probe`. Neither counts as this instance opening or closing the circuit."""
+        if seconds_to_probe is None:
+            self.opened_at = None
+            self.consecutive_failures = 0
+        else:
+            self.opened_at = self._clock() - self.cooldown + seconds_to_probe
+
     def start_probe(self) -> bool:
         """Take the one probe slot of a half-open circuit."""
         if self.state is not BreakerState.HALF_OPEN or self.probing:

@@ -255,4 +255,5 @@ def settle(
         delivered_at=delivered_at,
         subscriber_id=learned if claimed.destination == Destination.MAILERLITE.value else None,
         contact_id=learned if claimed.destination == Destination.CRM.value else None,
+        claim_token=claimed.claim_token,
     )

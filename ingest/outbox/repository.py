@@ -1,4 +1,10 @@
-"""Every SQL statement of the delivery worker, replay and the deliveries admin: claim, record, filter."""
+"""Every SQL statement of the delivery worker, replay and the deliveries admin: claim, record, filter.
+
+SQL is written once where DuckDB and PostgreSQL agree; the splits (`is_postgres`) say why. On PostgreSQL any number
+of instances claim from one table at the same moment: claims lock what they take (FOR UPDATE SKIP LOCKED, a
+transaction lock per journey), and what instances share about a destination (request slots, Retry-After, the
+circuit) lives in `delivery_lanes`.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,8 @@ import orjson
 import pyarrow as pa
 
 from ingest.core.vocabulary import WAITING, DeliveryStatus
+from ingest.store.postgres import is_postgres
+from ingest.store.rows import batch_select
 
 _LISTED_COLUMNS = (
     "delivery_id", "event_id", "user_session_id", "destination", "kind", "purpose", "idempotency_key",
@@ -55,6 +63,8 @@ class ClaimedDelivery:
     lead: dict[str, Any] | None
     consent_marketing: bool | None  # latest consent ledger row for the event_id or session; None: none
     consent_analytics: bool | None
+    claim_token: UUID | None = None  # the lease's token: its outcome is recorded only while it still holds
+    send_in: float | None = None  # seconds after the claim when its request slot starts (a shared rate limit)
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,7 @@ class RecordedOutcome:
     delivered_at: datetime | None
     subscriber_id: str | None
     contact_id: str | None
+    claim_token: UUID | None = None  # the lease it was sent under; refused once another claim holds the row
 
 
 @dataclass(frozen=True)
@@ -86,6 +97,7 @@ class Unclaimed:
 
     delivery_id: UUID
     not_before: datetime | None = None
+    claim_token: UUID | None = None
 
 
 @dataclass(frozen=True)
@@ -124,7 +136,7 @@ def _where(query: DeliveryQuery) -> tuple[str, list[Any]]:
         clauses.append("created_at < ?")
         params.append(query.until)
     if query.error is not None:
-        clauses.append("contains(lower(coalesce(last_error, '') || ' ' || coalesce(reason, '')), lower(?))")
+        clauses.append("strpos(lower(coalesce(last_error, '') || ' ' || coalesce(reason, '')), lower(?)) > 0")
         params.append(query.error)
     return " and ".join(clauses), params
 
@@ -134,36 +146,100 @@ def _uuids(values: Sequence[UUID | None]) -> list[str]:
 
 
 def release_all_claims(conn: duckdb.DuckDBPyConnection) -> int:
-    """Drop every lease; at start-up they all belong to a process that is gone."""
+    """Drop every lease (the embedded store at start-up: they all belong to a process that is gone)."""
     rows = conn.execute(
-        "update deliveries set claimed_until = null where claimed_until is not null returning delivery_id"
+        "update deliveries set claimed_until = null, claim_token = null where claimed_until is not null "
+        "returning delivery_id"
     ).fetchall()
     return len(rows)
+
+
+def expired_leases(conn: duckdb.DuckDBPyConnection, now: datetime) -> int:
+    """How many leases have run out without an outcome (their worker stopped): claims take them over."""
+    row = conn.execute(
+        "select count(*) from deliveries where claimed_until is not null and claimed_until < ?", [now]
+    ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def due_candidates(
     conn: duckdb.DuckDBPyConnection, limits: dict[str, int], now: datetime, urgent: Sequence[UUID]
 ) -> list[dict[str, Any]]:
-    """Due, unleased deliveries: the named urgent ones, then per destination the `limits[d]` due first."""
+    """Due, unleased deliveries: the named urgent ones, then per destination the `limits[d]` due first.
+
+    PostgreSQL: other instances claim at the same moment, so rows another claim has locked are skipped (and stay
+    locked by this one until its transaction ends), and so are journeys another instance has in flight there.
+    """
     columns = ", ".join(_CANDIDATE_COLUMNS)
+    shared = is_postgres(conn)
+    lock = " for update skip locked" if shared else ""
+    # A journey with a live lease at this destination waits (one delivery per destination and event_id out).
+    sibling = (
+        " and (event_id is null or not exists (select 1 from deliveries s where s.destination = "
+        "deliveries.destination and s.event_id = deliveries.event_id and s.claimed_until >= ?))"
+        if shared
+        else ""
+    )
     parts: list[str] = []
     params: list[Any] = []
     if urgent:
         parts.append(
-            f"(select {columns} from deliveries "  # noqa: S608 - fixed fragments
-            f"where delivery_id in (select unnest(?::uuid[])) and {_WAITING_DUE})"
+            f"select {columns} from deliveries "  # noqa: S608 - fixed fragments
+            f"where delivery_id in (select unnest(?::uuid[])) and {_WAITING_DUE}{sibling}{lock}"
         )
-        params += [_uuids(urgent), now, now]
+        params += [_uuids(urgent), now, now] + ([now] if shared else [])
     for destination, limit in limits.items():
         parts.append(
-            f"(select {columns} from deliveries where destination = ? and {_WAITING_DUE} "  # noqa: S608
-            "order by next_attempt_at, created_at limit ?)"
+            f"select {columns} from deliveries where destination = ? and {_WAITING_DUE}{sibling} "  # noqa: S608
+            f"order by next_attempt_at, created_at limit ?{lock}"
         )
-        params += [destination, now, now, limit]
+        params += [destination, now, now] + ([now] if shared else []) + [limit]
     if not parts:
         return []
-    cursor = conn.execute(" union all ".join(parts), params)
+    if shared:  # PostgreSQL refuses FOR UPDATE under UNION; each locking select is a CTE of its own
+        ctes = ", ".join(f"c{index} as ({part})" for index, part in enumerate(parts))
+        selects = " union all ".join(f"select * from c{index}" for index in range(len(parts)))  # noqa: S608
+        sql = f"with {ctes} {selects}"
+    else:
+        sql = " union all ".join(f"({part})" for part in parts)
+    cursor = conn.execute(sql, params)
     return [dict(zip(_CANDIDATE_COLUMNS, row, strict=True)) for row in cursor.fetchall()]
+
+
+# The namespace of the transaction locks a claim takes per (destination, event_id) on PostgreSQL ("outb"); the
+# other key is a hash of the pair. Two-key locks never meet the migrations' one-key lock.
+_JOURNEY_LOCKS = 1869968482
+
+
+def journeys_held_elsewhere(
+    conn: duckdb.DuckDBPyConnection, pairs: Sequence[tuple[str, UUID]], now: datetime
+) -> set[tuple[str, str]]:
+    """PostgreSQL: lock each (destination, event_id) about to be leased for this transaction, and name those
+    another claim holds right now or another instance has in flight (a live lease)."""
+    if not pairs:
+        return set()
+    destinations = [destination for destination, _ in pairs]
+    events = [str(event_id) for _, event_id in pairs]
+    locked = {
+        (row[0], row[1])
+        for row in conn.execute(
+            "select k.destination, k.event_id::varchar from unnest(?::text[], ?::uuid[]) as k(destination, event_id) "
+            "where pg_try_advisory_xact_lock(?, hashtext(k.destination || ':' || k.event_id::text))",
+            [destinations, events, _JOURNEY_LOCKS],
+        ).fetchall()
+    }
+    # A statement of its own, so a snapshot taken after the locks were ours: it sees the lease of any claim that
+    # committed before (a claim's locks are released only once its leases are visible).
+    leased = {
+        (row[0], row[1])
+        for row in conn.execute(
+            "select destination, event_id::varchar from deliveries "
+            "where claimed_until >= ? and event_id in (select unnest(?::uuid[]))",
+            [now, events],
+        ).fetchall()
+    }
+    wanted = set(zip(destinations, events, strict=True))
+    return (wanted - locked) | (wanted & leased)
 
 
 def any_due(conn: duckdb.DuckDBPyConnection, destinations: Sequence[str], now: datetime) -> bool:
@@ -175,11 +251,110 @@ def any_due(conn: duckdb.DuckDBPyConnection, destinations: Sequence[str], now: d
     return row is not None
 
 
-def lease(conn: duckdb.DuckDBPyConnection, ids: Sequence[UUID], until: datetime) -> None:
-    """Take the lease on these deliveries."""
+def lease(conn: duckdb.DuckDBPyConnection, ids: Sequence[UUID], until: datetime, token: UUID) -> None:
+    """Take the lease on these deliveries under one claim token."""
     conn.execute(
-        "update deliveries set claimed_until = ? where delivery_id in (select unnest(?::uuid[]))",
-        [until, _uuids(ids)],
+        "update deliveries set claimed_until = ?, claim_token = ? where delivery_id in (select unnest(?::uuid[]))",
+        [until, token, _uuids(ids)],
+    )
+
+
+# --- what instances share about a destination (PostgreSQL) --------------------------------------------------
+
+_LANE_COLUMNS = ("destination", "next_slot", "paused_until", "circuit_opened_at", "probe_at", "probe_until")
+_SERVER_NOW = "clock_timestamp() at time zone 'UTC'"  # the server's clock, naive UTC like every column
+
+
+@dataclass(frozen=True)
+class LaneState:
+    """One destination's row of `delivery_lanes`."""
+
+    destination: str
+    next_slot: datetime | None
+    paused_until: datetime | None
+    circuit_opened_at: datetime | None
+    probe_at: datetime | None
+    probe_until: datetime | None
+
+
+def lane_states(
+    conn: duckdb.DuckDBPyConnection, destinations: Sequence[str], *, lock: bool = False
+) -> tuple[datetime, dict[str, LaneState]]:
+    """The server's clock and these destinations' shared state; `lock`: hold their rows for this transaction,
+    skipping any another claim holds now (missing from the answer: try again shortly)."""
+    rows = conn.execute(
+        f"select {_SERVER_NOW}, {', '.join(_LANE_COLUMNS)} from delivery_lanes "  # noqa: S608 - fixed fragments
+        "where destination in (select unnest(?::text[]))" + (" for update skip locked" if lock else ""),
+        [list(destinations)],
+    ).fetchall()
+    if rows:
+        now: datetime = rows[0][0]
+    else:  # every row held by other claims (or none stored): the clock alone
+        found = conn.execute(f"select {_SERVER_NOW}").fetchone()
+        assert found is not None
+        now = found[0]
+    return now, {row[1]: LaneState(*row[1:]) for row in rows}
+
+
+def ensure_lane(conn: duckdb.DuckDBPyConnection, destination: str) -> None:
+    """Store a destination's lane row if it is missing (migration 008 stores those it knew)."""
+    conn.execute(
+        "insert into delivery_lanes (destination) values (?) on conflict (destination) do nothing",
+        [destination],
+    )
+
+
+def reserve_slots(conn: duckdb.DuckDBPyConnection, destination: str, next_slot: datetime) -> None:
+    """Move a destination's next free request slot (its row is locked by this claim)."""
+    conn.execute(
+        "update delivery_lanes set next_slot = ?, updated_at = ? where destination = ?",
+        [next_slot, next_slot, destination],
+    )
+
+
+def take_probe(conn: duckdb.DuckDBPyConnection, destination: str, lease_seconds: float) -> bool:
+    """Take the one probe of a half-open circuit for `lease_seconds`, unless another instance holds it (or its row)."""
+    row = conn.execute(
+        f"update delivery_lanes set probe_until = {_SERVER_NOW} + ? * interval '1 second', "  # noqa: S608
+        f"updated_at = {_SERVER_NOW} where destination = ("
+        "select destination from delivery_lanes where destination = ? and circuit_opened_at is not null "
+        f"and probe_at <= {_SERVER_NOW} and (probe_until is null or probe_until < {_SERVER_NOW}) "
+        "for update skip locked) returning destination",
+        [lease_seconds, destination],
+    ).fetchone()
+    return row is not None
+
+
+def record_circuit(
+    conn: duckdb.DuckDBPyConnection, destination: str, change: str, cooldown_seconds: float
+) -> None:
+    """One change of a destination's shared circuit, as its own statement (autocommit: it holds no lock after).
+
+    `opened`: open it unless open already; `probe_failed`: the next probe after a cool-down; `probe_released`: the
+    probe sent nothing, another may go; `closed`: a probe was answered.
+    """
+    sets = {
+        "opened": f"circuit_opened_at = coalesce(circuit_opened_at, {_SERVER_NOW}), probe_at = case when "
+        f"circuit_opened_at is null then {_SERVER_NOW} + ? * interval '1 second' else probe_at end",
+        "probe_failed": f"probe_at = {_SERVER_NOW} + ? * interval '1 second', probe_until = null",
+        "probe_released": "probe_until = null",
+        "closed": "circuit_opened_at = null, probe_at = null, probe_until = null",
+    }[change]
+    params: list[Any] = [cooldown_seconds] if "?" in sets else []
+    ensure_lane(conn, destination)
+    conn.execute(
+        f"update delivery_lanes set {sets}, updated_at = {_SERVER_NOW} where destination = ?",  # noqa: S608
+        [*params, destination],
+    )
+
+
+def record_pause(conn: duckdb.DuckDBPyConnection, destination: str, seconds: float) -> None:
+    """Hold every instance's requests to a destination for `seconds` (a 429's Retry-After), as its own statement."""
+    ensure_lane(conn, destination)
+    conn.execute(
+        f"update delivery_lanes set paused_until = greatest(paused_until, {_SERVER_NOW} + ? * interval '1 second'), "  # noqa: S608
+        f"updated_at = {_SERVER_NOW} where destination = ?",
+        [seconds, destination],
     )
 
 
@@ -206,12 +381,14 @@ def journeys(
     leads = {row[0]: dict(zip(_LEAD_COLUMNS, row[1:], strict=True)) for row in cursor.fetchall()}
     rows = conn.execute(
         """
-        select 'e', event_id::varchar, max(recorded_at), arg_max(marketing_consent, recorded_at),
-               arg_max(analytics_consent, recorded_at)
+        select 'e', event_id::varchar, max(recorded_at),
+               (array_agg(marketing_consent order by recorded_at desc))[1],
+               (array_agg(analytics_consent order by recorded_at desc))[1]
         from consent_ledger where event_id in (select unnest(?::uuid[])) group by event_id
         union all
-        select 's', user_session_id::varchar, max(recorded_at), arg_max(marketing_consent, recorded_at),
-               arg_max(analytics_consent, recorded_at)
+        select 's', user_session_id::varchar, max(recorded_at),
+               (array_agg(marketing_consent order by recorded_at desc))[1],
+               (array_agg(analytics_consent order by recorded_at desc))[1]
         from consent_ledger where user_session_id in (select unnest(?::uuid[])) group by user_session_id
         """,
         [events, sessions],
@@ -221,7 +398,9 @@ def journeys(
     return Journeys(leads, by_event, by_session)
 
 
-def claimed_delivery(row: dict[str, Any], journeys: Journeys) -> ClaimedDelivery:
+def claimed_delivery(
+    row: dict[str, Any], journeys: Journeys, token: UUID | None = None, send_in: float | None = None
+) -> ClaimedDelivery:
     """A candidate row with its lead and the latest consent decision of its event_id or session."""
     event_id = str(row["event_id"]) if row["event_id"] is not None else None
     found = [
@@ -248,6 +427,8 @@ def claimed_delivery(row: dict[str, Any], journeys: Journeys) -> ClaimedDelivery
         lead=journeys.leads.get(event_id) if event_id is not None else None,
         consent_marketing=latest[1] if latest else None,
         consent_analytics=latest[2] if latest else None,
+        claim_token=token,
+        send_in=send_in,
     )
 
 
@@ -270,6 +451,7 @@ _OUTCOME_SCHEMA = pa.schema(
         ("delivered_at", pa.timestamp("us")),
         ("subscriber_id", pa.string()),
         ("contact_id", pa.string()),
+        ("claim_token", pa.string()),
     ]
 )
 
@@ -284,88 +466,139 @@ def _arrow(items: Sequence[Any], schema: pa.Schema) -> pa.Table:
     return pa.table(columns, schema=schema)
 
 
+# How an outcome moves its delivery (`b` is the batch of outcomes), written once for both engines.
+_MOVE_DELIVERY = """
+    update deliveries set
+        status = case when deliveries.status = 'suppressed' and b.status <> 'delivered'
+                      then 'suppressed' else b.status end,
+        reason = case when deliveries.status = 'suppressed' and b.status <> 'delivered'
+                      then deliveries.reason else b.reason end,
+        next_attempt_at = case when deliveries.status = 'suppressed' and b.status <> 'delivered'
+                               then null else b.next_attempt_at end,
+        last_error = case when b.attempted then b.error else deliveries.last_error end,
+        attempt_count = deliveries.attempt_count + case when b.attempted then 1 else 0 end,
+        failure_count = deliveries.failure_count + b.spent,
+        delivered_at = coalesce(b.delivered_at, deliveries.delivered_at),
+        claimed_until = null,
+        claim_token = null,
+        updated_at = ?
+    from {batch} b
+    where deliveries.delivery_id = b.delivery_id{uuid} and deliveries.claim_token is not distinct from b.claim_token{uuid}
+    returning deliveries.delivery_id
+"""
+_ATTEMPT_INSERT = (
+    "insert into delivery_attempts "
+    "(delivery_id, attempt_number, started_at, duration_ms, status_code, response_body, error, outcome) "
+)
+_LEARNED = """
+    update leads set
+        mailerlite_subscriber_id = coalesce(b.subscriber_id, leads.mailerlite_subscriber_id),
+        crm_contact_id = coalesce(b.contact_id, leads.crm_contact_id),
+        updated_at = ?
+    from (
+        select event_id{uuid} as event_id, max(subscriber_id) as subscriber_id, max(contact_id) as contact_id
+        from {batch}
+        where event_id is not null and (subscriber_id is not null or contact_id is not null)
+        group by event_id
+    ) b
+    where leads.event_id = b.event_id
+"""
+
+
 def record_outcomes(
     conn: duckdb.DuckDBPyConnection, outcomes: Sequence[RecordedOutcome], now: datetime
-) -> None:
-    """Append the attempts and move the deliveries (and the ids learned onto leads) in three statements.
+) -> set[UUID]:
+    """Move the deliveries, append the attempts and put the ids learned onto leads; return the deliveries whose
+    outcome was recorded.
 
-    A delivery suppressed by a consent withdrawal while its request was in flight stays suppressed unless the
-    request did deliver it: the row then says what really happened.
+    Only outcomes whose claim token still holds the row are recorded: a worker whose lease ran out and was taken
+    over (another instance claimed the row) is refused, so it cannot overwrite the new owner's result; the new
+    owner sends again with the same idempotency key. A delivery suppressed by a consent withdrawal while its request
+    was in flight stays suppressed unless the request did deliver it: the row then says what really happened.
     """
     if not outcomes:
-        return
+        return set()
+    if is_postgres(conn):  # no arrow tables there: the batch travels as unnested arrays
+        return _record_outcomes_postgres(conn, outcomes, now)
     conn.register("_outcome_batch", _arrow(outcomes, _OUTCOME_SCHEMA))
     try:
+        moved = conn.execute(_MOVE_DELIVERY.format(batch="_outcome_batch", uuid="::uuid"), [now]).fetchall()
+        recorded = {row[0] for row in moved}
+        if len(recorded) < len({item.delivery_id for item in outcomes}):  # some refused: keep the others only
+            conn.unregister("_outcome_batch")
+            outcomes = [item for item in outcomes if item.delivery_id in recorded]
+            conn.register("_outcome_batch", _arrow(outcomes, _OUTCOME_SCHEMA))
+        if not outcomes:
+            return recorded
         conn.execute(
-            """
-            insert into delivery_attempts
-                (delivery_id, attempt_number, started_at, duration_ms, status_code, response_body, error, outcome)
-            select delivery_id::uuid, attempt_number, started_at, duration_ms, status_code, response_body,
-                   error, outcome
-            from _outcome_batch where attempted
-            """
+            _ATTEMPT_INSERT  # noqa: S608 - fixed fragments
+            + "select delivery_id::uuid, attempt_number, started_at, duration_ms, status_code, response_body, "
+            "error, outcome from _outcome_batch where attempted"
         )
-        conn.execute(
-            """
-            update deliveries set
-                status = case when deliveries.status = 'suppressed' and b.status <> 'delivered'
-                              then 'suppressed' else b.status end,
-                reason = case when deliveries.status = 'suppressed' and b.status <> 'delivered'
-                              then deliveries.reason else b.reason end,
-                next_attempt_at = case when deliveries.status = 'suppressed' and b.status <> 'delivered'
-                                       then null else b.next_attempt_at end,
-                last_error = case when b.attempted then b.error else deliveries.last_error end,
-                attempt_count = deliveries.attempt_count + case when b.attempted then 1 else 0 end,
-                failure_count = deliveries.failure_count + b.spent,
-                delivered_at = coalesce(b.delivered_at, deliveries.delivered_at),
-                claimed_until = null,
-                updated_at = ?
-            from _outcome_batch b
-            where deliveries.delivery_id = b.delivery_id::uuid
-            """,
-            [now],
-        )
-        learned = [item for item in outcomes if item.subscriber_id or item.contact_id]
-        if learned:
-            conn.execute(
-                """
-                update leads set
-                    mailerlite_subscriber_id = coalesce(b.subscriber_id, leads.mailerlite_subscriber_id),
-                    crm_contact_id = coalesce(b.contact_id, leads.crm_contact_id),
-                    updated_at = ?
-                from (
-                    select event_id::uuid as event_id, max(subscriber_id) as subscriber_id,
-                           max(contact_id) as contact_id
-                    from _outcome_batch
-                    where event_id is not null and (subscriber_id is not null or contact_id is not null)
-                    group by event_id
-                ) b
-                where leads.event_id = b.event_id
-                """,
-                [now],
-            )
+        if any(item.subscriber_id or item.contact_id for item in outcomes):
+            conn.execute(_LEARNED.format(batch="_outcome_batch", uuid="::uuid"), [now])
+        return recorded
     finally:
         conn.unregister("_outcome_batch")
 
 
-_UNCLAIMED_SCHEMA = pa.schema([("delivery_id", pa.string()), ("not_before", pa.timestamp("us"))])
+_OUTCOME_FIELDS = tuple(field.name for field in _OUTCOME_SCHEMA)
+_OUTCOME_CASTS = {"attempted": "boolean", "spent": "integer", "subscriber_id": "text", "contact_id": "text"}
 
 
-def release_claims(conn: duckdb.DuckDBPyConnection, released: Sequence[Unclaimed]) -> None:
-    """Give leases back without an attempt, pushing each row's next attempt to its `not_before`."""
+def _record_outcomes_postgres(conn: Any, outcomes: Sequence[RecordedOutcome], now: datetime) -> set[UUID]:
+    """record_outcomes in one statement: the move, then the attempts and learned ids of the rows it moved."""
+    types = {**conn.column_types("delivery_attempts"), **conn.column_types("deliveries")}
+    casts = {name: types[name] for name in _OUTCOME_FIELDS if name in types} | _OUTCOME_CASTS
+    rows = [{name: getattr(item, name) for name in _OUTCOME_FIELDS} for item in outcomes]
+    select, params = batch_select(_OUTCOME_FIELDS, rows, casts)
+    sql = f"""
+        with b as (select {select}),
+        moved as ({_MOVE_DELIVERY.format(batch="b", uuid="")}),
+        kept as (select b.* from b join moved using (delivery_id)),
+        attempts as (
+            {_ATTEMPT_INSERT}
+            select delivery_id, attempt_number, started_at, duration_ms, status_code, response_body, error, outcome
+            from kept where attempted
+        ),
+        learned as ({_LEARNED.format(batch="kept", uuid="")})
+        select delivery_id from moved
+    """  # noqa: S608 - fixed fragments; values travel as parameters
+    return {row[0] for row in conn.execute(sql, [*params, now, now]).fetchall()}
+
+
+_UNCLAIMED_SCHEMA = pa.schema(
+    [("delivery_id", pa.string()), ("not_before", pa.timestamp("us")), ("claim_token", pa.string())]
+)
+_RELEASE = """
+    update deliveries set
+        claimed_until = null,
+        claim_token = null,
+        next_attempt_at = greatest(deliveries.next_attempt_at, coalesce(b.not_before, deliveries.next_attempt_at))
+    from {batch} b
+    where deliveries.delivery_id = b.delivery_id{uuid} and deliveries.claim_token is not distinct from b.claim_token{uuid}
+    returning deliveries.delivery_id
+"""
+
+
+def release_claims(conn: duckdb.DuckDBPyConnection, released: Sequence[Unclaimed]) -> set[UUID]:
+    """Give leases back without an attempt, pushing each row's next attempt to its `not_before`; return those
+    given back (a lease another claim has taken over since is not this worker's to give)."""
     if not released:
-        return
+        return set()
+    if is_postgres(conn):  # no arrow tables there: the batch travels as unnested arrays
+        batch = [
+            {"delivery_id": item.delivery_id, "not_before": item.not_before, "claim_token": item.claim_token}
+            for item in released
+        ]
+        casts = {"delivery_id": "uuid", "not_before": "timestamp", "claim_token": "uuid"}
+        select, params = batch_select(("delivery_id", "not_before", "claim_token"), batch, casts)
+        sql = f"with b as (select {select}) {_RELEASE.format(batch='b', uuid='')}"
+        return {row[0] for row in conn.execute(sql, params).fetchall()}
     conn.register("_unclaimed_batch", _arrow(released, _UNCLAIMED_SCHEMA))
     try:
-        conn.execute(
-            """
-            update deliveries set
-                claimed_until = null,
-                next_attempt_at = greatest(deliveries.next_attempt_at, coalesce(b.not_before, deliveries.next_attempt_at))
-            from _unclaimed_batch b
-            where deliveries.delivery_id = b.delivery_id::uuid
-            """
-        )
+        rows = conn.execute(_RELEASE.format(batch="_unclaimed_batch", uuid="::uuid")).fetchall()
+        return {row[0] for row in rows}
     finally:
         conn.unregister("_unclaimed_batch")
 
@@ -480,7 +713,8 @@ def deliveries_by_status(conn: duckdb.DuckDBPyConnection) -> dict[str, dict[str,
     """Delivery counts by destination, then status."""
     result: dict[str, dict[str, int]] = {}
     for destination, status, count in conn.execute(
-        "select destination, status, count(*) from deliveries group by all order by all"
+        "select destination, status, count(*) from deliveries group by destination, status "
+        "order by destination, status"
     ).fetchall():
         result.setdefault(destination, {})[status] = int(count)
     return result
@@ -493,7 +727,7 @@ def sent_or_waiting(
     are delivered or still waiting to be sent."""
     rows = conn.execute(
         """
-        select event_id::varchar, destination, kind, coalesce(json_extract_string(payload, '$.transaction_id'), ''),
+        select event_id::varchar, destination, kind, coalesce(payload->>'transaction_id', ''),
                status, created_at
         from deliveries
         where status in ('pending', 'retrying', 'delivered') and event_id in (select unnest(?::uuid[]))

@@ -1,5 +1,9 @@
 """The delivery worker: an asyncio loop in the API process that claims due outbox rows through the writer,
-sends them with per-destination concurrency, pacing and a circuit breaker, and records every attempt."""
+sends them with per-destination concurrency, pacing and a circuit breaker, and records every attempt.
+
+On PostgreSQL every instance runs one, claiming from the same table: what they must agree on (the requests per
+minute a destination allows, its circuit, Retry-After pauses) is shared through `delivery_lanes` (see leases.py);
+each worker's own breaker and pacer then follow what its claims read there."""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from typing import Any
 from uuid import UUID
 
 import duckdb
+import psycopg
 
 from ingest.core.clock import utcnow
 from ingest.core.settings import Settings
@@ -26,11 +31,16 @@ from ingest.outbox.delivery import PROBE_FAILED, AttemptResult, Verdict, deliver
 from ingest.outbox.destinations import DestinationClient, build_clients, destination_limits
 from ingest.outbox.destinations.mailerlite import ensure_mailerlite_fields
 from ingest.outbox.leases import (
+    Claim,
     ClaimRequest,
     Flush,
+    LaneChange,
+    LaneView,
     any_due,
     claim_deliveries,
+    expired_leases,
     record_deliveries,
+    record_lane_change,
     release_all_deliveries,
 )
 from ingest.outbox.pacing import Pacer
@@ -73,6 +83,10 @@ class _Lane:
     # Why nothing is claimed for it now (MailerLite: our custom fields not ensured yet), else None.
     held: str | None = None
     setup_failed: bool = False  # its set-up was tried and failed: held until a retry succeeds
+    # PostgreSQL: seconds between requests for all instances together (0: unlimited), paced by the store, and
+    # until when (time.monotonic()) claiming for it is not worth a try (its next free slot, a shared pause).
+    shared_interval: float = 0.0
+    not_before: float = 0.0
 
     def observe(self, result: AttemptResult) -> None:
         """Fold a request's duration into the moving average that sizes claims."""
@@ -92,7 +106,7 @@ class _Lane:
 
     def claimable(self) -> tuple[int, bool, bool]:
         """(How many it could take now, whether that is worth a claim on its own, whether it is a probe)."""
-        if self.held is not None or self.pacer.paused_for() > 0:
+        if self.held is not None or self.pacer.paused_for() > 0 or self.not_before > time.monotonic():
             return 0, False, False
         state = self.breaker.state
         if state is BreakerState.OPEN:
@@ -115,7 +129,7 @@ class _Recorder:
 
     def __init__(self, writer: Writer) -> None:
         self._writer = writer
-        self._pending: list[tuple[RecordedOutcome | Unclaimed, asyncio.Future[None]]] = []
+        self._pending: list[tuple[RecordedOutcome | Unclaimed, asyncio.Future[bool]]] = []
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._retrying = False  # the last flush found the store unable to write
@@ -125,12 +139,13 @@ class _Recorder:
         """Start the flushing task."""
         self._task = asyncio.create_task(self._run(), name="delivery-recorder")
 
-    async def record(self, item: RecordedOutcome | Unclaimed) -> None:
-        """Queue an outcome (or a given-back lease) and wait until it is committed."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def record(self, item: RecordedOutcome | Unclaimed) -> bool:
+        """Queue an outcome (or a given-back lease) and wait until it is committed; False when it was refused, as
+        another claim holds the delivery's lease now (this one's ran out)."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
         self._ready.set()
-        await future
+        return await future
 
     async def _run(self) -> None:
         last_flush = -RECORD_INTERVAL_SECONDS
@@ -154,7 +169,7 @@ class _Recorder:
             released=tuple(item for item, _ in taken if isinstance(item, Unclaimed)),
         )
         try:
-            await self._writer.submit(record_deliveries, flush)
+            refused = await self._writer.submit(record_deliveries, flush)
         except WriterStopped as exc:
             # Stopping: nothing of this flush is committed; its leases stay, so the next start sends those again.
             log.warning("delivery outcomes not recorded: the writer stopped", extra={"count": len(taken)})
@@ -182,13 +197,13 @@ class _Recorder:
         if self._retrying:
             log.warning("delivery outcomes recorded again", extra={"count": len(taken)})
             self._retrying = False
-        for _, future in taken:
+        for item, future in taken:
             if not future.done():
-                future.set_result(None)
+                future.set_result(item.delivery_id not in refused)
 
     @staticmethod
     def _fail(
-        taken: list[tuple[RecordedOutcome | Unclaimed, asyncio.Future[None]]], exc: BaseException
+        taken: list[tuple[RecordedOutcome | Unclaimed, asyncio.Future[bool]]], exc: BaseException
     ) -> None:
         for _, future in taken:
             if not future.done():
@@ -232,14 +247,18 @@ class DeliveryWorker:
         self._settings = settings
         self._clients = clients if clients is not None else build_clients(settings)
         self._rng = rng or random.Random()
+        # Other instances may claim from this store: requests per minute, circuits and pauses are shared there.
+        self._shared = database.engine == "postgresql"
         self._lanes: dict[Destination, _Lane] = {}
         for destination in Destination:
             concurrency, per_minute = destination_limits(settings, destination)
+            shared_pacing = self._shared and per_minute > 0
             self._lanes[destination] = _Lane(
                 destination=destination,
                 client=self._clients.get(destination),
                 concurrency=concurrency,
-                pacer=Pacer(per_minute),
+                pacer=Pacer(0 if shared_pacing else per_minute),  # shared: the claim gives each its slot
+                shared_interval=60.0 / per_minute if shared_pacing else 0.0,
                 breaker=CircuitBreaker(
                     settings.attribution_circuit_breaker_threshold,
                     settings.attribution_circuit_breaker_cooldown_seconds,
@@ -256,12 +275,27 @@ class DeliveryWorker:
         self._urgent: set[UUID] = set()
         self._found_none = False  # the last claim leased nothing: the next one reads before it writes
         self._preparing: asyncio.Task[None] | None = None
+        self._lane_changes: asyncio.Queue[LaneChange] = asyncio.Queue()
+        self._sharing: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Release leases a dead process left behind, then start claiming."""
-        released = await self._database.writer.submit(release_all_deliveries, None)
-        if released:
-            log.warning("released deliveries left in flight by a previous run", extra={"count": released})
+        """Release leases a dead process left behind (embedded store), then start claiming.
+
+        On PostgreSQL nothing is released: the leases found belong to other instances, live ones are theirs, and a
+        stopped instance's are taken over by any claim once they expire (ATTRIBUTION_DELIVERY_LEASE_SECONDS).
+        """
+        if self._shared:
+            expired = await asyncio.to_thread(self._database.read, expired_leases)
+            if expired:
+                log.warning(
+                    "deliveries a stopped instance left in flight are taken over (their leases ran out)",
+                    extra={"count": expired},
+                )
+            self._sharing = asyncio.create_task(self._share_lane_changes(), name="delivery-lane-changes")
+        else:
+            released = await self._database.writer.submit(release_all_deliveries, None)
+            if released:
+                log.warning("released deliveries left in flight by a previous run", extra={"count": released})
         self._recorder.start()
         self._preparing = self._prepare_mailerlite()
         self._dispatcher = asyncio.create_task(self._dispatch(), name="delivery-dispatcher")
@@ -283,6 +317,7 @@ class DeliveryWorker:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         await self._recorder.close()
+        await self._stop_sharing()
         for client in self._clients.values():
             await client.aclose()
         for futures in self._waiters.values():
@@ -402,7 +437,10 @@ class DeliveryWorker:
                 sleep = await self._claim_round(poll)
             except WriterStopped:
                 return
-            except duckdb.Error:
+            except StoreUnavailable as exc:  # the store cannot write or answer now: nothing was leased
+                log.warning("claiming deliveries waits for the store", extra={"error": str(exc)[:300]})
+                sleep = poll
+            except (duckdb.Error, psycopg.Error):
                 # A failed claim rolled back and leased nothing; say so loudly and try again after a poll.
                 log.exception("claiming deliveries failed")
                 sleep = poll
@@ -426,15 +464,20 @@ class DeliveryWorker:
                 if probe:
                     probes.add(lane.destination)
                 continue
-            for wait in (lane.breaker.seconds_to_probe(), lane.pacer.paused_for() or None):
+            not_before = lane.not_before - time.monotonic()
+            for wait in (
+                lane.breaker.seconds_to_probe(),
+                lane.pacer.paused_for() or None,
+                not_before if not_before > 0 else None,
+            ):
                 if wait is not None:
                     sleep = min(sleep, wait + 0.001)
         worth_it = worth_it or bool(self._urgent)  # a lead capture is waiting for one of them
         try:
             if worth_it and self._found_none and not self._urgent:
                 # The last claim found nothing: look with a read first, so an idle worker commits nothing (the
-                # replica publisher republishes after every commit). Only this worker claims, so a row the read
-                # misses is simply claimed at the next poll.
+                # replica publisher republishes after every commit); a row the read misses is claimed at the next
+                # poll (or by another instance).
                 worth_it = await asyncio.to_thread(
                     self._database.read, functools.partial(any_due, list(limits))
                 )
@@ -450,18 +493,40 @@ class DeliveryWorker:
             for event_id in lane.inflight.values()
             if event_id is not None
         )
-        request = ClaimRequest(utcnow(), limits, busy, tuple(self._urgent), lease=self._lease)
+        inflight = frozenset(delivery for lane in self._lanes.values() for delivery in lane.inflight)
+        paced = {
+            lane.destination.value: lane.shared_interval
+            for lane in self._lanes.values()
+            if lane.shared_interval and lane.client is not None
+        }
+        request = ClaimRequest(
+            utcnow(),
+            limits,
+            busy,
+            tuple(self._urgent),
+            lease=self._lease,
+            inflight=inflight,
+            paced=paced,
+            horizon=PACING_HORIZON_SECONDS,
+        )
         try:
-            claimed = await self._database.writer.submit(claim_deliveries, request)
+            claim: Claim = await self._database.writer.submit(claim_deliveries, request)
         except BaseException:
             for destination in probes:
                 self._lanes[destination].breaker.probing = False
             raise
+        claimed_at = time.monotonic()
+        claimed = claim.deliveries
         self._found_none = not claimed
         got: Counter[str] = Counter(item.destination for item in claimed)
         for destination in probes:
             if not got[destination.value]:
                 self._lanes[destination].breaker.probing = False  # nothing due to probe with yet
+        for name, view in claim.lanes.items():
+            if self._follow(self._lanes[Destination(name)], view, poll):
+                probes.add(Destination(name))
+            else:
+                probes.discard(Destination(name))
         for item in claimed:
             lane = self._lanes[Destination(item.destination)]
             if item.delivery_id in lane.inflight:
@@ -469,12 +534,66 @@ class DeliveryWorker:
             probe = lane.destination in probes
             self._urgent.discard(item.delivery_id)
             lane.inflight[item.delivery_id] = item.event_id
-            task = asyncio.create_task(self._send(lane, item, probe))
+            due = claimed_at + item.send_in if item.send_in is not None else None
+            task = asyncio.create_task(self._send(lane, item, probe, due))
             self._tasks.add(task)
             task.add_done_callback(self._task_done)
         if any(got[destination] >= limit for destination, limit in limits.items()):
             return 0.0  # there may be more due: look again as soon as there is room
         return sleep
+
+    def _follow(self, lane: _Lane, view: LaneView, poll: float) -> bool:
+        """Take what a claim read of the destination's shared state into the lane; whether its claimed delivery (if
+        any) is the circuit's probe."""
+        breaker = lane.breaker
+        if view.probe:  # this claim holds the one probe of a half-open circuit
+            if not breaker.probing:
+                breaker.follow(0.0)
+                breaker.start_probe()
+            return True
+        breaker.probing = False
+        if not view.circuit_open:
+            if breaker.opened_at is not None:
+                breaker.follow(None)  # another instance's probe closed it
+            if view.wait:
+                lane.not_before = time.monotonic() + view.wait
+        elif view.probing_elsewhere:
+            breaker.follow(min(view.wait if view.wait is not None else poll, poll))  # ask again shortly
+        else:
+            breaker.follow(view.wait or 0.0)
+        return False
+
+    def _share(self, change: LaneChange) -> None:
+        """Queue a change of what instances share about a destination (PostgreSQL), applied in order."""
+        if self._shared and self._sharing is not None:
+            self._lane_changes.put_nowait(change)
+
+    async def _share_lane_changes(self) -> None:
+        while True:
+            change = await self._lane_changes.get()
+            try:
+                await asyncio.to_thread(self._database.read, functools.partial(record_lane_change, change))
+            except (StoreUnavailable, psycopg.Error) as exc:
+                # Only this instance then holds it: the others find the outage (or the pause) themselves.
+                log.warning(
+                    "a destination's shared state could not be recorded",
+                    extra={
+                        "destination": change.destination,
+                        "change": change.change,
+                        "error": str(exc)[:300],
+                    },
+                )
+            finally:
+                self._lane_changes.task_done()
+
+    async def _stop_sharing(self) -> None:
+        if self._sharing is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._lane_changes.join(), timeout=2.0)
+        self._sharing.cancel()
+        await asyncio.gather(self._sharing, return_exceptions=True)
+        self._sharing = None
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -483,48 +602,91 @@ class DeliveryWorker:
 
     # -- sending --
 
-    async def _send(self, lane: _Lane, claimed: ClaimedDelivery, probe: bool) -> None:
+    async def _send(
+        self, lane: _Lane, claimed: ClaimedDelivery, probe: bool, due: float | None = None
+    ) -> None:
+        probe_told = False  # the shared circuit heard this probe's answer
         try:
             async with lane.semaphore:
                 if not probe and lane.breaker.state is not BreakerState.CLOSED:
-                    await self._recorder.record(Unclaimed(claimed.delivery_id))
+                    await self._give_back(claimed, Unclaimed(claimed.delivery_id, None, claimed.claim_token))
                     return
                 paused = lane.pacer.paused_for()
                 if paused > LONG_PAUSE_SECONDS:
                     not_before = utcnow() + timedelta(seconds=paused)
-                    await self._recorder.record(Unclaimed(claimed.delivery_id, not_before))
+                    await self._give_back(
+                        claimed, Unclaimed(claimed.delivery_id, not_before, claimed.claim_token)
+                    )
                     return
-                # Only a request takes a rate-limit slot; a delivery gated by consent or configuration does not.
-                if (
-                    lane.client is not None
-                    and lane.pacer.holds()
-                    and send_time_gate(claimed, self._settings) is None
-                ):
-                    wait = lane.pacer.reserve()
+                # Only a request waits for a rate-limit slot; a delivery gated by consent or configuration does not
+                # (on PostgreSQL its slot was reserved by the claim, `due`, and is left unused).
+                if lane.client is not None and send_time_gate(claimed, self._settings) is None:
+                    wait = due - time.monotonic() if due is not None else 0.0
+                    if lane.pacer.holds():
+                        wait = max(wait, lane.pacer.reserve())
                     if wait > 0:
                         await asyncio.sleep(wait)
                 result = await deliver_one(lane.client, claimed, settings=self._settings, now=utcnow())
             before = lane.breaker.state
             lane.breaker.record(result, probe=probe)
             self._log_breaker(lane, before)
+            probe_told = self._share_breaker(lane, before, result, probe)
             lane.observe(result)
             if result.verdict is Verdict.RATE_LIMITED and result.retry_after:
                 lane.pacer.pause(result.retry_after)
+                self._share(LaneChange(lane.destination.value, "paused", result.retry_after))
             if result.attempted:
                 lane.sent += 1
             outcome = settle(
                 claimed, result, settings=self._settings, now=utcnow(), rng=self._rng, probe=probe
             )
-            await self._recorder.record(outcome)
+            if not await self._recorder.record(outcome):
+                self._log_refused(lane, claimed)
+                return
             self._log_outcome(lane, claimed, outcome)
         finally:
             if probe:
                 lane.breaker.probing = False
+                if not probe_told:  # given back unsent, or cut off: another instance may probe
+                    self._share(LaneChange(lane.destination.value, "probe_released"))
             lane.inflight.pop(claimed.delivery_id, None)
             for future in self._waiters.get(claimed.delivery_id, []):
                 if not future.done():
                     future.set_result(None)
             self._wake.set()
+
+    async def _give_back(self, claimed: ClaimedDelivery, unclaimed: Unclaimed) -> None:
+        if not await self._recorder.record(unclaimed):
+            self._log_refused(self._lanes[Destination(claimed.destination)], claimed)
+
+    def _share_breaker(self, lane: _Lane, before: BreakerState, result: AttemptResult, probe: bool) -> bool:
+        """Tell other instances what this attempt did to the circuit (PostgreSQL); whether a probe's answer was."""
+        if not self._shared:
+            return False
+        cooldown = self._settings.attribution_circuit_breaker_cooldown_seconds
+        after = lane.breaker.state
+        if probe:
+            if after is BreakerState.CLOSED:
+                change = "closed"
+            elif result.outage:
+                change = "probe_failed"
+            else:
+                change = "probe_released"  # nothing was sent: another probe may go
+            self._share(LaneChange(lane.destination.value, change, cooldown))
+            return True
+        if before is BreakerState.CLOSED and after is not BreakerState.CLOSED:
+            self._share(LaneChange(lane.destination.value, "opened", cooldown))
+        return False
+
+    def _log_refused(self, lane: _Lane, claimed: ClaimedDelivery) -> None:
+        log.warning(
+            "delivery outcome refused: its lease ran out and another claim holds the delivery now",
+            extra={
+                "delivery_id": str(claimed.delivery_id),
+                "event_id": str(claimed.event_id) if claimed.event_id else None,
+                "destination": lane.destination.value,
+            },
+        )
 
     def _log_outcome(self, lane: _Lane, claimed: ClaimedDelivery, outcome: RecordedOutcome) -> None:
         if outcome.status != DeliveryStatus.DEAD and outcome.outcome not in _WORTH_LOGGING:

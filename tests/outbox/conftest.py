@@ -1,4 +1,8 @@
-"""Forwarding fixtures: the sandbox fakes, settings pointed at them, and a real worker over a real database."""
+"""Forwarding fixtures: the sandbox fakes, settings pointed at them, and a real worker over a real database.
+
+The package runs on both engines: `store` is the `engine` fixture, so every test that takes it (or `settings`,
+`api`, `api_with`) runs once on the embedded DuckDB file and once on a fresh PostgreSQL database; a test that needs
+the DuckDB file itself does not take it and says why."""
 
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from ingest.leads.service import capture_leads, plan_lead
 from ingest.outbox.gate import ConsentState
 from ingest.outbox.planning import Delivery, plan_delivery
 from ingest.outbox.worker import DeliveryWorker
-from ingest.store.database import Database
+from ingest.store.database import Database, open_database
 from ingest.store.rows import insert_rows
 from sandbox import Sandbox
 from sandbox.harness import RecordedRequest
@@ -42,6 +46,12 @@ FAST = {
 
 
 @pytest.fixture
+def store(engine: dict[str, Any]) -> dict[str, Any]:
+    """Both engines for this package."""
+    return engine
+
+
+@pytest.fixture
 def sandbox() -> Iterator[Sandbox]:
     """The MailerLite, CRM and sGTM fakes on loopback, fresh for each test."""
     with Sandbox() as running:
@@ -49,7 +59,7 @@ def sandbox() -> Iterator[Sandbox]:
 
 
 def sandbox_settings(tmp_path: Path, sandbox: Sandbox, **overrides: Any) -> Settings:
-    """Settings pointed at the sandbox fakes, with the fast schedules above."""
+    """Settings pointed at the sandbox fakes, with the fast schedules above (pass `**store` for the engine)."""
     env = {name.lower(): value for name, value in sandbox.env().items()}
     return make_settings(tmp_path, **(env | FAST | overrides))
 
@@ -76,7 +86,7 @@ async def running_worker(
 ) -> AsyncIterator[tuple[Database, DeliveryWorker]]:
     """The database and a started delivery worker on the test's event loop, as the API runs them; by default
     once its MailerLite lane has ensured our custom fields (so faults set afterwards meet subscriber sends)."""
-    database = Database.open(settings.attribution_db_path)
+    database = open_database(settings)
     worker = DeliveryWorker(database, settings)
     await worker.start()
     try:
@@ -144,30 +154,24 @@ async def queue(database: Database, settings: Settings, **planning: Any) -> Deli
     return delivery
 
 
+def _rows(conn: Any, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+    result = conn.execute(sql, list(params))
+    names = [d[0] for d in result.description]
+    return [dict(zip(names, row, strict=True)) for row in result.fetchall()]
+
+
 def delivery_rows(
     database: Database, where: str = "true", params: Sequence[Any] = ()
 ) -> list[dict[str, Any]]:
-    """Deliveries as dicts (test-only SQL)."""
-    cursor = database.conn.cursor()
-    try:
-        result = cursor.execute(f"select * from deliveries where {where} order by created_at", list(params))
-        names = [d[0] for d in result.description]
-        return [dict(zip(names, row, strict=True)) for row in result.fetchall()]
-    finally:
-        cursor.close()
+    """Deliveries as dicts (test-only SQL; either engine)."""
+    sql = f"select * from deliveries where {where} order by created_at, delivery_id"
+    return database.read(lambda conn: _rows(conn, sql, params))
 
 
 def attempt_rows(database: Database, delivery_id: uuid.UUID) -> list[dict[str, Any]]:
-    """The attempt log of one delivery, in order (test-only SQL)."""
-    cursor = database.conn.cursor()
-    try:
-        result = cursor.execute(
-            "select * from delivery_attempts where delivery_id = ? order by attempt_number", [delivery_id]
-        )
-        names = [d[0] for d in result.description]
-        return [dict(zip(names, row, strict=True)) for row in result.fetchall()]
-    finally:
-        cursor.close()
+    """The attempt log of one delivery, in order (test-only SQL; either engine)."""
+    sql = "select * from delivery_attempts where delivery_id = ? order by attempt_number"
+    return database.read(lambda conn: _rows(conn, sql, [delivery_id]))
 
 
 def statuses(database: Database) -> dict[str, int]:

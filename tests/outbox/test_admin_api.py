@@ -24,9 +24,9 @@ def _deliveries(api: httpx.Client, **params: Any) -> list[dict[str, Any]]:
 
 
 def test_lead_answer_carries_subscriber_and_contact_ids_when_delivered_in_time(
-    tmp_path: Path, sandbox: Sandbox
+    tmp_path: Path, sandbox: Sandbox, store: dict[str, Any]
 ) -> None:
-    settings = sandbox_settings(tmp_path, sandbox, attribution_inline_delivery_ms=3000)
+    settings = sandbox_settings(tmp_path, sandbox, **store, attribution_inline_delivery_ms=3000)
     with serve(settings) as url, httpx.Client(base_url=url, timeout=30) as api:
         answer = api.post("/v1/leads", json=lead_body()).json()
         again = api.post("/v1/leads", json=lead_body(event_id=answer["event_id"])).json()
@@ -39,10 +39,10 @@ def test_lead_answer_carries_subscriber_and_contact_ids_when_delivered_in_time(
 
 
 def test_lead_answer_is_queued_when_a_destination_is_slower_than_the_inline_wait(
-    tmp_path: Path, sandbox: Sandbox
+    tmp_path: Path, sandbox: Sandbox, store: dict[str, Any]
 ) -> None:
     # The CRM is down for the whole inline wait; the wait is long enough for MailerLite on a busy machine.
-    settings = sandbox_settings(tmp_path, sandbox, attribution_inline_delivery_ms=3000)
+    settings = sandbox_settings(tmp_path, sandbox, **store, attribution_inline_delivery_ms=3000)
     sandbox.set_faults("crm", fail_5xx_until=time.time() + 600)
     with serve(settings) as url, httpx.Client(base_url=url, timeout=30) as api:
         answer = api.post("/v1/leads", json=lead_body()).json()
@@ -53,9 +53,9 @@ def test_lead_answer_is_queued_when_a_destination_is_slower_than_the_inline_wait
 
 
 def test_consent_withdrawal_over_http_unsubscribes_an_existing_subscriber(
-    tmp_path: Path, sandbox: Sandbox
+    tmp_path: Path, sandbox: Sandbox, store: dict[str, Any]
 ) -> None:
-    settings = sandbox_settings(tmp_path, sandbox)
+    settings = sandbox_settings(tmp_path, sandbox, **store)
     with serve(settings) as url, httpx.Client(base_url=url, timeout=30) as api:
         lead = api.post("/v1/leads", json=lead_body()).json()
         wait_until(lambda: len(_deliveries(api, status="delivered")) == 4)
@@ -75,9 +75,9 @@ def test_consent_withdrawal_over_http_unsubscribes_an_existing_subscriber(
 
 
 def test_dead_letters_are_listed_by_filter_and_replayed_with_history(
-    tmp_path: Path, sandbox: Sandbox
+    tmp_path: Path, sandbox: Sandbox, store: dict[str, Any]
 ) -> None:
-    settings = sandbox_settings(tmp_path, sandbox)
+    settings = sandbox_settings(tmp_path, sandbox, **store)
     sandbox.set_faults("crm", reject_status=400)
     with serve(settings) as url, httpx.Client(base_url=url, timeout=30) as api:
         leads = [api.post("/v1/leads", json=lead_body(email=f"b{n}@example.com")).json() for n in range(3)]
@@ -104,9 +104,9 @@ def test_dead_letters_are_listed_by_filter_and_replayed_with_history(
 
 
 def test_admin_delivery_endpoints_refuse_bad_input_and_missing_tokens(
-    tmp_path: Path, sandbox: Sandbox
+    tmp_path: Path, sandbox: Sandbox, store: dict[str, Any]
 ) -> None:
-    settings = sandbox_settings(tmp_path, sandbox)
+    settings = sandbox_settings(tmp_path, sandbox, **store)
     with serve(settings) as url, httpx.Client(base_url=url, timeout=30) as api:
         assert api.get("/v1/admin/deliveries").status_code == 401
         assert api.post("/v1/admin/deliveries/replay", json={}).status_code == 401
@@ -132,9 +132,11 @@ def test_admin_delivery_endpoints_refuse_bad_input_and_missing_tokens(
         assert worker["running"] and worker["destinations"]["crm"]["breaker"] == "closed"
 
 
-def test_an_idle_api_commits_nothing_between_polls(tmp_path: Path, sandbox: Sandbox) -> None:
+def test_an_idle_api_commits_nothing_between_polls(
+    tmp_path: Path, sandbox: Sandbox, store: dict[str, Any]
+) -> None:
     # Every commit makes the replica publisher copy the whole database, so an idle poll must not write.
-    settings = sandbox_settings(tmp_path, sandbox, attribution_delivery_poll_seconds=0.05)
+    settings = sandbox_settings(tmp_path, sandbox, **store, attribution_delivery_poll_seconds=0.05)
     with serve(settings) as url, httpx.Client(base_url=url, timeout=30) as api:
 
         def committed() -> int:

@@ -1,4 +1,8 @@
-"""kill -9 with deliveries in flight, and the `replay` / `mailerlite setup-fields` commands."""
+"""kill -9 with deliveries in flight, and the `replay` / `mailerlite setup-fields` commands.
+
+DuckDB only: these run `attribution serve` and `attribution replay` as processes, and those open the embedded file
+(the CLI does not serve PostgreSQL yet). Several instances on PostgreSQL, one of them stopping mid-flight, are
+tests/outbox/test_instances.py."""
 
 from __future__ import annotations
 

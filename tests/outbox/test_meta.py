@@ -1,4 +1,4 @@
-"""Meta Conversions API through the outbox, against the strict Meta fake over loopback HTTP, on a real DuckDB file."""
+"""Meta Conversions API through the outbox, against the strict Meta fake over loopback HTTP, on each engine."""
 
 from __future__ import annotations
 
@@ -90,9 +90,9 @@ def test_a_malformed_fbp_or_fbc_is_dropped_and_never_costs_the_lead() -> None:
 
 
 async def test_lead_and_purchase_reach_meta_hashed_with_the_journeys_event_id(
-    tmp_path: Path, sandbox: Sandbox
+    tmp_path: Path, sandbox: Sandbox, store: dict[str, Any]
 ) -> None:
-    settings = sandbox_settings(tmp_path, sandbox, meta_test_event_code="TEST4242")
+    settings = sandbox_settings(tmp_path, sandbox, **store, meta_test_event_code="TEST4242")
     async with running_worker(settings) as (database, worker):
         event_id = await capture(database, settings, fbp=FBP, fbc=FBC, email=" Ana.Teste@Example.com")
         await _queue_purchase(database, settings, event_id)
@@ -135,9 +135,9 @@ async def test_lead_and_purchase_reach_meta_hashed_with_the_journeys_event_id(
 
 
 async def test_without_marketing_consent_meta_is_suppressed_and_the_browser_ids_are_not_kept(
-    tmp_path: Path, sandbox: Sandbox
+    tmp_path: Path, sandbox: Sandbox, store: dict[str, Any]
 ) -> None:
-    settings = sandbox_settings(tmp_path, sandbox)
+    settings = sandbox_settings(tmp_path, sandbox, **store)
     async with running_worker(settings) as (database, worker):
         event_id = await capture(database, settings, marketing_consent=False, fbp=FBP, fbc=FBC)
         await _queue_purchase(database, settings, event_id)
@@ -154,9 +154,9 @@ async def test_without_marketing_consent_meta_is_suppressed_and_the_browser_ids_
 
 
 async def test_a_withdrawal_suppresses_what_meta_has_not_received_yet(
-    tmp_path: Path, sandbox: Sandbox
+    tmp_path: Path, sandbox: Sandbox, store: dict[str, Any]
 ) -> None:
-    settings = sandbox_settings(tmp_path, sandbox, attribution_circuit_breaker_threshold=100)
+    settings = sandbox_settings(tmp_path, sandbox, **store, attribution_circuit_breaker_threshold=100)
     sandbox.set_faults("meta", fail_5xx_until=time.time() + 60)
     async with running_worker(settings) as (database, worker):
         event_id = await capture(database, settings)
@@ -188,9 +188,9 @@ async def test_a_withdrawal_suppresses_what_meta_has_not_received_yet(
 
 
 async def test_an_event_older_than_seven_days_is_dead_at_once_and_never_sent(
-    tmp_path: Path, sandbox: Sandbox
+    tmp_path: Path, sandbox: Sandbox, store: dict[str, Any]
 ) -> None:
-    settings = sandbox_settings(tmp_path, sandbox)
+    settings = sandbox_settings(tmp_path, sandbox, **store)
     async with running_worker(settings) as (database, worker):
         event_id = await capture(database, settings)
         await _queue_purchase(database, settings, event_id, happened_days_ago=7.2, pi="pi_old")
@@ -210,9 +210,9 @@ async def test_an_event_older_than_seven_days_is_dead_at_once_and_never_sent(
 
 @pytest.mark.parametrize("code", [4, 17, 32, 613])
 async def test_metas_throttling_codes_are_retried_with_backoff(
-    tmp_path: Path, sandbox: Sandbox, code: int
+    tmp_path: Path, sandbox: Sandbox, code: int, store: dict[str, Any]
 ) -> None:
-    settings = sandbox_settings(tmp_path, sandbox)
+    settings = sandbox_settings(tmp_path, sandbox, **store)
     sandbox.meta.throttle(code, count=2)
     async with running_worker(settings) as (database, worker):
         await capture(database, settings)
@@ -232,9 +232,9 @@ async def test_metas_throttling_codes_are_retried_with_backoff(
 
 
 async def test_another_meta_4xx_is_permanent_and_a_replay_sends_it_once_fixed(
-    tmp_path: Path, sandbox: Sandbox
+    tmp_path: Path, sandbox: Sandbox, store: dict[str, Any]
 ) -> None:
-    wrong = sandbox_settings(tmp_path, sandbox, meta_access_token="expired-token")
+    wrong = sandbox_settings(tmp_path, sandbox, **store, meta_access_token="expired-token")
     async with running_worker(wrong) as (database, worker):
         event_id = await capture(database, wrong)
         worker.wake()
@@ -244,7 +244,7 @@ async def test_another_meta_4xx_is_permanent_and_a_replay_sends_it_once_fixed(
     assert [(a["status_code"], a["outcome"]) for a in attempts] == [(400, "dead")]
     assert "Invalid OAuth access token" in row["reason"] and '"code":190' in attempts[0]["response_body"]
 
-    fixed = sandbox_settings(tmp_path, sandbox)
+    fixed = sandbox_settings(tmp_path, sandbox, **store)
     async with running_worker(fixed) as (database, worker):
         replayed = await database.writer.submit(
             replay_deliveries, ReplayRequest(DeliveryFilter(destination=Destination.META), utcnow())
@@ -258,9 +258,9 @@ async def test_another_meta_4xx_is_permanent_and_a_replay_sends_it_once_fixed(
 
 
 async def test_fewer_events_received_than_sent_is_a_failure_with_metas_message(
-    tmp_path: Path, sandbox: Sandbox
+    tmp_path: Path, sandbox: Sandbox, store: dict[str, Any]
 ) -> None:
-    settings = sandbox_settings(tmp_path, sandbox)
+    settings = sandbox_settings(tmp_path, sandbox, **store)
     sandbox.meta.drop_events(1)
     async with running_worker(settings) as (database, worker):
         await capture(database, settings)
@@ -276,9 +276,9 @@ async def test_fewer_events_received_than_sent_is_a_failure_with_metas_message(
 
 
 async def test_meta_without_a_pixel_id_and_token_is_recorded_disabled(
-    tmp_path: Path, sandbox: Sandbox
+    tmp_path: Path, sandbox: Sandbox, store: dict[str, Any]
 ) -> None:
-    settings = sandbox_settings(tmp_path, sandbox, meta_pixel_id=None)
+    settings = sandbox_settings(tmp_path, sandbox, **store, meta_pixel_id=None)
     assert settings.destinations_enabled()["meta"] is False
     async with running_worker(settings) as (database, worker):
         await capture(database, settings)

@@ -1,4 +1,6 @@
-"""A delivery sent while the store cannot write is recorded as soon as it can, not left leased for minutes."""
+"""A delivery sent while the store cannot write is recorded as soon as it can, not left leased for minutes.
+
+DuckDB only: the fault is the embedded file's own disk filling up (a small tmpfs under the database file)."""
 
 from __future__ import annotations
 

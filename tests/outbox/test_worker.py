@@ -1,4 +1,4 @@
-"""The delivery worker against the sandbox fakes over real loopback HTTP, on a real DuckDB file."""
+"""The delivery worker against the sandbox fakes over real loopback HTTP, on each engine."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import uuid
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from ingest.core.clock import utcnow
 from ingest.core.vocabulary import DeliveryKind, Destination
@@ -16,7 +17,7 @@ from ingest.leads.consent import RequestContext, consent_row, record_consents
 from ingest.leads.schemas import ConsentIn
 from ingest.outbox.leases import ClaimRequest, claim_deliveries
 from ingest.outbox.replay import DeliveryFilter, ReplayRequest, replay_deliveries
-from ingest.store.database import Database
+from ingest.store.database import open_database
 from sandbox import Sandbox
 from tests.outbox.conftest import (
     async_wait_until,
@@ -42,9 +43,9 @@ def _keys(sandbox: Sandbox, dest: str, *, ok_only: bool = False) -> Counter[str]
 
 
 async def test_a_lead_reaches_each_destination_once_and_the_ids_land_on_the_lead(
-    tmp_path: Path, sandbox: Sandbox
+    tmp_path: Path, sandbox: Sandbox, store: dict[str, Any]
 ) -> None:
-    settings = sandbox_settings(tmp_path, sandbox)
+    settings = sandbox_settings(tmp_path, sandbox, **store)
     async with running_worker(settings) as (database, worker):
         event_id = await capture(database, settings)
         worker.wake()
@@ -67,9 +68,9 @@ async def test_a_lead_reaches_each_destination_once_and_the_ids_land_on_the_lead
 
 
 async def test_outage_opens_the_circuit_spends_no_retries_and_loses_or_doubles_nothing(
-    tmp_path: Path, sandbox: Sandbox
+    tmp_path: Path, sandbox: Sandbox, store: dict[str, Any]
 ) -> None:
-    settings = sandbox_settings(tmp_path, sandbox, crm_concurrency=2)
+    settings = sandbox_settings(tmp_path, sandbox, **store, crm_concurrency=2)
     sandbox.set_faults("crm", fail_5xx_until=time.time() + 600)  # down until the breaker has opened
     async with running_worker(settings) as (database, worker):
         for n in range(30):
@@ -95,8 +96,10 @@ async def test_outage_opens_the_circuit_spends_no_retries_and_loses_or_doubles_n
     assert sandbox.state("crm")["duplicates"] == 0
 
 
-async def test_a_permanent_4xx_is_dead_at_once_with_the_reason(tmp_path: Path, sandbox: Sandbox) -> None:
-    settings = sandbox_settings(tmp_path, sandbox)
+async def test_a_permanent_4xx_is_dead_at_once_with_the_reason(
+    tmp_path: Path, sandbox: Sandbox, store: dict[str, Any]
+) -> None:
+    settings = sandbox_settings(tmp_path, sandbox, **store)
     sandbox.set_faults("crm", reject_status=422)
     async with running_worker(settings) as (database, worker):
         await capture(database, settings)
@@ -110,8 +113,10 @@ async def test_a_permanent_4xx_is_dead_at_once_with_the_reason(tmp_path: Path, s
     assert len(sandbox.requests("crm")) == 1
 
 
-async def test_retries_used_up_is_dead_after_the_backoff_schedule(tmp_path: Path, sandbox: Sandbox) -> None:
-    settings = sandbox_settings(tmp_path, sandbox, attribution_circuit_breaker_threshold=100)
+async def test_retries_used_up_is_dead_after_the_backoff_schedule(
+    tmp_path: Path, sandbox: Sandbox, store: dict[str, Any]
+) -> None:
+    settings = sandbox_settings(tmp_path, sandbox, **store, attribution_circuit_breaker_threshold=100)
     sandbox.set_faults("crm", error_rate=1.0)
     async with running_worker(settings) as (database, worker):
         await capture(database, settings)
@@ -128,8 +133,10 @@ async def test_retries_used_up_is_dead_after_the_backoff_schedule(tmp_path: Path
         assert gap >= base * multiplier ** (n - 1), (n, gap)
 
 
-async def test_429_is_paced_by_retry_after_without_spending_a_retry(tmp_path: Path, sandbox: Sandbox) -> None:
-    settings = sandbox_settings(tmp_path, sandbox)
+async def test_429_is_paced_by_retry_after_without_spending_a_retry(
+    tmp_path: Path, sandbox: Sandbox, store: dict[str, Any]
+) -> None:
+    settings = sandbox_settings(tmp_path, sandbox, **store)
     async with running_worker(settings) as (database, worker):
         sandbox.set_faults("mailerlite", status_429_retry_after=1, count_429=1)
         await capture(database, settings)
@@ -147,9 +154,9 @@ async def test_429_is_paced_by_retry_after_without_spending_a_retry(tmp_path: Pa
 
 
 async def test_a_reset_connection_is_retried_with_the_same_idempotency_key(
-    tmp_path: Path, sandbox: Sandbox
+    tmp_path: Path, sandbox: Sandbox, store: dict[str, Any]
 ) -> None:
-    settings = sandbox_settings(tmp_path, sandbox)
+    settings = sandbox_settings(tmp_path, sandbox, **store)
     sandbox.set_faults("crm", reset_connection=True)
     async with running_worker(settings) as (database, worker):
         await capture(database, settings)
@@ -165,8 +172,12 @@ async def test_a_reset_connection_is_retried_with_the_same_idempotency_key(
     assert len(set(_keys(sandbox, "crm"))) == 1
 
 
-async def test_mailerlite_requests_are_spaced_to_its_rate_limit(tmp_path: Path, sandbox: Sandbox) -> None:
-    settings = sandbox_settings(tmp_path, sandbox, mailerlite_requests_per_minute=600)  # one every 0.1 s
+async def test_mailerlite_requests_are_spaced_to_its_rate_limit(
+    tmp_path: Path, sandbox: Sandbox, store: dict[str, Any]
+) -> None:
+    settings = sandbox_settings(
+        tmp_path, sandbox, **store, mailerlite_requests_per_minute=600
+    )  # one every 0.1 s
     async with running_worker(settings) as (database, worker):
         for n in range(6):
             await capture(database, settings, email=f"paced{n}@example.com")
@@ -181,9 +192,9 @@ async def test_mailerlite_requests_are_spaced_to_its_rate_limit(tmp_path: Path, 
 
 
 async def test_a_delivery_for_someone_who_withdrew_consent_is_never_sent(
-    tmp_path: Path, sandbox: Sandbox
+    tmp_path: Path, sandbox: Sandbox, store: dict[str, Any]
 ) -> None:
-    settings = sandbox_settings(tmp_path, sandbox)
+    settings = sandbox_settings(tmp_path, sandbox, **store)
     sandbox.set_faults("sgtm", fail_5xx_until=time.time() + 60)
     sandbox.set_faults("meta", fail_5xx_until=time.time() + 60)
     async with running_worker(settings) as (database, worker):
@@ -238,9 +249,9 @@ async def test_a_delivery_for_someone_who_withdrew_consent_is_never_sent(
 
 
 async def test_withdrawing_marketing_consent_unsubscribes_an_existing_subscriber(
-    tmp_path: Path, sandbox: Sandbox
+    tmp_path: Path, sandbox: Sandbox, store: dict[str, Any]
 ) -> None:
-    settings = sandbox_settings(tmp_path, sandbox)
+    settings = sandbox_settings(tmp_path, sandbox, **store)
     async with running_worker(settings) as (database, worker):
         event_id = await capture(database, settings)
         worker.wake()
@@ -276,9 +287,9 @@ async def test_withdrawing_marketing_consent_unsubscribes_an_existing_subscriber
 
 
 async def test_a_later_crm_update_carries_the_contact_id_learned_earlier(
-    tmp_path: Path, sandbox: Sandbox
+    tmp_path: Path, sandbox: Sandbox, store: dict[str, Any]
 ) -> None:
-    settings = sandbox_settings(tmp_path, sandbox)
+    settings = sandbox_settings(tmp_path, sandbox, **store)
     async with running_worker(settings) as (database, worker):
         event_id = await capture(database, settings)
         worker.wake()
@@ -300,8 +311,10 @@ async def test_a_later_crm_update_carries_the_contact_id_learned_earlier(
     assert update.body["lead_status"] == "paid" and update.body["amount"] == 120.0
 
 
-async def test_orphan_deliveries_are_handled_without_a_lead(tmp_path: Path, sandbox: Sandbox) -> None:
-    settings = sandbox_settings(tmp_path, sandbox)
+async def test_orphan_deliveries_are_handled_without_a_lead(
+    tmp_path: Path, sandbox: Sandbox, store: dict[str, Any]
+) -> None:
+    settings = sandbox_settings(tmp_path, sandbox, **store)
     orphan = uuid.uuid4()
     async with running_worker(settings) as (database, worker):
         crm = await queue(
@@ -325,10 +338,10 @@ async def test_orphan_deliveries_are_handled_without_a_lead(tmp_path: Path, sand
 
 
 async def test_a_destination_unconfigured_at_send_time_is_recorded_disabled(
-    tmp_path: Path, sandbox: Sandbox
+    tmp_path: Path, sandbox: Sandbox, store: dict[str, Any]
 ) -> None:
-    configured = sandbox_settings(tmp_path, sandbox)
-    database = Database.open(configured.attribution_db_path)  # rows queued while configured, nothing sent
+    configured = sandbox_settings(tmp_path, sandbox, **store)
+    database = open_database(configured)  # rows queued while configured, nothing sent
     await capture(database, configured)
     database.close()
     unconfigured = configured.model_copy(update={"crm_webhook_url": None})
@@ -341,29 +354,38 @@ async def test_a_destination_unconfigured_at_send_time_is_recorded_disabled(
 
 
 async def test_a_lease_left_by_a_dead_worker_is_sent_again_with_the_same_key(
-    tmp_path: Path, sandbox: Sandbox
+    tmp_path: Path, sandbox: Sandbox, store: dict[str, Any]
 ) -> None:
-    settings = sandbox_settings(tmp_path, sandbox)
+    settings = sandbox_settings(tmp_path, sandbox, **store)
+    on_postgres = settings.attribution_database_url is not None
     async with running_worker(settings) as (database, worker):
         await worker.stop()  # this one never sends
         event_id = await capture(database, settings)
         # Claim as a worker would, then "die" before sending: the lease stays in the table.
-        now = utcnow()
-        lease = timedelta(seconds=45)  # ATTRIBUTION_DELIVERY_LEASE_SECONDS, as the worker passes it
-        claimed = await database.writer.submit(claim_deliveries, ClaimRequest(now, {"crm": 10}, lease=lease))
-        assert len(claimed) == 1
+        now, claimed_at = utcnow(), time.time()
+        # ATTRIBUTION_DELIVERY_LEASE_SECONDS, as the worker passes it (on PostgreSQL one that runs out in the test).
+        lease = timedelta(seconds=1.5 if on_postgres else 45)
+        claim = await database.writer.submit(claim_deliveries, ClaimRequest(now, {"crm": 10}, lease=lease))
+        assert len(claim.deliveries) == 1
         (row,) = delivery_rows(database, "destination = 'crm'")
-        assert row["claimed_until"] == now + lease
+        assert row["claimed_until"] == now + lease and row["claim_token"] == claim.deliveries[0].claim_token
+    # The embedded store's next start releases the dead process's lease. On PostgreSQL a lease found at start
+    # may be another instance's live one: nothing is released, and the row is taken over once its lease ran out.
     async with running_worker(settings) as (database, worker):
         worker.wake()
         await async_wait_until(lambda: statuses(database) == {"delivered": 4})
+        (row,) = delivery_rows(database, "destination = 'crm'")
     assert _keys(sandbox, "crm") == Counter({f"{event_id}:crm:contact_upsert": 1})
+    assert row["claimed_until"] is None and row["claim_token"] is None and row["attempt_count"] == 1
+    if on_postgres:
+        (sent,) = sandbox.requests("crm")
+        assert sent.received_at >= claimed_at + lease.total_seconds() - 0.05
 
 
 async def test_replaying_a_thousand_dead_deliveries_delivers_them_all(
-    tmp_path: Path, sandbox: Sandbox
+    tmp_path: Path, sandbox: Sandbox, store: dict[str, Any]
 ) -> None:
-    settings = sandbox_settings(tmp_path, sandbox, crm_concurrency=32, crm_enable_lead_capture=True)
+    settings = sandbox_settings(tmp_path, sandbox, **store, crm_concurrency=32, crm_enable_lead_capture=True)
     sandbox.set_faults("crm", reject_status=400)
     async with running_worker(settings) as (database, worker):
         payloads = [{"lead_status": "paid", "email": f"buyer{n}@example.com"} for n in range(1000)]
@@ -395,9 +417,9 @@ async def test_replaying_a_thousand_dead_deliveries_delivers_them_all(
 
 
 async def test_an_idle_worker_writes_nothing_yet_sends_a_row_queued_without_a_wake(
-    tmp_path: Path, sandbox: Sandbox
+    tmp_path: Path, sandbox: Sandbox, store: dict[str, Any]
 ) -> None:
-    settings = sandbox_settings(tmp_path, sandbox)
+    settings = sandbox_settings(tmp_path, sandbox, **store)
     async with running_worker(settings) as (database, _worker):
         await asyncio.sleep(0.3)  # a few polls: the first finds nothing, the later ones only read
         before = database.writer.batches_committed
@@ -416,10 +438,10 @@ async def test_an_idle_worker_writes_nothing_yet_sends_a_row_queued_without_a_wa
 
 
 async def test_mailerlite_is_held_until_our_custom_fields_exist_then_they_are_kept(
-    tmp_path: Path, sandbox: Sandbox
+    tmp_path: Path, sandbox: Sandbox, store: dict[str, Any]
 ) -> None:
     # A new MailerLite account has none of our fields, and MailerLite silently drops unknown ones.
-    settings = sandbox_settings(tmp_path, sandbox)
+    settings = sandbox_settings(tmp_path, sandbox, **store)
     sandbox.set_faults("mailerlite", fail_5xx_until=time.time() + 60)  # the field check cannot get through
     async with running_worker(settings, wait_ready=False) as (database, worker):
         event_id = await capture(database, settings)
@@ -441,9 +463,13 @@ async def test_mailerlite_is_held_until_our_custom_fields_exist_then_they_are_ke
     assert (fields["event_id"], fields["utm_source"]) == (str(event_id), "instagram")  # not dropped
 
 
-async def test_a_mailerlite_base_url_ending_in_api_is_accepted(tmp_path: Path, sandbox: Sandbox) -> None:
+async def test_a_mailerlite_base_url_ending_in_api_is_accepted(
+    tmp_path: Path, sandbox: Sandbox, store: dict[str, Any]
+) -> None:
     # MailerLite's docs write the base as https://connect.mailerlite.com/api.
-    settings = sandbox_settings(tmp_path, sandbox, mailerlite_base_url=sandbox.mailerlite_url + "/api/")
+    settings = sandbox_settings(
+        tmp_path, sandbox, **store, mailerlite_base_url=sandbox.mailerlite_url + "/api/"
+    )
     async with running_worker(settings) as (database, worker):
         await capture(database, settings)
         worker.wake()
