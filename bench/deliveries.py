@@ -246,7 +246,7 @@ async def naive_outbox(sink: str, count: int) -> dict[str, float]:
         async def sender(destination: Destination) -> None:
             while True:
                 request = ClaimRequest(utcnow(), {destination.value: 1})
-                claimed = await writer.submit(claim_deliveries, request)
+                claimed = (await writer.submit(claim_deliveries, request)).deliveries
                 if not claimed:
                     return
                 (item,) = claimed
