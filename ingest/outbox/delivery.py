@@ -18,7 +18,7 @@ from ingest.outbox.destinations import DestinationClient
 from ingest.outbox.destinations.rendering import CannotRender
 from ingest.outbox.destinations.transport import AnswerFault, HttpAnswer, TransportError
 from ingest.outbox.gate import ConsentState, consent_gate
-from ingest.outbox.repository import ClaimedDelivery, RecordedOutcome
+from ingest.outbox.records import ClaimedDelivery, RecordedOutcome
 
 RESPONSE_BODY_LIMIT = 2048  # bytes of a response kept on the attempt row
 MAX_RETRY_AFTER_SECONDS = 3600.0

@@ -3,11 +3,10 @@ to (which drops the lease), and at start-up release every lease a dead process l
 
 On PostgreSQL any number of instances claim from one table. A claim locks the due rows it reads (FOR UPDATE SKIP
 LOCKED: another instance's claim skips them) and each journey it takes per destination (a transaction lock, then a
-look at live leases), leases them under a fresh claim token, and reads `delivery_lanes` for what instances share
-about each destination: an open circuit (no claims until its probe time; then one claim, of one instance, takes
-the probe) and a requests-per-minute budget (a claim reserves request slots on the server's clock, under the lane's
-row lock, only as many as start within the horizon). A lease that expires (its instance died) makes its row due
-again for any claim, and its late outcome, if one ever comes, is refused by the token.
+look at live leases), leases them under a fresh claim token, and first reads what instances share about each
+destination (lanes.py: an open circuit, its one probe, a requests-per-minute budget). A lease that expires (its
+instance died) makes its row due again for any claim, and its late outcome, if one ever comes, is refused by the
+token.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -24,7 +23,15 @@ import duckdb
 
 from ingest.core.clock import utcnow
 from ingest.outbox import repository
-from ingest.outbox.repository import ClaimedDelivery, RecordedOutcome, Unclaimed
+from ingest.outbox.lanes import (
+    LaneView,
+    Slots,
+    reserve_slots,
+    shared_circuits,
+    shared_pacing,
+    take_probe,
+)
+from ingest.outbox.records import ClaimedDelivery, RecordedOutcome, Unclaimed
 from ingest.store.postgres import is_postgres
 
 # How long a claimed delivery belongs to the worker that claimed it (ATTRIBUTION_DELIVERY_LEASE_SECONDS): it
@@ -32,8 +39,6 @@ from ingest.store.postgres import is_postgres
 # rate-limit slot. A process that dies leaves it behind: the embedded store's next start releases it; on
 # PostgreSQL another instance takes it over once it has expired.
 DEFAULT_LEASE = timedelta(seconds=30)
-# A paced destination whose lane row another instance's claim holds right now: try again this soon.
-LANE_BUSY_RETRY_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -50,17 +55,6 @@ class ClaimRequest:
     # minute); a paced destination claims only the request slots that start within `horizon` seconds.
     paced: dict[str, float] = field(default_factory=dict)
     horizon: float = 1.0
-
-
-@dataclass(frozen=True)
-class LaneView:
-    """What the state instances share said of one destination at a claim (PostgreSQL; none on DuckDB)."""
-
-    circuit_open: bool = False
-    probe: bool = False  # this claim holds the destination's one probe: its delivery is that probe
-    probing_elsewhere: bool = False  # another instance's probe is out: its answer decides, ask again shortly
-    wait: float | None = None  # seconds until claiming for it is worth trying again (a probe time, the next
-    # free request slot, a pause); None: whenever something is due
 
 
 @dataclass(frozen=True)
@@ -97,76 +91,15 @@ def pick_claims(
     return picked
 
 
-def _seconds(delta: timedelta) -> float:
-    return max(0.0, delta.total_seconds())
-
-
-def _circuits(conn: Any, limits: dict[str, int], views: dict[str, LaneView], probes: set[str]) -> None:
-    """Shared circuits: nothing for a destination cooling down or probed by another instance; a half-open one
-    asks for one delivery, its probe (taken once a delivery is picked). Narrows `limits` in place."""
-    server_now, states = repository.lane_states(conn, list(limits))
-    for destination in list(limits):
-        state = states.get(destination)
-        if state is None or state.circuit_opened_at is None:
-            views[destination] = LaneView()
-            if state is not None and state.paused_until is not None and state.paused_until > server_now:
-                limits[destination] = 0  # a Retry-After another instance was given (paced ones: see _pacing)
-                views[destination] = LaneView(wait=_seconds(state.paused_until - server_now))
-            continue
-        if state.probe_at is not None and state.probe_at > server_now:
-            limits[destination] = 0
-            views[destination] = LaneView(circuit_open=True, wait=_seconds(state.probe_at - server_now))
-        elif state.probe_until is not None and state.probe_until >= server_now:
-            limits[destination] = 0  # another instance's probe is out: its answer decides
-            wait = _seconds(state.probe_until - server_now)
-            views[destination] = LaneView(circuit_open=True, probing_elsewhere=True, wait=wait)
-        else:
-            limits[destination] = min(limits[destination], 1)
-            probes.add(destination)
-            views[destination] = LaneView(circuit_open=True, wait=0.0)
-
-
-def _pacing(
-    conn: Any, request: ClaimRequest, limits: dict[str, int], views: dict[str, LaneView]
-) -> dict[str, tuple[datetime, float, datetime]]:
-    """Shared request budgets: lock each paced lane's row (skipping one another claim holds) and narrow `limits` to
-    the slots that start within the horizon. Returns (first free slot, interval, server now) per paced lane."""
-    paced = {d: interval for d, interval in request.paced.items() if limits.get(d, 0) > 0 and interval > 0}
-    if not paced:
-        return {}
-    server_now, locked = repository.lane_states(conn, list(paced), lock=True)
-    horizon = timedelta(seconds=request.horizon)
-    slots: dict[str, tuple[datetime, float, datetime]] = {}
-    for destination, interval in paced.items():
-        state = locked.get(destination)
-        if (
-            state is None
-        ):  # another claim holds the row now (or it was never stored: it is, for the next claim)
-            repository.ensure_lane(conn, destination)
-            limits[destination] = 0
-            views[destination] = replace(views.get(destination, LaneView()), wait=LANE_BUSY_RETRY_SECONDS)
-            continue
-        start = max(t for t in (state.next_slot, state.paused_until, server_now) if t is not None)
-        if start > server_now + horizon:
-            limits[destination] = 0
-            wait = _seconds(start - server_now - horizon)
-            views[destination] = replace(views.get(destination, LaneView()), wait=wait)
-            continue
-        available = int(_seconds(server_now + horizon - start) / interval) + 1
-        limits[destination] = min(limits[destination], available)
-        slots[destination] = (start, interval, server_now)
-    return slots
-
-
 def _claim(conn: Any, request: ClaimRequest) -> Claim:
     shared = is_postgres(conn)  # other instances claim from the same table at the same moment
     limits = {destination: limit for destination, limit in request.limits.items() if limit > 0}
     views: dict[str, LaneView] = {}
     probes: set[str] = set()
-    slots: dict[str, tuple[datetime, float, datetime]] = {}
+    slots: dict[str, Slots] = {}
     if shared and limits:
-        _circuits(conn, limits, views, probes)
-        slots = _pacing(conn, request, limits, views)
+        shared_circuits(conn, limits, views, probes)
+        slots = shared_pacing(conn, request.paced, request.horizon, limits, views)
     # Fetch a little beyond the limit: some candidates may be skipped as their journey is in flight (a claim that
     # comes up short is topped up by the next; every row fetched costs Python objects).
     fetch = {destination: limit + limit // 4 + 8 for destination, limit in limits.items() if limit > 0}
@@ -185,22 +118,12 @@ def _claim(conn: Any, request: ClaimRequest) -> Claim:
     for destination in probes:
         if not any(row["destination"] == destination for row in picked):
             continue  # nothing due to probe with: the circuit stays half-open for whoever has something
-        if repository.take_probe(conn, destination, request.lease.total_seconds()):
+        if take_probe(conn, destination, request.lease.total_seconds()):
             views[destination] = LaneView(circuit_open=True, probe=True)
         else:  # another instance took it first
             picked = [row for row in picked if row["destination"] != destination]
             views[destination] = LaneView(circuit_open=True, probing_elsewhere=True, wait=None)
-    send_in: dict[UUID, float] = {}
-    for destination, (start, interval, server_now) in slots.items():
-        rows = [row for row in picked if row["destination"] == destination]
-        if not rows:
-            continue
-        for index, row in enumerate(rows):
-            send_in[row["delivery_id"]] = _seconds(start + timedelta(seconds=index * interval) - server_now)
-        next_slot = start + timedelta(seconds=len(rows) * interval)
-        repository.reserve_slots(conn, destination, next_slot)
-        wait = _seconds(next_slot - server_now - timedelta(seconds=request.horizon))
-        views[destination] = replace(views.get(destination, LaneView()), wait=wait)
+    send_in = reserve_slots(conn, slots, picked, request.horizon, views)
     if not picked:
         return Claim([], views)
     token = uuid.uuid4()
@@ -259,22 +182,3 @@ def release_all_deliveries(conn: duckdb.DuckDBPyConnection, items: Sequence[None
     """
     released = 0 if is_postgres(conn) else repository.release_all_claims(conn)
     return [released] + [0] * (len(items) - 1)
-
-
-@dataclass(frozen=True)
-class LaneChange:
-    """A change of what instances share about a destination: its circuit (`opened`, `probe_failed`,
-    `probe_released`, `closed`) or a Retry-After pause (`paused` for `seconds`)."""
-
-    destination: str
-    change: str
-    seconds: float = 0.0
-
-
-def record_lane_change(change: LaneChange, conn: duckdb.DuckDBPyConnection) -> None:
-    """PostgreSQL, on an autocommit connection: each statement commits alone and holds no lock afterwards, so a
-    claim holding the lane's row is waited for a moment, never deadlocked with."""
-    if change.change == "paused":
-        repository.record_pause(conn, change.destination, change.seconds)
-    else:
-        repository.record_circuit(conn, change.destination, change.change, change.seconds)

@@ -2,8 +2,7 @@
 
 SQL is written once where DuckDB and PostgreSQL agree; the splits (`is_postgres`) say why. On PostgreSQL any number
 of instances claim from one table at the same moment: claims lock what they take (FOR UPDATE SKIP LOCKED, a
-transaction lock per journey), and what instances share about a destination (request slots, Retry-After, the
-circuit) lives in `delivery_lanes`.
+transaction lock per journey). What instances share about a destination is `delivery_lanes` (lanes.py).
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ import orjson
 import pyarrow as pa
 
 from ingest.core.vocabulary import WAITING, DeliveryStatus
+from ingest.outbox.records import ClaimedDelivery, RecordedOutcome, Unclaimed
 from ingest.store.postgres import is_postgres
 from ingest.store.rows import batch_select
 
@@ -43,61 +43,6 @@ _LEAD_COLUMNS = (
     "mailerlite_subscriber_id", "landing_page", "consent_user_agent", "fbp", "fbc",
 )  # fmt: skip
 _WAITING_DUE = "status in ('pending', 'retrying') and next_attempt_at <= ? and (claimed_until is null or claimed_until < ?)"
-
-
-@dataclass(frozen=True)
-class ClaimedDelivery:
-    """A delivery the worker holds a lease on, with the lead and the consent in force when it was claimed."""
-
-    delivery_id: UUID
-    event_id: UUID | None
-    user_session_id: UUID | None
-    destination: str
-    kind: str
-    purpose: str
-    idempotency_key: str
-    payload: dict[str, Any]
-    attempt_count: int
-    failure_count: int
-    created_at: datetime
-    lead: dict[str, Any] | None
-    consent_marketing: bool | None  # latest consent ledger row for the event_id or session; None: none
-    consent_analytics: bool | None
-    claim_token: UUID | None = None  # the lease's token: its outcome is recorded only while it still holds
-    send_in: float | None = None  # seconds after the claim when its request slot starts (a shared rate limit)
-
-
-@dataclass(frozen=True)
-class RecordedOutcome:
-    """What one send (or decision not to send) does to its delivery row, attempt log and lead."""
-
-    delivery_id: UUID
-    event_id: UUID | None
-    attempted: bool  # False: no request was made (suppressed, disabled), so no attempt row
-    attempt_number: int
-    started_at: datetime
-    duration_ms: float | None
-    status_code: int | None
-    response_body: str | None
-    error: str | None
-    outcome: str  # the attempt's outcome: delivered | retrying | dead | rate_limited | probe_failed | ...
-    status: DeliveryStatus  # the delivery's new status
-    reason: str | None
-    next_attempt_at: datetime | None
-    spent: int  # 1 when this attempt uses up one retry of the budget
-    delivered_at: datetime | None
-    subscriber_id: str | None
-    contact_id: str | None
-    claim_token: UUID | None = None  # the lease it was sent under; refused once another claim holds the row
-
-
-@dataclass(frozen=True)
-class Unclaimed:
-    """A lease given back without an attempt (circuit open, long pause); not due before `not_before`."""
-
-    delivery_id: UUID
-    not_before: datetime | None = None
-    claim_token: UUID | None = None
 
 
 @dataclass(frozen=True)
@@ -259,105 +204,6 @@ def lease(conn: duckdb.DuckDBPyConnection, ids: Sequence[UUID], until: datetime,
     )
 
 
-# --- what instances share about a destination (PostgreSQL) --------------------------------------------------
-
-_LANE_COLUMNS = ("destination", "next_slot", "paused_until", "circuit_opened_at", "probe_at", "probe_until")
-_SERVER_NOW = "clock_timestamp() at time zone 'UTC'"  # the server's clock, naive UTC like every column
-
-
-@dataclass(frozen=True)
-class LaneState:
-    """One destination's row of `delivery_lanes`."""
-
-    destination: str
-    next_slot: datetime | None
-    paused_until: datetime | None
-    circuit_opened_at: datetime | None
-    probe_at: datetime | None
-    probe_until: datetime | None
-
-
-def lane_states(
-    conn: duckdb.DuckDBPyConnection, destinations: Sequence[str], *, lock: bool = False
-) -> tuple[datetime, dict[str, LaneState]]:
-    """The server's clock and these destinations' shared state; `lock`: hold their rows for this transaction,
-    skipping any another claim holds now (missing from the answer: try again shortly)."""
-    rows = conn.execute(
-        f"select {_SERVER_NOW}, {', '.join(_LANE_COLUMNS)} from delivery_lanes "  # noqa: S608 - fixed fragments
-        "where destination in (select unnest(?::text[]))" + (" for update skip locked" if lock else ""),
-        [list(destinations)],
-    ).fetchall()
-    if rows:
-        now: datetime = rows[0][0]
-    else:  # every row held by other claims (or none stored): the clock alone
-        found = conn.execute(f"select {_SERVER_NOW}").fetchone()
-        assert found is not None
-        now = found[0]
-    return now, {row[1]: LaneState(*row[1:]) for row in rows}
-
-
-def ensure_lane(conn: duckdb.DuckDBPyConnection, destination: str) -> None:
-    """Store a destination's lane row if it is missing (migration 008 stores those it knew)."""
-    conn.execute(
-        "insert into delivery_lanes (destination) values (?) on conflict (destination) do nothing",
-        [destination],
-    )
-
-
-def reserve_slots(conn: duckdb.DuckDBPyConnection, destination: str, next_slot: datetime) -> None:
-    """Move a destination's next free request slot (its row is locked by this claim)."""
-    conn.execute(
-        "update delivery_lanes set next_slot = ?, updated_at = ? where destination = ?",
-        [next_slot, next_slot, destination],
-    )
-
-
-def take_probe(conn: duckdb.DuckDBPyConnection, destination: str, lease_seconds: float) -> bool:
-    """Take the one probe of a half-open circuit for `lease_seconds`, unless another instance holds it (or its row)."""
-    row = conn.execute(
-        f"update delivery_lanes set probe_until = {_SERVER_NOW} + ? * interval '1 second', "  # noqa: S608
-        f"updated_at = {_SERVER_NOW} where destination = ("
-        "select destination from delivery_lanes where destination = ? and circuit_opened_at is not null "
-        f"and probe_at <= {_SERVER_NOW} and (probe_until is null or probe_until < {_SERVER_NOW}) "
-        "for update skip locked) returning destination",
-        [lease_seconds, destination],
-    ).fetchone()
-    return row is not None
-
-
-def record_circuit(
-    conn: duckdb.DuckDBPyConnection, destination: str, change: str, cooldown_seconds: float
-) -> None:
-    """One change of a destination's shared circuit, as its own statement (autocommit: it holds no lock after).
-
-    `opened`: open it unless open already; `probe_failed`: the next probe after a cool-down; `probe_released`: the
-    probe sent nothing, another may go; `closed`: a probe was answered.
-    """
-    sets = {
-        "opened": f"circuit_opened_at = coalesce(circuit_opened_at, {_SERVER_NOW}), probe_at = case when "
-        f"circuit_opened_at is null then {_SERVER_NOW} + ? * interval '1 second' else probe_at end",
-        "probe_failed": f"probe_at = {_SERVER_NOW} + ? * interval '1 second', probe_until = null",
-        "probe_released": "probe_until = null",
-        "closed": "circuit_opened_at = null, probe_at = null, probe_until = null",
-    }[change]
-    params: list[Any] = [cooldown_seconds] if "?" in sets else []
-    ensure_lane(conn, destination)
-    conn.execute(
-        f"update delivery_lanes set {sets}, updated_at = {_SERVER_NOW} where destination = ?",  # noqa: S608
-        [*params, destination],
-    )
-
-
-def record_pause(conn: duckdb.DuckDBPyConnection, destination: str, seconds: float) -> None:
-    """Hold every instance's requests to a destination for `seconds` (a 429's Retry-After), as its own statement."""
-    ensure_lane(conn, destination)
-    conn.execute(
-        f"update delivery_lanes set paused_until = greatest(paused_until, {_SERVER_NOW} + ? * interval '1 second'), "  # noqa: S608
-        f"updated_at = {_SERVER_NOW} where destination = ?",
-        [seconds, destination],
-    )
-
-
 @dataclass(frozen=True)
 class Journeys:
     """Leads by event_id, and the latest consent ledger row by event_id and by session (ids as text: a claim
@@ -432,28 +278,14 @@ def claimed_delivery(
     )
 
 
-_OUTCOME_SCHEMA = pa.schema(
-    [
-        ("delivery_id", pa.string()),
-        ("event_id", pa.string()),
-        ("attempted", pa.bool_()),
-        ("attempt_number", pa.int32()),
-        ("started_at", pa.timestamp("us")),
-        ("duration_ms", pa.float64()),
-        ("status_code", pa.int32()),
-        ("response_body", pa.string()),
-        ("error", pa.string()),
-        ("outcome", pa.string()),
-        ("status", pa.string()),
-        ("reason", pa.string()),
-        ("next_attempt_at", pa.timestamp("us")),
-        ("spent", pa.int32()),
-        ("delivered_at", pa.timestamp("us")),
-        ("subscriber_id", pa.string()),
-        ("contact_id", pa.string()),
-        ("claim_token", pa.string()),
-    ]
-)
+_TEXT, _INT, _TIME = pa.string(), pa.int32(), pa.timestamp("us")  # UUIDs travel as text, cast back in SQL
+_OUTCOME_SCHEMA = pa.schema([
+    ("delivery_id", _TEXT), ("event_id", _TEXT), ("attempted", pa.bool_()), ("attempt_number", _INT),
+    ("started_at", _TIME), ("duration_ms", pa.float64()), ("status_code", _INT), ("response_body", _TEXT),
+    ("error", _TEXT), ("outcome", _TEXT), ("status", _TEXT), ("reason", _TEXT), ("next_attempt_at", _TIME),
+    ("spent", _INT), ("delivered_at", _TIME), ("subscriber_id", _TEXT), ("contact_id", _TEXT),
+    ("claim_token", _TEXT),
+])  # fmt: skip
 
 
 def _arrow(items: Sequence[Any], schema: pa.Schema) -> pa.Table:
@@ -567,9 +399,7 @@ def _record_outcomes_postgres(conn: Any, outcomes: Sequence[RecordedOutcome], no
     return {row[0] for row in conn.execute(sql, [*params, now, now]).fetchall()}
 
 
-_UNCLAIMED_SCHEMA = pa.schema(
-    [("delivery_id", pa.string()), ("not_before", pa.timestamp("us")), ("claim_token", pa.string())]
-)
+_UNCLAIMED_SCHEMA = pa.schema([("delivery_id", _TEXT), ("not_before", _TIME), ("claim_token", _TEXT)])
 _RELEASE = """
     update deliveries set
         claimed_until = null,
@@ -587,12 +417,10 @@ def release_claims(conn: duckdb.DuckDBPyConnection, released: Sequence[Unclaimed
     if not released:
         return set()
     if is_postgres(conn):  # no arrow tables there: the batch travels as unnested arrays
-        batch = [
-            {"delivery_id": item.delivery_id, "not_before": item.not_before, "claim_token": item.claim_token}
-            for item in released
-        ]
+        fields = ("delivery_id", "not_before", "claim_token")
+        batch = [{name: getattr(item, name) for name in fields} for item in released]
         casts = {"delivery_id": "uuid", "not_before": "timestamp", "claim_token": "uuid"}
-        select, params = batch_select(("delivery_id", "not_before", "claim_token"), batch, casts)
+        select, params = batch_select(fields, batch, casts)
         sql = f"with b as (select {select}) {_RELEASE.format(batch='b', uuid='')}"
         return {row[0] for row in conn.execute(sql, params).fetchall()}
     conn.register("_unclaimed_batch", _arrow(released, _UNCLAIMED_SCHEMA))
@@ -687,6 +515,8 @@ def requeue_deliveries(conn: duckdb.DuckDBPyConnection, query: DeliveryQuery, no
         f"updated_at = ? where {where} and claimed_until is null returning delivery_id"
     )
     rows = conn.execute(sql, [DeliveryStatus.PENDING, now, now, *params]).fetchall()
+    if rows and is_postgres(conn):  # every instance's worker hears of them at commit (wakeups.py)
+        conn.execute("select pg_notify('attribution_deliveries', '')")
     return [row[0] for row in rows]
 
 

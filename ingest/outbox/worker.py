@@ -15,7 +15,6 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
@@ -30,199 +29,39 @@ from ingest.outbox.breaker import BreakerState, CircuitBreaker
 from ingest.outbox.delivery import PROBE_FAILED, AttemptResult, Verdict, deliver_one, send_time_gate, settle
 from ingest.outbox.destinations import DestinationClient, build_clients, destination_limits
 from ingest.outbox.destinations.mailerlite import ensure_mailerlite_fields
+from ingest.outbox.lanes import (
+    PACING_HORIZON_SECONDS,
+    Lane,
+    LaneChange,
+    breaker_change,
+    circuit_views,
+    follow,
+    record_lane_change,
+)
 from ingest.outbox.leases import (
     Claim,
     ClaimRequest,
-    Flush,
-    LaneChange,
-    LaneView,
     any_due,
     claim_deliveries,
     expired_leases,
-    record_deliveries,
-    record_lane_change,
     release_all_deliveries,
 )
 from ingest.outbox.pacing import Pacer
-from ingest.outbox.repository import ClaimedDelivery, RecordedOutcome, Unclaimed
+from ingest.outbox.recorder import Recorder
+from ingest.outbox.records import ClaimedDelivery, RecordedOutcome, Unclaimed
+from ingest.outbox.wakeups import Wakeups
 from ingest.store.database import Database
-from ingest.store.writer import StoreUnavailable, Writer, WriterStopped
+from ingest.store.postgres import PostgresDatabase
+from ingest.store.writer import StoreUnavailable, WriterStopped
 
 log = logging.getLogger(__name__)
 
-MAX_CLAIM = 1024  # most deliveries one destination holds claimed (sending or queued to send) at once
-# Claim about this long's worth of sends: long enough that claims (a few table scans each) stay rare under
-# load, short enough that a claimed delivery goes out soon after its consent was checked.
-QUEUE_SECONDS = 1.0
-PACING_HORIZON_SECONDS = 1.0  # a rate-limited destination claims only what it may send within this long
 LONG_PAUSE_SECONDS = 1.0  # a claimed delivery facing a longer Retry-After pause goes back to the table
-RECORD_INTERVAL_SECONDS = 0.1  # outcomes are committed at most this often
-RECORD_RETRY_SECONDS = 1.0  # how soon outcomes the store refused are tried again
 # Attempt outcomes logged besides a delivery going dead: failures it may still get over.
 _WORTH_LOGGING = frozenset({DeliveryStatus.RETRYING, PROBE_FAILED, Verdict.RATE_LIMITED})
+STORE_RETRY_SECONDS = 1.0  # a claim the store could not answer is tried again this soon (or at the poll)
 FIELDS_RETRY_FIRST_SECONDS = 1.0  # ensuring MailerLite's custom fields failed: first retry, doubling up to
 FIELDS_RETRY_MAX_SECONDS = 60.0
-
-
-# --- per-destination lanes -----------------------------------------------------------------------------------
-
-
-@dataclass
-class _Lane:
-    """One destination's client, limits and in-flight bookkeeping."""
-
-    destination: Destination
-    client: DestinationClient | None  # None: not configured, deliveries are recorded as disabled
-    concurrency: int
-    pacer: Pacer
-    breaker: CircuitBreaker
-    semaphore: asyncio.Semaphore
-    inflight: dict[UUID, UUID | None] = field(default_factory=dict)  # delivery_id -> event_id
-    seconds_per_send: float | None = None  # moving average of request durations
-    sent: int = 0
-    # Why nothing is claimed for it now (MailerLite: our custom fields not ensured yet), else None.
-    held: str | None = None
-    setup_failed: bool = False  # its set-up was tried and failed: held until a retry succeeds
-    # PostgreSQL: seconds between requests for all instances together (0: unlimited), paced by the store, and
-    # until when (time.monotonic()) claiming for it is not worth a try (its next free slot, a shared pause).
-    shared_interval: float = 0.0
-    not_before: float = 0.0
-
-    def observe(self, result: AttemptResult) -> None:
-        """Fold a request's duration into the moving average that sizes claims."""
-        if result.duration_ms is None:
-            return
-        seconds = result.duration_ms / 1000
-        previous = self.seconds_per_send
-        self.seconds_per_send = seconds if previous is None else 0.9 * previous + 0.1 * seconds
-
-    def queue_cap(self) -> int:
-        """How many to hold claimed: about QUEUE_SECONDS of sends at the observed speed."""
-        floor = 2 * self.concurrency
-        if self.seconds_per_send is None:
-            return floor
-        wanted = int(self.concurrency * QUEUE_SECONDS / max(self.seconds_per_send, 0.001))
-        return max(floor, min(wanted, MAX_CLAIM))
-
-    def claimable(self) -> tuple[int, bool, bool]:
-        """(How many it could take now, whether that is worth a claim on its own, whether it is a probe)."""
-        if self.held is not None or self.pacer.paused_for() > 0 or self.not_before > time.monotonic():
-            return 0, False, False
-        state = self.breaker.state
-        if state is BreakerState.OPEN:
-            return 0, False, False
-        if state is BreakerState.HALF_OPEN:
-            return (1, True, True) if not self.breaker.probing else (0, False, False)
-        cap = self.queue_cap()
-        room = cap - len(self.inflight)
-        slots = self.pacer.slots_within(PACING_HORIZON_SECONDS)
-        if slots is not None:
-            room = min(room, slots)
-        # Worth a claim when empty or half drained: a busy lane then costs few claim transactions.
-        worth = room > 0 and (not self.inflight or room >= cap // 2)
-        return max(room, 0), worth, False
-
-
-class _Recorder:
-    """Gathers outcomes and given-back leases, committing each gathering as one writer job (group commit
-    on top of the writer's, so a thousand sends a second cost a handful of transactions)."""
-
-    def __init__(self, writer: Writer) -> None:
-        self._writer = writer
-        self._pending: list[tuple[RecordedOutcome | Unclaimed, asyncio.Future[bool]]] = []
-        self._ready = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._retrying = False  # the last flush found the store unable to write
-        self._retry_at = 0.0
-
-    def start(self) -> None:
-        """Start the flushing task."""
-        self._task = asyncio.create_task(self._run(), name="delivery-recorder")
-
-    async def record(self, item: RecordedOutcome | Unclaimed) -> bool:
-        """Queue an outcome (or a given-back lease) and wait until it is committed; False when it was refused, as
-        another claim holds the delivery's lease now (this one's ran out)."""
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append((item, future))
-        self._ready.set()
-        return await future
-
-    async def _run(self) -> None:
-        last_flush = -RECORD_INTERVAL_SECONDS
-        while True:
-            await self._ready.wait()
-            # At most one flush per interval: a flush costs a few table scans however many rows it holds, so
-            # under load rows are gathered; after a quiet spell an outcome is committed at once.
-            wait = max(last_flush + RECORD_INTERVAL_SECONDS, self._retry_at) - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            self._ready.clear()
-            last_flush = time.monotonic()
-            await self._flush()
-
-    async def _flush(self) -> None:
-        taken, self._pending = self._pending, []
-        if not taken:
-            return
-        flush = Flush(
-            outcomes=tuple(item for item, _ in taken if isinstance(item, RecordedOutcome)),
-            released=tuple(item for item, _ in taken if isinstance(item, Unclaimed)),
-        )
-        try:
-            refused = await self._writer.submit(record_deliveries, flush)
-        except WriterStopped as exc:
-            # Stopping: nothing of this flush is committed; its leases stay, so the next start sends those again.
-            log.warning("delivery outcomes not recorded: the writer stopped", extra={"count": len(taken)})
-            self._fail(taken, exc)
-            return
-        except StoreUnavailable:
-            # The store cannot write now (a full disk): keep these outcomes and try again shortly, so a delivery
-            # that was sent is recorded as soon as writes work again instead of waiting out its lease.
-            if not self._retrying:
-                log.warning(
-                    "delivery outcomes wait for the store to write again", extra={"count": len(taken)}
-                )
-            self._retrying = True
-            self._pending = taken + self._pending
-            self._retry_at = time.monotonic() + RECORD_RETRY_SECONDS
-            self._ready.set()
-            return
-        except (
-            Exception
-        ) as exc:  # a bug or a database error: logged, and the waiting sends are answered with it
-            # (the recorder must outlive it, or every later send would wait for ever)
-            log.exception("recording delivery outcomes failed", extra={"count": len(taken)})
-            self._fail(taken, exc)
-            return
-        if self._retrying:
-            log.warning("delivery outcomes recorded again", extra={"count": len(taken)})
-            self._retrying = False
-        for item, future in taken:
-            if not future.done():
-                future.set_result(item.delivery_id not in refused)
-
-    @staticmethod
-    def _fail(
-        taken: list[tuple[RecordedOutcome | Unclaimed, asyncio.Future[bool]]], exc: BaseException
-    ) -> None:
-        for _, future in taken:
-            if not future.done():
-                future.set_exception(exc)
-
-    async def close(self) -> None:
-        """Commit what is still gathered (one try), then stop."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        await self._flush()
-        # What the store still refuses is given up: those leases stay, and the next start sends them again with
-        # the same idempotency key.
-        left, self._pending = self._pending, []
-        self._fail(
-            left, StoreUnavailable("delivery outcomes could not be recorded before the worker stopped")
-        )
 
 
 # --- the worker ---------------------------------------------------------------------------------------------
@@ -249,11 +88,11 @@ class DeliveryWorker:
         self._rng = rng or random.Random()
         # Other instances may claim from this store: requests per minute, circuits and pauses are shared there.
         self._shared = database.engine == "postgresql"
-        self._lanes: dict[Destination, _Lane] = {}
+        self._lanes: dict[Destination, Lane] = {}
         for destination in Destination:
             concurrency, per_minute = destination_limits(settings, destination)
             shared_pacing = self._shared and per_minute > 0
-            self._lanes[destination] = _Lane(
+            self._lanes[destination] = Lane(
                 destination=destination,
                 client=self._clients.get(destination),
                 concurrency=concurrency,
@@ -265,7 +104,7 @@ class DeliveryWorker:
                 ),
                 semaphore=asyncio.Semaphore(concurrency),
             )
-        self._recorder = _Recorder(database.writer)
+        self._recorder = Recorder(database.writer)
         self._lease = timedelta(seconds=settings.attribution_delivery_lease_seconds)
         self._wake = asyncio.Event()
         self._stopping = False
@@ -277,6 +116,11 @@ class DeliveryWorker:
         self._preparing: asyncio.Task[None] | None = None
         self._lane_changes: asyncio.Queue[LaneChange] = asyncio.Queue()
         self._sharing: asyncio.Task[None] | None = None
+        self._circuits_read_at = 0.0
+        # Deliveries another instance commits wake this worker (LISTEN/NOTIFY), polling is the fallback.
+        self._wakeups = (
+            Wakeups(database.url, self._wake.set) if isinstance(database, PostgresDatabase) else None
+        )
 
     async def start(self) -> None:
         """Release leases a dead process left behind (embedded store), then start claiming.
@@ -292,6 +136,8 @@ class DeliveryWorker:
                     extra={"count": expired},
                 )
             self._sharing = asyncio.create_task(self._share_lane_changes(), name="delivery-lane-changes")
+        if self._wakeups is not None:
+            self._wakeups.start()
         else:
             released = await self._database.writer.submit(release_all_deliveries, None)
             if released:
@@ -307,6 +153,8 @@ class DeliveryWorker:
         """
         self._stopping = True
         self._wake.set()
+        if self._wakeups is not None:
+            await self._wakeups.stop()
         await self._stop_preparing()
         if self._dispatcher is not None:
             await self._dispatcher
@@ -396,7 +244,7 @@ class DeliveryWorker:
         lane.held = "checking that MailerLite has our custom fields"
         return asyncio.create_task(self._ensure_mailerlite_fields(lane), name="mailerlite-fields")
 
-    async def _ensure_mailerlite_fields(self, lane: _Lane) -> None:
+    async def _ensure_mailerlite_fields(self, lane: Lane) -> None:
         """Create the fields MailerLite lacks, retrying with backoff; release the lane once they all exist."""
         delay = FIELDS_RETRY_FIRST_SECONDS
         while True:
@@ -439,7 +287,7 @@ class DeliveryWorker:
                 return
             except StoreUnavailable as exc:  # the store cannot write or answer now: nothing was leased
                 log.warning("claiming deliveries waits for the store", extra={"error": str(exc)[:300]})
-                sleep = poll
+                sleep = min(poll, STORE_RETRY_SECONDS)
             except (duckdb.Error, psycopg.Error):
                 # A failed claim rolled back and leased nothing; say so loudly and try again after a poll.
                 log.exception("claiming deliveries failed")
@@ -452,6 +300,8 @@ class DeliveryWorker:
     async def _claim_round(self, poll: float) -> float:
         """Claim for every lane with room in one transaction; return how long to sleep unless woken."""
         sleep = poll
+        if self._shared:
+            await self._refresh_circuits(poll)
         limits: dict[str, int] = {}
         probes: set[Destination] = set()
         worth_it = False
@@ -523,7 +373,7 @@ class DeliveryWorker:
             if not got[destination.value]:
                 self._lanes[destination].breaker.probing = False  # nothing due to probe with yet
         for name, view in claim.lanes.items():
-            if self._follow(self._lanes[Destination(name)], view, poll):
+            if follow(self._lanes[Destination(name)], view, poll):
                 probes.add(Destination(name))
             else:
                 probes.discard(Destination(name))
@@ -542,26 +392,22 @@ class DeliveryWorker:
             return 0.0  # there may be more due: look again as soon as there is room
         return sleep
 
-    def _follow(self, lane: _Lane, view: LaneView, poll: float) -> bool:
-        """Take what a claim read of the destination's shared state into the lane; whether its claimed delivery (if
-        any) is the circuit's probe."""
-        breaker = lane.breaker
-        if view.probe:  # this claim holds the one probe of a half-open circuit
-            if not breaker.probing:
-                breaker.follow(0.0)
-                breaker.start_probe()
-            return True
-        breaker.probing = False
-        if not view.circuit_open:
-            if breaker.opened_at is not None:
-                breaker.follow(None)  # another instance's probe closed it
-            if view.wait:
-                lane.not_before = time.monotonic() + view.wait
-        elif view.probing_elsewhere:
-            breaker.follow(min(view.wait if view.wait is not None else poll, poll))  # ask again shortly
-        else:
-            breaker.follow(view.wait or 0.0)
-        return False
+    async def _refresh_circuits(self, poll: float) -> None:
+        """Follow the shared state of circuits this worker holds open (at most once a poll): a worker with nothing
+        due there would otherwise not hear that another instance's probe closed them."""
+        stale = [
+            lane.destination.value
+            for lane in self._lanes.values()
+            if lane.client is not None and lane.breaker.opened_at is not None and not lane.breaker.probing
+        ]
+        if not stale or time.monotonic() - self._circuits_read_at < poll:
+            return
+        self._circuits_read_at = time.monotonic()
+        views = await asyncio.to_thread(self._database.read, functools.partial(circuit_views, stale))
+        for name, view in views.items():
+            lane = self._lanes[Destination(name)]
+            if not lane.breaker.probing and not view.probe:
+                follow(lane, view, poll)
 
     def _share(self, change: LaneChange) -> None:
         """Queue a change of what instances share about a destination (PostgreSQL), applied in order."""
@@ -603,7 +449,7 @@ class DeliveryWorker:
     # -- sending --
 
     async def _send(
-        self, lane: _Lane, claimed: ClaimedDelivery, probe: bool, due: float | None = None
+        self, lane: Lane, claimed: ClaimedDelivery, probe: bool, due: float | None = None
     ) -> None:
         probe_told = False  # the shared circuit heard this probe's answer
         try:
@@ -659,26 +505,17 @@ class DeliveryWorker:
         if not await self._recorder.record(unclaimed):
             self._log_refused(self._lanes[Destination(claimed.destination)], claimed)
 
-    def _share_breaker(self, lane: _Lane, before: BreakerState, result: AttemptResult, probe: bool) -> bool:
+    def _share_breaker(self, lane: Lane, before: BreakerState, result: AttemptResult, probe: bool) -> bool:
         """Tell other instances what this attempt did to the circuit (PostgreSQL); whether a probe's answer was."""
         if not self._shared:
             return False
         cooldown = self._settings.attribution_circuit_breaker_cooldown_seconds
-        after = lane.breaker.state
-        if probe:
-            if after is BreakerState.CLOSED:
-                change = "closed"
-            elif result.outage:
-                change = "probe_failed"
-            else:
-                change = "probe_released"  # nothing was sent: another probe may go
-            self._share(LaneChange(lane.destination.value, change, cooldown))
-            return True
-        if before is BreakerState.CLOSED and after is not BreakerState.CLOSED:
-            self._share(LaneChange(lane.destination.value, "opened", cooldown))
-        return False
+        change = breaker_change(lane, before, result, probe=probe, cooldown=cooldown)
+        if change is not None:
+            self._share(change)
+        return probe
 
-    def _log_refused(self, lane: _Lane, claimed: ClaimedDelivery) -> None:
+    def _log_refused(self, lane: Lane, claimed: ClaimedDelivery) -> None:
         log.warning(
             "delivery outcome refused: its lease ran out and another claim holds the delivery now",
             extra={
@@ -688,7 +525,7 @@ class DeliveryWorker:
             },
         )
 
-    def _log_outcome(self, lane: _Lane, claimed: ClaimedDelivery, outcome: RecordedOutcome) -> None:
+    def _log_outcome(self, lane: Lane, claimed: ClaimedDelivery, outcome: RecordedOutcome) -> None:
         if outcome.status != DeliveryStatus.DEAD and outcome.outcome not in _WORTH_LOGGING:
             return
         extra = {
@@ -704,7 +541,7 @@ class DeliveryWorker:
         else:
             log.info("delivery attempt failed", extra=extra | {"error": outcome.error})
 
-    def _log_breaker(self, lane: _Lane, before: BreakerState) -> None:
+    def _log_breaker(self, lane: Lane, before: BreakerState) -> None:
         after = lane.breaker.state
         extra = {"destination": lane.destination.value, "failures": lane.breaker.consecutive_failures}
         if before is BreakerState.CLOSED and after is not BreakerState.CLOSED:

@@ -16,7 +16,7 @@ from ingest.outbox.destinations.crm import crm_body, crm_signature, render_crm
 from ingest.outbox.destinations.mailerlite import UPDATE_ONLY, mailerlite_body
 from ingest.outbox.destinations.rendering import CannotRender
 from ingest.outbox.destinations.sgtm import derive_client_id, normalise_email_for_google, sgtm_body
-from ingest.outbox.repository import ClaimedDelivery
+from ingest.outbox.records import ClaimedDelivery
 from sandbox.crm import sign_crm_body
 from tests.conftest import make_settings
 

@@ -28,6 +28,7 @@ from ingest.core.vocabulary import DeliveryKind, Destination
 from ingest.outbox.worker import DeliveryWorker
 from ingest.store import postgres
 from ingest.store.database import Database, open_database
+from ingest.store.writer import StoreUnavailable
 from sandbox import Sandbox
 from tests.conftest import ADMIN_TOKEN, lead_body
 from tests.outbox.conftest import (
@@ -343,19 +344,78 @@ async def test_claims_survive_the_server_dropping_every_connection(
                 "where datname = current_database() and pid <> pg_backend_pid()"
             )
         await asyncio.sleep(0.3)  # a few polls meet the dropped connections
-        await _capture_retrying(database, settings)
+        await _capture_retrying(database, settings, "after@example.com")
         await async_wait_until(lambda: statuses(database) == {"delivered": 8}, timeout=15)
         assert worker.status()["crm"]["sent"] == 2
 
 
-async def _capture_retrying(database: Database, settings: Settings) -> uuid.UUID:
+async def _capture_retrying(database: Database, settings: Settings, email: str) -> uuid.UUID:
     """Capture once the writer answers again (its first job after the drop may meet the dead connection)."""
     for _ in range(20):
         try:
-            return await capture(database, settings, email="after@example.com")
-        except Exception:
+            return await capture(database, settings, email=email)
+        except StoreUnavailable:  # while the writer's connection is opened again
             await asyncio.sleep(0.1)
     raise AssertionError("the store never wrote again")
+
+
+async def test_a_lead_on_another_instance_wakes_this_worker_without_waiting_for_its_poll(
+    tmp_path: Path, sandbox: Sandbox, store: dict[str, Any]
+) -> None:
+    # The worker polls only every 5 s: what it sends sooner, the other instance's commit told it (LISTEN/NOTIFY).
+    settings = sandbox_settings(tmp_path, sandbox, **store, attribution_delivery_poll_seconds=5.0)
+    capturing = open_database(settings)  # an instance whose worker does not send them
+    try:
+        async with instances(settings, count=1) as [(sending, worker)]:
+            await asyncio.sleep(0.5)  # idle: its last look found nothing
+            waits = []
+            for round_ in range(2):
+                started = time.monotonic()
+                await _capture_retrying(capturing, settings, f"woken{round_}@example.com")
+                await async_wait_until(lambda r=round_: len(sandbox.requests("crm")) == r + 1, timeout=10)
+                waits.append(time.monotonic() - started)
+                if round_ == 0:  # the server drops every connection, the listener's too: it listens again
+                    with psycopg.connect(store["attribution_database_url"], autocommit=True) as admin:
+                        admin.execute(
+                            "select pg_terminate_backend(pid) from pg_stat_activity "
+                            "where datname = current_database() and pid <> pg_backend_pid()"
+                        )
+                    await async_wait_until(lambda: worker.status()["crm"]["in_flight"] == 0)
+                    _drain_dropped(
+                        sending
+                    )  # the read pool's dropped connections (not what this test is about)
+                    await asyncio.sleep(1.5)  # RELISTEN_SECONDS and a margin
+    finally:
+        capturing.close()
+    assert all(wait < 2.0 for wait in waits), waits  # not the 5 s poll
+
+
+def _drain_dropped(database: Database) -> None:
+    """Read until the pool hands out a live connection (each dropped one fails once and is discarded)."""
+    for _ in range(postgres.POOL_SIZE + 1):
+        try:
+            database.read(lambda conn: conn.execute("select 1").fetchone())
+            return
+        except StoreUnavailable:  # a dropped pooled connection: discarded
+            continue
+
+
+def test_lead_answers_still_come_from_the_capturing_instance_while_another_listens(
+    sandbox: Sandbox, api_with: Callable[..., httpx.Client]
+) -> None:
+    env = {name.lower(): value for name, value in sandbox.env().items()}
+    app_a, app_b = (api_with(**(env | FAST | {"attribution_inline_delivery_ms": 3000})) for _ in range(2))
+    answers = [
+        (app_a, app_b)[n % 2].post("/v1/leads", json=lead_body(email=f"inline{n}@example.com")).json()
+        for n in range(6)
+    ]
+    # Each was woken at the other's commit too, yet the instance that captured the lead sent it (its answer waits for
+    # its own sends), so every answer carries the ids MailerLite and the CRM gave.
+    assert all(
+        a["mailerlite"]["status"] == "delivered" and a["crm"]["status"] == "delivered" for a in answers
+    )
+    assert len({a["crm"]["contact_id"] for a in answers}) == 6
+    assert len(subscriber_requests(sandbox)) == 6 and len(sandbox.requests("crm")) == 6
 
 
 @pytest.fixture

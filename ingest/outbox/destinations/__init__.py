@@ -20,7 +20,7 @@ from ingest.outbox.destinations.mailerlite import mailerlite_subscriber_id, rend
 from ingest.outbox.destinations.meta import meta_answer_fault, render_meta
 from ingest.outbox.destinations.sgtm import render_sgtm
 from ingest.outbox.destinations.transport import AnswerFault, ConnectionPool, HttpAnswer, OutgoingRequest
-from ingest.outbox.repository import ClaimedDelivery
+from ingest.outbox.records import ClaimedDelivery
 
 Renderer = Callable[[ClaimedDelivery, Settings, datetime], OutgoingRequest]
 IdParser = Callable[[Any], "str | None"]

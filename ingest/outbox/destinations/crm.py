@@ -19,7 +19,7 @@ from ingest.outbox.destinations.rendering import (
     text_or_none,
 )
 from ingest.outbox.destinations.transport import OutgoingRequest
-from ingest.outbox.repository import ClaimedDelivery
+from ingest.outbox.records import ClaimedDelivery
 
 SIGNATURE_HEADER = "X-Attribution-Signature"
 

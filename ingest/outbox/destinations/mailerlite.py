@@ -30,7 +30,7 @@ from ingest.outbox.destinations.rendering import (
     text_or_none,
 )
 from ingest.outbox.destinations.transport import USER_AGENT, OutgoingRequest
-from ingest.outbox.repository import ClaimedDelivery
+from ingest.outbox.records import ClaimedDelivery
 
 MAILERLITE_DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 

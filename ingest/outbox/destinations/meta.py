@@ -16,7 +16,7 @@ from ingest.core.settings import Settings
 from ingest.core.vocabulary import DeliveryKind
 from ingest.outbox.destinations.rendering import CannotRender, compact_json, text_or_none
 from ingest.outbox.destinations.transport import AnswerFault, HttpAnswer, OutgoingRequest
-from ingest.outbox.repository import ClaimedDelivery
+from ingest.outbox.records import ClaimedDelivery
 
 EVENT_NAMES = {DeliveryKind.GENERATE_LEAD: "Lead", DeliveryKind.PURCHASE: "Purchase"}
 # Meta refuses events older than 7 days; stay a minute clear of the edge, the request takes time to arrive.

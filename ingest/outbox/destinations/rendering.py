@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from ingest.outbox.repository import ClaimedDelivery
+from ingest.outbox.records import ClaimedDelivery
 
 UTM_KEYS = ("utm_source", "utm_medium", "utm_campaign", "utm_content", "utm_term")
 

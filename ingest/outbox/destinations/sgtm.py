@@ -16,7 +16,7 @@ from ingest.core.settings import Settings
 from ingest.core.vocabulary import DeliveryKind
 from ingest.outbox.destinations.rendering import compact_json, marketing_consent, text_or_none
 from ingest.outbox.destinations.transport import OutgoingRequest
-from ingest.outbox.repository import ClaimedDelivery
+from ingest.outbox.records import ClaimedDelivery
 
 # GA4 Measurement Protocol limits (https://developers.google.com/analytics/devguides/collection/protocol/ga4).
 GA4_MAX_NAME_CHARS = 40

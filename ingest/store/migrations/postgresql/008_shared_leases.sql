@@ -30,3 +30,14 @@ create index outbox_deliveries_session on deliveries (user_session_id);
 create index outbox_deliveries_leased on deliveries (claimed_until) where claimed_until is not null;
 create index outbox_consent_event on consent_ledger (event_id, recorded_at);
 create index outbox_consent_session on consent_ledger (user_session_id, recorded_at);
+
+-- Wake-ups across instances: a transaction that inserted deliveries notifies every listening worker when it commits
+-- (one notification per transaction; the channel is ingest/outbox/wakeups.py's CHANNEL).
+create function outbox_deliveries_notify() returns trigger language plpgsql as $$
+begin
+    perform pg_notify('attribution_deliveries', '');
+    return null;
+end
+$$;
+create trigger outbox_deliveries_notify after insert on deliveries
+    for each statement execute function outbox_deliveries_notify();
