@@ -1,14 +1,14 @@
 """Wake-ups across instances on PostgreSQL: how long a delivery waits when its lead lands on an instance whose worker
 does not send it, polling vs LISTEN/NOTIFY, and what NOTIFY costs lead capture.
 
-    .venv/bin/python -m bench.wakeups [--leads 40] [--poll 0.5] [--capture-seconds 4] [--rounds 3]
+    .venv/bin/python -m bench.wakeups [--leads 40] [--poll 0.5] [--capture-seconds 4] [--rounds 6]
 
 One throwaway PostgreSQL cluster (fsync on), the sandbox fakes on loopback. Instance A captures leads through the
 real handler (no worker: the lead "lands on the other instance"); instance B runs the real DeliveryWorker. Each
 lead's latency is from A's commit to the CRM fake receiving its request, leads arriving every 0.15-0.35 s (B idle
 between them, as a quiet shop's instance is). Modes: `poll` (B finds rows by its idle read every --poll seconds) and
 `notify` (migration 008's trigger NOTIFYs at commit; B's worker LISTENs and wakes after its grace). Then capture
-throughput with and without the trigger: 32 concurrent callers on A for --capture-seconds, rounds alternated.
+throughput with and without the trigger: 32 concurrent callers on A for --capture-seconds, the order alternated round by round.
 """
 
 from __future__ import annotations
@@ -144,8 +144,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 print(mode, results[f"latency_{mode}"], flush=True)
         url = _fresh(cluster, "capture")
         rates: dict[str, list[float]] = {"without_trigger": [], "with_trigger": []}
-        for _ in range(args.rounds):
-            for on in (False, True):
+        for round_ in range(args.rounds):
+            for on in (False, True) if round_ % 2 == 0 else (True, False):  # ABBA: drift hits both alike
                 _trigger(url, on)
                 rate = await throughput(url, tmp, args.capture_seconds)
                 rates["with_trigger" if on else "without_trigger"].append(round(rate, 1))
@@ -160,7 +160,7 @@ if __name__ == "__main__":
     parser.add_argument("--leads", type=int, default=40)
     parser.add_argument("--poll", type=float, default=0.5)
     parser.add_argument("--capture-seconds", type=float, default=4.0)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=6)
     outcome = asyncio.run(main(parser.parse_args()))
     with contextlib.suppress(Exception):
         save("wakeups", outcome)

@@ -316,8 +316,11 @@ _MOVE_DELIVERY = """
         updated_at = ?
     from {batch} b
     where deliveries.delivery_id = b.delivery_id{uuid} and deliveries.claim_token is not distinct from b.claim_token{uuid}
-    returning deliveries.delivery_id
+    {returning}
 """
+_RETURNING = (
+    "returning deliveries.delivery_id"  # PostgreSQL; DuckDB counts instead (RETURNING doubles its update)
+)
 _ATTEMPT_INSERT = (
     "insert into delivery_attempts "
     "(delivery_id, attempt_number, started_at, duration_ms, status_code, response_body, error, outcome) "
@@ -354,9 +357,18 @@ def record_outcomes(
         return _record_outcomes_postgres(conn, outcomes, now)
     conn.register("_outcome_batch", _arrow(outcomes, _OUTCOME_SCHEMA))
     try:
-        moved = conn.execute(_MOVE_DELIVERY.format(batch="_outcome_batch", uuid="::uuid"), [now]).fetchall()
-        recorded = {row[0] for row in moved}
-        if len(recorded) < len({item.delivery_id for item in outcomes}):  # some refused: keep the others only
+        sql = _MOVE_DELIVERY.format(batch="_outcome_batch", uuid="::uuid", returning="")
+        recorded = {item.delivery_id for item in outcomes}
+        if _count(conn.execute(sql, [now])) < len(
+            recorded
+        ):  # some refused: the rows moved carry this update's time
+            recorded = {
+                row[0]
+                for row in conn.execute(
+                    "select delivery_id from deliveries where updated_at = ? and delivery_id in (select unnest(?::uuid[]))",
+                    [now, _uuids(list(recorded))],
+                ).fetchall()
+            }
             conn.unregister("_outcome_batch")
             outcomes = [item for item in outcomes if item.delivery_id in recorded]
             conn.register("_outcome_batch", _arrow(outcomes, _OUTCOME_SCHEMA))
@@ -386,7 +398,7 @@ def _record_outcomes_postgres(conn: Any, outcomes: Sequence[RecordedOutcome], no
     select, params = batch_select(_OUTCOME_FIELDS, rows, casts)
     sql = f"""
         with b as (select {select}),
-        moved as ({_MOVE_DELIVERY.format(batch="b", uuid="")}),
+        moved as ({_MOVE_DELIVERY.format(batch="b", uuid="", returning=_RETURNING)}),
         kept as (select b.* from b join moved using (delivery_id)),
         attempts as (
             {_ATTEMPT_INSERT}
@@ -407,8 +419,14 @@ _RELEASE = """
         next_attempt_at = greatest(deliveries.next_attempt_at, coalesce(b.not_before, deliveries.next_attempt_at))
     from {batch} b
     where deliveries.delivery_id = b.delivery_id{uuid} and deliveries.claim_token is not distinct from b.claim_token{uuid}
-    returning deliveries.delivery_id
+    {returning}
 """
+
+
+def _count(cursor: Any) -> int:
+    """The rows a DuckDB update changed (it answers with their count)."""
+    row = cursor.fetchone()
+    return int(row[0]) if row else 0
 
 
 def release_claims(conn: duckdb.DuckDBPyConnection, released: Sequence[Unclaimed]) -> set[UUID]:
@@ -421,12 +439,20 @@ def release_claims(conn: duckdb.DuckDBPyConnection, released: Sequence[Unclaimed
         batch = [{name: getattr(item, name) for name in fields} for item in released]
         casts = {"delivery_id": "uuid", "not_before": "timestamp", "claim_token": "uuid"}
         select, params = batch_select(fields, batch, casts)
-        sql = f"with b as (select {select}) {_RELEASE.format(batch='b', uuid='')}"
+        sql = f"with b as (select {select}) {_RELEASE.format(batch='b', uuid='', returning=_RETURNING)}"
         return {row[0] for row in conn.execute(sql, params).fetchall()}
     conn.register("_unclaimed_batch", _arrow(released, _UNCLAIMED_SCHEMA))
     try:
-        rows = conn.execute(_RELEASE.format(batch="_unclaimed_batch", uuid="::uuid")).fetchall()
-        return {row[0] for row in rows}
+        given = {item.delivery_id for item in released}
+        sql = _RELEASE.format(batch="_unclaimed_batch", uuid="::uuid", returning="")
+        if _count(conn.execute(sql)) < len(given):  # some refused: those another claim holds now
+            held = conn.execute(
+                "select delivery_id from deliveries where claim_token is not null "
+                "and delivery_id in (select unnest(?::uuid[]))",
+                [_uuids(list(given))],
+            ).fetchall()
+            given -= {row[0] for row in held}
+        return given
     finally:
         conn.unregister("_unclaimed_batch")
 
