@@ -2,8 +2,8 @@
 sends them with per-destination concurrency, pacing and a circuit breaker, and records every attempt.
 
 On PostgreSQL every instance runs one, claiming from the same table: what they must agree on (the requests per
-minute a destination allows, its circuit, Retry-After pauses) is shared through `delivery_lanes` (see leases.py);
-each worker's own breaker and pacer then follow what its claims read there."""
+minute a destination allows, its circuit, Retry-After pauses) is shared through `delivery_lanes` (lanes.py), and
+deliveries another instance commits wake it (wakeups.py); its own breaker and pacer follow what its claims read."""
 
 from __future__ import annotations
 
@@ -149,7 +149,8 @@ class DeliveryWorker:
     async def stop(self, grace_seconds: float = 5.0) -> None:
         """Stop claiming, let sends in flight finish for up to `grace_seconds`, then close the clients.
 
-        A send cut off here keeps its lease, so the next start sends it again with the same idempotency key.
+        A send cut off here keeps its lease: the embedded store's next start sends it again, on PostgreSQL another
+        instance takes it over once the lease has run out; with the same idempotency key either way.
         """
         self._stopping = True
         self._wake.set()
