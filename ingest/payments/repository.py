@@ -14,6 +14,7 @@ from uuid import UUID
 
 import duckdb
 
+from ingest.store.postgres import is_postgres
 from ingest.store.rows import batch_select
 
 EVENT_COLUMNS = (
@@ -43,6 +44,11 @@ Row = Mapping[str, Any]
 
 def _text(value: Any) -> Any:
     return str(value) if isinstance(value, UUID) else value
+
+
+def _column_types(conn: Any, table: str) -> dict[str, str] | None:
+    """The casts a bulk insert into `table` needs: PostgreSQL types an array parameter only when told."""
+    return conn.column_types(table) if is_postgres(conn) else None
 
 
 # --- stripe_events -----------------------------------------------------------------------------------------
@@ -78,7 +84,7 @@ def lookup_events(
 def insert_events(conn: duckdb.DuckDBPyConnection, rows: Sequence[Row]) -> None:
     """Append new Stripe event rows."""
     if rows:
-        select, params = batch_select(EVENT_COLUMNS, rows)
+        select, params = batch_select(EVENT_COLUMNS, rows, _column_types(conn, "stripe_events"))
         conn.execute(f"insert into stripe_events ({', '.join(EVENT_COLUMNS)}) select {select}", params)
 
 
@@ -133,7 +139,7 @@ def get_payments(
 def insert_payments(conn: duckdb.DuckDBPyConnection, rows: Sequence[Row]) -> None:
     """Append payments of PaymentIntents not stored yet."""
     if rows:
-        select, params = batch_select(PAYMENT_COLUMNS, rows)
+        select, params = batch_select(PAYMENT_COLUMNS, rows, _column_types(conn, "payments"))
         conn.execute(f"insert into payments ({', '.join(PAYMENT_COLUMNS)}) select {select}", params)
 
 
@@ -154,7 +160,8 @@ def update_payments(conn: duckdb.DuckDBPyConnection, rows: Sequence[Row], column
     """
     names = [name for name in PAYMENT_UPDATES if name in set(columns)]  # the allow-list, in a fixed order
     if rows and names:
-        select, params = batch_select(["payment_intent_id", *names], rows, PAYMENT_UPDATES)
+        casts = {"payment_intent_id": "varchar", **PAYMENT_UPDATES}
+        select, params = batch_select(["payment_intent_id", *names], rows, casts)
         conn.execute(
             "update payments set "  # noqa: S608 - names come from PAYMENT_UPDATES
             + ", ".join(f"{name} = b.{name}" for name in names)
@@ -187,7 +194,8 @@ def payment_intents_of_charges(conn: duckdb.DuckDBPyConnection, charge_ids: Iter
 def upsert_unlinked_refunds(conn: duckdb.DuckDBPyConnection, rows: Sequence[Row]) -> None:
     """Keep refunds of charges no stored payment holds, one row per charge; the refunded amount only grows."""
     if rows:
-        select, params = batch_select(UNLINKED_REFUND_COLUMNS, rows, _UNLINKED_REFUND_TYPES)
+        casts = _column_types(conn, "unlinked_refunds") or _UNLINKED_REFUND_TYPES
+        select, params = batch_select(UNLINKED_REFUND_COLUMNS, rows, casts)
         conn.execute(
             f"insert into unlinked_refunds ({', '.join(UNLINKED_REFUND_COLUMNS)}) select {select} "
             "on conflict (charge_id) do update set "
