@@ -62,7 +62,7 @@ def _capture(database: PostgresDatabase, plan: LeadPlan) -> LeadCaptured | Excep
         return exc
 
 
-def _at_once(*calls: Callable[[], Any]) -> list[Any]:
+def at_once(*calls: Callable[[], Any]) -> list[Any]:
     """Run the calls in threads released together, so they reach their instances at the same moment."""
     barrier = threading.Barrier(len(calls))
 
@@ -87,7 +87,7 @@ def test_one_lead_reaching_two_instances_at_once_is_new_once(
     for _ in range(rounds):  # each round a lone job on each writer: lookup, then insert, on both at once
         event_id = uuid.uuid4()
         plans = (_plan(plain_settings, event_id), _plan(plain_settings, event_id))
-        answers = _at_once(lambda: _capture(first, plans[0]), lambda: _capture(second, plans[1]))
+        answers = at_once(lambda: _capture(first, plans[0]), lambda: _capture(second, plans[1]))
         assert all(isinstance(answer, LeadCaptured) for answer in answers), answers
         assert sorted(answer.duplicate for answer in answers) == [False, True]
         sessions = {answer.plan.lead["user_session_id"] for answer in answers}
@@ -114,7 +114,7 @@ def test_batches_of_the_same_leads_on_two_instances_store_each_once(
                 answers.append(exc)
         return answers
 
-    ours, theirs = _at_once(lambda: submit_all(first), lambda: submit_all(second))
+    ours, theirs = at_once(lambda: submit_all(first), lambda: submit_all(second))
 
     failures = [answer for answer in ours + theirs if not isinstance(answer, LeadCaptured)]
     assert failures == []
@@ -133,7 +133,7 @@ def test_another_email_under_the_event_id_on_another_instance_is_a_conflict(
         event_id = uuid.uuid4()
         ana = _plan(plain_settings, event_id, "ana.teste@example.com")
         rui = _plan(plain_settings, event_id, "rui.teste@example.com")
-        answers = _at_once(lambda: _capture(first, ana), lambda: _capture(second, rui))
+        answers = at_once(lambda: _capture(first, ana), lambda: _capture(second, rui))
         stored = [answer for answer in answers if isinstance(answer, LeadCaptured)]
         refused = [answer for answer in answers if isinstance(answer, Conflict)]
         assert len(stored) == 1 and len(refused) == 1, answers

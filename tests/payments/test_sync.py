@@ -78,6 +78,9 @@ def _lead_status_in_file(path: Path, event_id: UUID) -> tuple[str, str | None]:
     return row[0], payment["status"] if payment else None
 
 
+# The embedded file only: `attribution sync stripe` opens the DuckDB file itself when no API holds it (the CLI's
+# store selection is its own); on PostgreSQL the admin sync below runs on both engines, across instances in
+# test_instances.
 def test_sync_recovers_a_payment_made_while_the_api_was_stopped(
     tmp_path: Path, localstripe: LocalStripe, sandbox: Sandbox
 ) -> None:
@@ -100,6 +103,7 @@ def test_sync_recovers_a_payment_made_while_the_api_was_stopped(
     assert (code, counts) == (0, (1, 0, 0, 0)), output  # the cursor's overlap lists it again; nothing new
 
 
+# The embedded file only: going through the API is what the CLI does when the API process holds the file's lock.
 def test_sync_goes_through_the_running_api_when_it_holds_the_file(
     tmp_path: Path, localstripe: LocalStripe
 ) -> None:
