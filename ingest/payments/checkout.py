@@ -168,7 +168,9 @@ def link_payment_intents(
         if link.event_id in linked:
             results.append(linked[link.event_id])
             continue
-        now_linked = repository.link_payment_intent(conn, link.event_id, link.payment_intent_id, link.created_at)
+        now_linked = repository.link_payment_intent(
+            conn, link.event_id, link.payment_intent_id, link.created_at
+        )
         if now_linked is None:
             results.append(NotFound(f"no lead with event_id {link.event_id}"))
             continue

@@ -114,7 +114,9 @@ def sync_stripe_events(
     if not _running.acquire(blocking=False):
         raise SyncAlreadyRunning("a Stripe sync is already running")
     try:
-        return database.read(lambda conn: _sync_alone(conn, settings, database, client, since, now or utcnow()))
+        return database.read(
+            lambda conn: _sync_alone(conn, settings, database, client, since, now or utcnow())
+        )
     finally:
         _running.release()
 

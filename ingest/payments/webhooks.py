@@ -397,11 +397,8 @@ def _lock_names(jobs: Sequence[EventJob]) -> set[str]:
         event, change = job.event, job.event.change
         names.add(event.stripe_event_id)
         if change is not None:
-            names |= {
-                str(name)
-                for name in (event.object_id, change.payment_intent_id, change.charge_id, change.metadata_event_id)
-                if name is not None
-            }
+            touched = (event.object_id, change.payment_intent_id, change.charge_id, change.metadata_event_id)
+            names |= {str(name) for name in touched if name is not None}
     return names
 
 
