@@ -153,7 +153,8 @@ def consent_body(**overrides: Any) -> dict[str, Any]:
 class ApiProcess:
     """`attribution serve` as a real subprocess, for crash tests: start, kill -9, start again."""
 
-    def __init__(self, env: dict[str, str], port: int | None = None) -> None:
+    def __init__(self, env: dict[str, str], port: int | None = None, args: tuple[str, ...] = ()) -> None:
+        self.args = args  # more `attribution serve` options, e.g. ("--workers", "2")
         self.env = {**os.environ, "ATTRIBUTION_RATE_LIMIT_PER_MINUTE": "0", **env}
         if "ATTRIBUTION_DB_PATH" in env and "ATTRIBUTION_REPLICA_PATH" not in env:
             # Keep the published replica beside the test's database, not in the working directory's data/.
@@ -167,7 +168,7 @@ class ApiProcess:
     def start(self, timeout: float = 30) -> None:
         """Start the server and wait until /readyz answers."""
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "cli", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "cli", "serve", "--port", str(self.port), *self.args],
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
