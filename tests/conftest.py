@@ -79,6 +79,9 @@ def serve(settings: Settings) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+    # Reached when the test passed: a stop that hangs or fails is a defect too (its traceback is in the log).
+    assert not thread.is_alive(), "the API did not stop within 15 s"
+    assert not server.lifespan.shutdown_failed, "the API's shutdown failed (see the captured log)"
 
 
 @pytest.fixture
