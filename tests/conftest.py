@@ -258,9 +258,8 @@ def fill_disk(mount_point: Path) -> Path:
     return filler
 
 
-@pytest.fixture(scope="session")
-def postgres_cluster() -> Iterator[PostgresCluster]:
-    """One throwaway PostgreSQL server for the session (skipped with the reason where there is none; in CI, where
+def _started_cluster() -> PostgresCluster:
+    """A started throwaway PostgreSQL server (skipped with the reason where there is none; in CI, where
     ATTRIBUTION_REQUIRE_POSTGRES is set by .ci/run, its absence fails instead)."""
     try:
         cluster = PostgresCluster()
@@ -269,6 +268,23 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
         if os.environ.get("ATTRIBUTION_REQUIRE_POSTGRES"):
             pytest.fail(f"PostgreSQL is required here: {exc}")
         pytest.skip(str(exc))
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """One throwaway PostgreSQL server for the session."""
+    cluster = _started_cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def own_postgres_cluster() -> Iterator[PostgresCluster]:
+    """A throwaway PostgreSQL server of the test's own (to stop and start mid-test)."""
+    cluster = _started_cluster()
     try:
         yield cluster
     finally:

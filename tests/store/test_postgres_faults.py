@@ -7,39 +7,23 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import psycopg
-import pytest
 
 from ingest.store import postgres
-from sandbox.postgres import PostgresCluster, PostgresUnavailable
+from sandbox.postgres import PostgresCluster
 from tests.conftest import lead_body, make_settings, serve, wait_until
 
 LEADS = 240
 
 
-@pytest.fixture
-def own_cluster() -> Iterator[PostgresCluster]:
-    """A server of this test's own: it is shut down and started again mid-test."""
-    try:
-        cluster = PostgresCluster()
-        cluster.start()
-    except PostgresUnavailable as exc:
-        pytest.skip(str(exc))
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
 def test_a_server_restart_under_load_is_503_then_recovers_losing_nothing(
-    own_cluster: PostgresCluster, tmp_path: Path
+    own_postgres_cluster: PostgresCluster, tmp_path: Path
 ) -> None:
-    postgres.migrate(own_cluster.url)
-    settings = make_settings(tmp_path, attribution_database_url=own_cluster.url)
+    postgres.migrate(own_postgres_cluster.url)
+    settings = make_settings(tmp_path, attribution_database_url=own_postgres_cluster.url)
     acknowledged: list[str] = []
     answers: Counter[int] = Counter()
     retry_after: set[str | None] = set()
@@ -58,9 +42,9 @@ def test_a_server_restart_under_load_is_503_then_recovers_losing_nothing(
                 elif response.status_code == 503:
                     retry_after.add(response.headers.get("Retry-After"))
                 if n == LEADS // 4:
-                    own_cluster.shut_down()
+                    own_postgres_cluster.shut_down()
                     time.sleep(1.0)  # requests meanwhile meet a server that is gone
-                    own_cluster.start_again()
+                    own_postgres_cluster.start_again()
                     restarted.set()
 
     with serve(settings) as base_url:
@@ -78,6 +62,6 @@ def test_a_server_restart_under_load_is_503_then_recovers_losing_nothing(
     assert answers[503] >= 1, "the outage was seen"
     assert answers[200] >= LEADS // 2, "and the load went on after it"
     assert retry_after == {"5"} or not retry_after
-    with psycopg.connect(own_cluster.url) as conn:
+    with psycopg.connect(own_postgres_cluster.url) as conn:
         stored = {str(row[0]) for row in conn.execute("select event_id from leads").fetchall()}
     assert set(acknowledged) <= stored, "every acknowledged lead is stored"
