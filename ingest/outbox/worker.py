@@ -17,6 +17,7 @@ from typing import Any
 from uuid import UUID
 
 import duckdb
+import psycopg
 
 from ingest.core.clock import utcnow
 from ingest.core.settings import Settings
@@ -402,7 +403,11 @@ class DeliveryWorker:
                 sleep = await self._claim_round(poll)
             except WriterStopped:
                 return
-            except duckdb.Error:
+            except StoreUnavailable:
+                # The store cannot answer now (a full disk, PostgreSQL restarting): the writer has said so; nothing
+                # was leased, so try again after a poll.
+                sleep = poll
+            except (duckdb.Error, psycopg.Error):
                 # A failed claim rolled back and leased nothing; say so loudly and try again after a poll.
                 log.exception("claiming deliveries failed")
                 sleep = poll
