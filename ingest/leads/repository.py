@@ -2,33 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
 import duckdb
-
-from ingest.store.rows import LEAD_COLUMNS
 
 
 def lead_identity(conn: duckdb.DuckDBPyConnection, event_id: UUID) -> tuple[str, UUID] | None:
     """Email and user_session_id of a stored lead (a point lookup on the primary key)."""
     row = conn.execute("select email, user_session_id from leads where event_id = ?", [event_id]).fetchone()
     return (row[0], row[1]) if row else None
-
-
-def insert_lead_if_absent(conn: Any, lead: Mapping[str, Any]) -> bool:
-    """Insert one lead unless its event_id is stored; whether it was inserted.
-
-    On PostgreSQL a concurrent insert of the same event_id by another instance makes this wait for that transaction,
-    then do nothing if it committed: the lead's stored identity is then a new statement away.
-    """
-    row = conn.execute(
-        f"insert into leads ({', '.join(LEAD_COLUMNS)}) values ({', '.join('?' for _ in LEAD_COLUMNS)}) "  # noqa: S608
-        "on conflict (event_id) do nothing returning event_id",
-        [lead[column] for column in LEAD_COLUMNS],
-    ).fetchone()
-    return row is not None
 
 
 def get_lead(conn: duckdb.DuckDBPyConnection, event_id: UUID) -> dict[str, Any] | None:

@@ -19,7 +19,6 @@ from ingest.leads.consent import RequestContext, consent_row
 from ingest.leads.schemas import DestinationOutcome, LeadIn, LeadOut
 from ingest.outbox.gate import ConsentState
 from ingest.outbox.planning import Delivery, plan_delivery
-from ingest.store.postgres import is_postgres
 from ingest.store.rows import insert_rows
 
 # The deliveries lead capture waits for and reports in its answer.
@@ -168,20 +167,10 @@ def capture_leads(
     # event_ids is already stored the insert raises, the writer rolls the batch back and retries each job alone,
     # and a lone job looks its event_id up first.
     stored: dict[UUID, tuple[str, UUID]] = {}
-    inserted = False
-    if len(plans) == 1:
-        plan = plans[0]
-        known = repository.lead_identity(conn, plan.event_id)
-        # PostgreSQL has other writers: another instance may commit this event_id between the lookup and the insert
-        # (the same lead reaching two instances at once), so the lone insert there is insert-if-absent.
-        if known is None and is_postgres(conn):
-            inserted = repository.insert_lead_if_absent(conn, plan.lead)
-            known = None if inserted else repository.lead_identity(conn, plan.event_id)
-        if known is not None:
-            stored[plan.event_id] = known
+    if len(plans) == 1 and (known := repository.lead_identity(conn, plans[0].event_id)) is not None:
+        stored[plans[0].event_id] = known
     new = [plan for event_id, plan in first.items() if event_id not in stored]
-    if not inserted:
-        insert_rows(conn, "leads", [plan.lead for plan in new])
+    insert_rows(conn, "leads", [plan.lead for plan in new])
     insert_rows(conn, "consent_ledger", [plan.consent for plan in new])
     insert_rows(conn, "deliveries", [d.as_row() for plan in new for d in plan.deliveries])
     results: list[LeadCaptured | DomainError] = []
