@@ -79,6 +79,14 @@ def _count(database: PostgresDatabase, table: str) -> int:
     return int(row[0])
 
 
+def _stored_email(database: PostgresDatabase, event_id: uuid.UUID) -> str:
+    def read(conn: Any) -> str:
+        row = conn.execute("select email from leads where event_id = ?", [event_id]).fetchone()
+        return str(row[0])
+
+    return database.read(read)
+
+
 def test_one_lead_reaching_two_instances_at_once_is_new_once(
     instances: tuple[PostgresDatabase, PostgresDatabase], plain_settings: Settings
 ) -> None:
@@ -139,12 +147,7 @@ def test_another_email_under_the_event_id_on_another_instance_is_a_conflict(
         assert len(stored) == 1 and len(refused) == 1, answers
         assert stored[0].duplicate is False
         assert str(event_id) in str(refused[0])
-        (email,) = first.read(
-            lambda conn, e=event_id: conn.execute(
-                "select email from leads where event_id = ?", [e]
-            ).fetchone()
-        )
-        assert email == stored[0].plan.lead["email"]
+        assert _stored_email(second, event_id) == stored[0].plan.lead["email"]
     assert _count(first, "leads") == 20
     assert _count(first, "consent_ledger") == 20  # the refused capture appended no consent decision
 

@@ -47,6 +47,15 @@ def two_apps(
         yield one, two
 
 
+def _payment(api: RunningApi, payment_intent_id: str) -> dict[str, Any]:
+    def read(conn: Any) -> dict[str, Any] | None:
+        return payments_repository.get_payment(conn, payment_intent_id)
+
+    payment = api.database.read(read)
+    assert payment is not None, f"no payment {payment_intent_id}"
+    return payment
+
+
 def _deliver(api: RunningApi, text: str, headers: dict[str, str]) -> httpx.Response:
     return httpx.post(api.webhook_url, content=text, headers=headers, timeout=30)
 
@@ -113,8 +122,7 @@ def test_changes_of_one_payment_on_two_instances_at_once_keep_every_state(
         assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
         statuses = sorted(a.json()["status"] for a in answers[:2])
         assert statuses == ["duplicate", "processed"]  # one change, processed once whichever instance won
-        payment = two.database.read(lambda conn, p=pi: payments_repository.get_payment(conn, p))
-        assert payment is not None
+        payment = _payment(two, pi)
         # Never moved back by a change computed from the row as it was before the other instance's commit.
         assert (payment["status"], payment["refunded_cents"], payment["amount_cents"]) == (
             "refunded", PRICE_CENTS, PRICE_CENTS,
