@@ -45,6 +45,12 @@ def warehouse(
     except WarehouseError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(FAILED_EXIT_CODE) from None
+    try:
+        keeper.check()
+    except WarehouseError as exc:
+        keeper.close()
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(FAILED_EXIT_CODE) from None
     console.print(
         f"warehouse: {keeper.location} → {settings.attribution_replica_path}"
         + ("" if once else f", every {settings.attribution_replica_seconds:g} s (Ctrl-C stops)")

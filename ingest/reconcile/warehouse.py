@@ -394,11 +394,10 @@ class RoundResult:
             return f"round {self.number}: nothing changed · snapshot {taken} UTC · {self.seconds:.2f} s"
         busiest = sorted(((n, t) for t, n in self.rows.items() if n), reverse=True)[:4]
         detail = ", ".join(f"{table} {count:,}" for count, table in busiest)
-        kind = "full copy" if self.full else "changes"
+        read = f"full copy of {self.rows_read:,} rows" if self.full else f"{self.rows_read:,} changed rows"
         return (
-            f"round {self.number}: {kind} {self.rows_read:,} rows ({detail or 'none'}) read in "
-            f"{self.read_seconds:.2f} s · replica published in {self.published.seconds:.2f} s · snapshot {taken} UTC "
-            f"· {self.seconds:.2f} s"
+            f"round {self.number}: {read} ({detail or 'none'}) in {self.read_seconds:.2f} s · replica published "
+            f"in {self.published.seconds:.2f} s · snapshot {taken} UTC"
         )
 
 
@@ -440,6 +439,15 @@ class Warehouse:
     def location(self) -> str:
         """The database read, as it may be shown."""
         return f"postgresql://{describe(self.url)}"
+
+    def check(self) -> None:
+        """Reach PostgreSQL and check its schema now (WarehouseError saying what is wrong), before any round."""
+        try:
+            pg = self._connection()
+            with pg.transaction():
+                _take_snapshot(pg, self.url)
+        except psycopg.Error as exc:
+            raise self._error(exc) from None
 
     def close(self) -> None:
         """Close the PostgreSQL connection and let go of the lock."""
@@ -496,7 +504,7 @@ class Warehouse:
             time.perf_counter() - started,
         )
         self.last = result
-        log.info(
+        log.debug(  # the CLI prints the round's one line; this is for logs read at DEBUG
             "warehouse round",
             extra={
                 "round": result.number,
@@ -589,7 +597,7 @@ class Warehouse:
         snapshot = ReplicaSnapshot(
             self.replica, state.taken_at, time.perf_counter() - started, self.replica.stat().st_size
         )
-        log.info(
+        log.debug(
             "replica published",
             extra={
                 "replica": str(self.replica),
