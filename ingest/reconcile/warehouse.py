@@ -256,10 +256,10 @@ def _create_tables(base: duckdb.DuckDBPyConnection) -> None:
 
 def _csv_reader(columns: tuple[tuple[str, str], ...]) -> str:
     """read_csv of one chunk of PostgreSQL's CSV (the path is its parameter): NULL unquoted and empty, "" an empty
-    string, typed column by column as the table is."""
+    string, rows ended by a line feed alone (a quoted CR LF belongs to a value), typed as the table's columns."""
     spec = ", ".join(f"{_string(name)}: {_string(kind)}" for name, kind in columns)
     return (
-        "read_csv(?, header = false, delim = ',', quote = '\"', escape = '\"', nullstr = '', "
+        "read_csv(?, header = false, delim = ',', quote = '\"', escape = '\"', nullstr = '', new_line = '\\n', "
         f"allow_quoted_nulls = false, auto_detect = false, columns = {{{spec}}})"
     )
 
@@ -391,7 +391,7 @@ class RoundResult:
         """One line for the operator."""
         taken = self.taken_at.isoformat(sep=" ", timespec="seconds")
         if self.published is None:
-            return f"round {self.number}: nothing changed · snapshot {taken} UTC · {self.seconds:.2f} s"
+            return f"round {self.number}: nothing changed to publish · snapshot {taken} UTC · {self.seconds:.2f} s"
         busiest = sorted(((n, t) for t, n in self.rows.items() if n), reverse=True)[:4]
         detail = ", ".join(f"{table} {count:,}" for count, table in busiest)
         read = f"full copy of {self.rows_read:,} rows" if self.full else f"{self.rows_read:,} changed rows"
@@ -421,10 +421,13 @@ class Warehouse:
     `run_round` runs in one thread; `stop` may be called from another to abandon the round in progress.
     """
 
-    def __init__(self, url: str, replica: Path, params: ModelParams) -> None:
+    def __init__(
+        self, url: str, replica: Path, params: ModelParams, *, chunk_bytes: int = CHUNK_BYTES
+    ) -> None:
         self.url = url
         self.replica = replica
         self.params = params
+        self.chunk_bytes = chunk_bytes
         self.base = base_path_for(replica)
         self._lock = _lock(self.base)
         remove_abandoned_copies(replica)
@@ -476,7 +479,8 @@ class Warehouse:
     def run_round(self, *, full: bool = False) -> RoundResult:
         """Bring over what changed since the last round and publish the replica if anything did."""
         started = time.perf_counter()
-        self._track(None)  # raises WarehouseStopped once stop() was asked for
+        if self._stopping.is_set():
+            raise WarehouseStopped
         self.rounds += 1
         try:
             state, rows, full_copy, meaningful = self._read_into_base(full)
@@ -550,7 +554,7 @@ class Warehouse:
                 pulls = _pull_versions(pg, {plan.name for plan in plans})
                 rows: dict[str, int] = {}
                 with tempfile.TemporaryDirectory(prefix="attribution-warehouse-") as folder:
-                    loader = _Loader(pg, base, Path(folder), self._stopping)
+                    loader = _Loader(pg, base, Path(folder), self._stopping, self.chunk_bytes)
                     for plan in plans:
                         since = None if full or previous is None else previous
                         rows[plan.name] = loader.load(plan, since, pulls)
@@ -632,11 +636,13 @@ class _Loader:
         base: duckdb.DuckDBPyConnection,
         folder: Path,
         stopping: threading.Event,
+        chunk_bytes: int = CHUNK_BYTES,
     ) -> None:
         self.pg = pg
         self.base = base
         self.folder = folder
         self.stopping = stopping
+        self.chunk_bytes = chunk_bytes
 
     def load(self, plan: TablePlan, previous: _State | None, pulls: dict[str, str]) -> int:
         """Rows brought over for one table (`previous` None: all of them, into an empty table)."""
@@ -687,7 +693,7 @@ class _Loader:
             table=sql.Identifier(plan.name),
             where=where if where is not None else sql.SQL(""),
         )
-        chunks = _Chunks(self.folder, load)
+        chunks = _Chunks(self.folder, load, self.chunk_bytes)
         with self.pg.cursor() as cursor, cursor.copy(statement) as copy:
             for block in copy:
                 if self.stopping.is_set():

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from ingest.store import postgres
+from ingest.store.database import available_migrations
 from ingest.store.transfer import CopyRefused, copy_to_postgres, source_counts
 from sandbox.bulk import BulkSpec, generate_bulk
 from sandbox.scenario import GroundTruth
@@ -94,7 +95,7 @@ def test_the_report_is_the_same_after_the_copy_and_a_warehouse_round(
     counts = _file_counts(embedded)
     assert _pg_counts(postgres_url, list(counts)) == counts
     assert counts["leads"] == 3000 and counts["deliveries"] > 10_000
-    shipped = [version for version, _, _ in postgres.available_migrations("postgresql")]
+    shipped = [version for version, _, _ in available_migrations("postgresql")]
     assert [
         row[0] for row in _pg(postgres_url, "select version from schema_migrations order by 1")
     ] == shipped
@@ -262,3 +263,39 @@ def test_bad_input_is_refused_in_one_line(tmp_path: Path, embedded: Path) -> Non
     )
     assert missing.exit_code == 1 and "no embedded database at" in _said(missing.stderr)
     assert not (tmp_path / "none.duckdb").exists()
+
+
+TRICKY = [
+    "",
+    'a"b',
+    "two\nlines",
+    "comma, here",
+    "back\\slash",
+    "tab\there",
+    "ünïcødé ☕",
+    "\\N",
+    " ",
+    "\r\n",
+    '"',
+]
+
+
+def test_text_arrives_exactly_whatever_it_holds(embedded: Path, postgres_url: str) -> None:
+    conn = duckdb.connect(str(embedded))
+    try:
+        ids = [
+            str(row[0])
+            for row in conn.execute("select event_id from leads order by event_id limit 40").fetchall()
+        ]
+        for index, event_id in enumerate(ids):
+            text = TRICKY[index % len(TRICKY)]
+            conn.execute(
+                "update leads set full_name = ?, referrer = ?, utm_term = null where event_id = ?",
+                [text, text * 2, event_id],
+            )
+        copy_to_postgres(conn, postgres_url, batch_rows=7)
+        sql = "select event_id::varchar, full_name, referrer, utm_term, consent_at, marketing_consent from leads"
+        ours = set(conn.execute(sql).fetchall())
+    finally:
+        conn.close()
+    assert set(_pg(postgres_url, sql)) == ours

@@ -407,3 +407,40 @@ def test_the_base_keeps_the_snapshot_and_pulls_it_read(keeper: Warehouse, settin
     assert row is not None and row[2] is True
     assert row[0].startswith("127.0.0.1:") and ":" in row[1]
     assert keeper.last is not None and keeper.last.taken_at <= utcnow() + timedelta(seconds=1)
+
+
+TRICKY = [
+    "",
+    'a"b',
+    "two\nlines",
+    "comma, here",
+    "back\\slash",
+    "tab\there",
+    "ünïcødé ☕",
+    "\\N",
+    " ",
+    "\r\n",
+    '"',
+]
+
+
+def test_text_survives_the_trip_exactly_whatever_it_holds_and_wherever_a_chunk_is_cut(
+    settings: Settings, seeded: str, bulk: tuple[Path, GroundTruth]
+) -> None:
+    with psycopg.connect(seeded) as conn:
+        for index in range(400):
+            event_id = _insert_lead(conn, utcnow())
+            text = TRICKY[index % len(TRICKY)] * (1 + index % 3)
+            conn.execute(
+                "update leads set full_name = %s, referrer = %s, utm_term = null where event_id = %s",
+                [text, text + "\n" + str(index), event_id],
+            )
+    keeper = Warehouse(seeded, settings.attribution_replica_path, bulk[1].params, chunk_bytes=4096)
+    try:
+        keeper.run_round()
+    finally:
+        keeper.close()
+    sql = "select event_id, full_name, referrer, utm_term, consent_at, marketing_consent from leads"
+    assert {tuple(map(repr, row)) for row in _replica(settings, sql)} == {
+        tuple(map(repr, row)) for row in _pg(seeded, sql)
+    }
