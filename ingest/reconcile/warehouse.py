@@ -497,7 +497,7 @@ class Warehouse:
                 self._pg = None  # reconnect next round
             raise self._error(exc) from None
         finally:
-            self._working = None
+            self._track(None)
         result = RoundResult(
             self.rounds,
             full_copy,
@@ -572,7 +572,7 @@ class Warehouse:
                 base.rollback()
             raise
         finally:
-            self._working = None
+            self._track(None)  # under the guard: stop() never interrupts a connection being closed
             base.close()
         return state, rows, full, meaningful
 
