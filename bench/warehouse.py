@@ -28,8 +28,9 @@ import psycopg
 from bench.common import save
 from ingest.core.settings import Settings
 from ingest.reconcile.models import success_metrics
+from ingest.reconcile.postgres_tables import copy_postgres
 from ingest.reconcile.replica import publish_replica, reading
-from ingest.reconcile.warehouse import RoundResult, Warehouse, copy_postgres
+from ingest.reconcile.warehouse import RoundResult, Warehouse
 from ingest.store.database import Database
 from ingest.store.transfer import copy_to_postgres
 from sandbox.bulk import BulkSpec, generate_bulk

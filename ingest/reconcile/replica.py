@@ -480,7 +480,7 @@ def open_reader(settings: Settings, source: Source = "auto") -> Reader:
 
 def _open_postgres(settings: Settings, source: Source) -> Reader:
     # Imported here: the warehouse builds on this module's publishing pieces.
-    from ingest.reconcile.warehouse import open_postgres_reader
+    from ingest.reconcile.postgres_tables import open_postgres_reader
 
     if source == "replica" or (source == "auto" and settings.attribution_replica_path.exists()):
         return Reader(settings, "replica")

@@ -20,14 +20,9 @@ import pytest
 from ingest.core.clock import utcnow
 from ingest.core.settings import Settings
 from ingest.reconcile.models import MATERIALISED, ModelParams, success_metrics
+from ingest.reconcile.postgres_tables import STATE_TABLE
 from ingest.reconcile.replica import file_identity, reading
-from ingest.reconcile.warehouse import (
-    STATE_TABLE,
-    Warehouse,
-    WarehouseError,
-    WarehouseStopped,
-    base_path_for,
-)
+from ingest.reconcile.warehouse import Warehouse, WarehouseError, WarehouseStopped, base_path_for
 from ingest.store.transfer import copy_to_postgres
 from sandbox.bulk import BulkSpec, generate_bulk
 from sandbox.scenario import GroundTruth
