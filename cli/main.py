@@ -23,6 +23,7 @@ LAZY_COMMANDS = {
     "mailerlite": "cli.outbox:mailerlite_app",
     "sync": "cli.stripe:sync_app",
     "reconcile": "cli.reconcile:reconcile_app",
+    "warehouse": "cli.warehouse:warehouse",
     "dashboard": "cli.demo:dashboard",
     "demo": "cli.demo:demo",
 }
@@ -188,3 +189,15 @@ def db_restore(
     from cli.backup import restore
 
     restore(Path(directory))
+
+
+@db_app.command("copy")
+def db_copy(
+    to: Annotated[
+        str, typer.Option("--to", help="The empty PostgreSQL database: postgresql://user@host:port/db.")
+    ],
+) -> None:
+    """Move the embedded database's whole history (ATTRIBUTION_DB_PATH) into an empty PostgreSQL database."""
+    from cli.warehouse import copy_database
+
+    copy_database(to)
