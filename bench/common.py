@@ -72,9 +72,19 @@ def server(args: list[str], env: dict[str, str] | None = None) -> Iterator[str]:
             process.wait(5)
 
 
-def echo_server() -> Any:
-    """The bare FastAPI echo baseline, served by uvicorn like our API (one worker, no access log)."""
-    return server(["uvicorn", "bench.echo_app:app", "--no-access-log", "--log-level", "warning"])
+def echo_server(workers: int = 1) -> Any:
+    """The bare FastAPI echo baseline, served by uvicorn like our API (as many worker processes, no access log)."""
+    return server(
+        [
+            "uvicorn",
+            "bench.echo_app:app",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "--workers",
+            str(workers),
+        ]
+    )
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
@@ -88,12 +98,15 @@ def _ms(text: str) -> float:
 
 
 def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time a process has used so far (None where /proc is not available)."""
+    """User + system CPU time a process and its live children (uvicorn's worker processes) have used so far (None
+    where /proc is not available)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(cpu_seconds(int(child)) or 0.0 for child in children)
 
 
 def load_average() -> list[float]:

@@ -132,7 +132,9 @@ def seed(db_path: Path, count: int) -> None:
     )
     conn.execute(
         """
-        insert into consent_ledger select uuid(), user_session_id, event_id, true, true, 'modal', '1.0', true,
+        insert into consent_ledger (consent_id, user_session_id, event_id, marketing_consent, analytics_consent,
+            consent_method, consent_version, consent_version_current, source, recorded_at, ip, user_agent)
+        select uuid(), user_session_id, event_id, true, true, 'modal', '1.0', true,
             'lead', ?, '203.0.113.7', 'bench' from leads
         """,
         [now],

@@ -1,22 +1,65 @@
 """Lead capture throughput and latency vs a bare FastAPI echo of the same payload, in the same run.
 
     .venv/bin/python -m bench.leads [--rounds 3] [--seconds 10] [--connections 32]
+    .venv/bin/python -m bench.leads --engine postgresql --workers 2
 
-Each round runs wrk against the echo, then against `attribution serve` on a fresh DuckDB file; after each API run
-the server is stopped and the file opened to check that every lead answered 2xx is committed.
+Each round runs wrk against the echo (with as many worker processes), then against `attribution serve` on a fresh
+store: a DuckDB file, or a throwaway PostgreSQL cluster on the same cores with fsync on, as a production server
+runs; after each API run the server is stopped and the store read to check that every lead answered 2xx is
+committed. Server CPU counts the API's processes (not PostgreSQL's).
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
+import psycopg
 
 from bench.common import echo_server, load_average, median_of, run_wrk, save, server
+from ingest.store.postgres import migrate
+from sandbox.postgres import PostgresCluster
 
 SCRIPT = Path(__file__).with_name("lead.lua")
+
+
+@contextmanager
+def _store(engine: str, tmp: Path) -> Iterator[tuple[dict[str, str], Callable[[], int]]]:
+    """The API's store settings for one round, and how to count the leads committed to it."""
+    if engine == "duckdb":
+        db_path = tmp / "bench.duckdb"
+
+        def count_file() -> int:
+            conn = duckdb.connect(str(db_path), read_only=True)
+            try:
+                return int(conn.execute("select count(*) from leads").fetchone()[0])  # type: ignore[index]
+            finally:
+                conn.close()
+
+        yield (
+            {"ATTRIBUTION_DB_PATH": str(db_path), "ATTRIBUTION_REPLICA_PATH": str(tmp / "replica.duckdb")},
+            count_file,
+        )
+        return
+    with PostgresCluster(durable=True) as cluster:
+        migrate(cluster.url)
+
+        def count_rows() -> int:
+            with psycopg.connect(cluster.url) as conn:
+                return int(conn.execute("select count(*) from leads").fetchone()[0])  # type: ignore[index]
+
+        yield (
+            {
+                "ATTRIBUTION_DATABASE_URL": cluster.url,
+                "ATTRIBUTION_REPLICA_PATH": str(tmp / "replica.duckdb"),
+                "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics"),
+            },
+            count_rows,
+        )
 
 
 def main() -> None:
@@ -25,11 +68,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--engine", choices=("duckdb", "postgresql"), default="duckdb")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="API (and echo) processes; > 1 needs PostgreSQL"
+    )
     args = parser.parse_args()
     load_at_start = load_average()
     echo_runs, api_runs = [], []
     for round_number in range(1, args.rounds + 1):
-        with echo_server() as url:
+        with echo_server(args.workers) as url:
             echo_runs.append(
                 run_wrk(
                     f"{url}/v1/leads",
@@ -39,15 +86,11 @@ def main() -> None:
                     server_cpu=True,
                 )
             )
-        with tempfile.TemporaryDirectory() as tmp:
-            db_path = Path(tmp) / "bench.duckdb"
-            env = {
-                "ATTRIBUTION_DB_PATH": str(db_path),
-                "ATTRIBUTION_REPLICA_PATH": str(db_path.with_suffix(".replica.duckdb")),
-                "ATTRIBUTION_RATE_LIMIT_PER_MINUTE": "0",
-                "ATTRIBUTION_LOG_LEVEL": "WARNING",
-            }
-            with server(["cli", "serve"], env) as url:
+        with tempfile.TemporaryDirectory() as tmp, _store(args.engine, Path(tmp)) as (env, count_leads):
+            serve = ["cli", "serve", "--workers", str(args.workers)]
+            with server(
+                serve, env | {"ATTRIBUTION_RATE_LIMIT_PER_MINUTE": "0", "ATTRIBUTION_LOG_LEVEL": "WARNING"}
+            ) as url:
                 run = run_wrk(
                     f"{url}/v1/leads",
                     SCRIPT,
@@ -55,9 +98,7 @@ def main() -> None:
                     seconds=args.seconds,
                     server_cpu=True,
                 )
-            conn = duckdb.connect(str(db_path), read_only=True)
-            committed = conn.execute("select count(*) from leads").fetchone()[0]  # type: ignore[index]
-            conn.close()
+            committed = count_leads()
         acknowledged = run["completed"] - run["non_2xx"]
         run["committed"] = committed
         run["all_acknowledged_committed"] = committed >= acknowledged
@@ -71,7 +112,10 @@ def main() -> None:
     echo_rps, api_rps = median_of(echo_runs, "rps"), median_of(api_runs, "rps")
     result = {
         "command": "python -m bench.leads "
-        + f"--rounds {args.rounds} --seconds {args.seconds} --connections {args.connections}",
+        + f"--rounds {args.rounds} --seconds {args.seconds} --connections {args.connections} "
+        + f"--engine {args.engine} --workers {args.workers}",
+        "engine": args.engine,
+        "workers": args.workers,
         "connections": args.connections,
         "load_average_at_start": load_at_start,
         "echo": {
@@ -91,7 +135,7 @@ def main() -> None:
         "every_acknowledged_lead_committed": all(run["all_acknowledged_committed"] for run in api_runs),
         "runs": {"echo": echo_runs, "api": api_runs},
     }
-    path = save("leads", result)
+    path = save("leads" if args.engine == "duckdb" else f"leads-{args.engine}-{args.workers}w", result)
     print(
         f"median: echo {echo_rps:.0f} req/s, api {api_rps:.0f} req/s, ratio {result['ratio']:.2f} (target >= 0.75); "
         f"api p50 {result['api']['p50_ms']:.1f} ms p99 {result['api']['p99_ms']:.1f} ms; "

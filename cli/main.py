@@ -9,6 +9,7 @@ import typer
 from typer.core import TyperGroup
 
 from cli.common import console, settings_or_exit
+from ingest.core.settings import Settings
 from ingest.store.database import DatabaseLocked, connect, migrate
 from ingest.store.writer import StoreUnavailable
 
@@ -22,6 +23,7 @@ LAZY_COMMANDS = {
     "mailerlite": "cli.outbox:mailerlite_app",
     "sync": "cli.stripe:sync_app",
     "reconcile": "cli.reconcile:reconcile_app",
+    "warehouse": "cli.warehouse:warehouse",
     "dashboard": "cli.demo:dashboard",
     "demo": "cli.demo:demo",
 }
@@ -59,34 +61,76 @@ app.add_typer(db_app, name="db")
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1, max=64, help="API processes sharing the port (PostgreSQL only: DuckDB has one writer)."
+        ),
+    ] = 1,
 ) -> None:
-    """Run the API (with its database writer) in this process."""
+    """Run the API (with its database writer and delivery worker) in this process, or in `--workers` processes."""
     import uvicorn
 
     settings = settings_or_exit(with_logging=True)
-    if settings.attribution_database_url is not None:
-        console.print(
-            "[red]ATTRIBUTION_DATABASE_URL is set, but `attribution serve` runs on the embedded DuckDB file only "
-            "so far: the PostgreSQL engine provides `attribution db migrate` for now. Unset it to serve.[/red]"
-        )
-        raise typer.Exit(2)
-    try:  # say in one line why the store can't be opened, before uvicorn would print a traceback for it
-        connect(settings.attribution_db_path).close()
-    except (DatabaseLocked, StoreUnavailable) as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+    location = _check_store(settings, workers)
+    if workers > 1:
+        _share_metrics_between_processes()
     console.print(
-        f"API on http://{host}:{port}  ·  docs http://{host}:{port}/docs  ·  database {settings.attribution_db_path}"
+        f"API on http://{host}:{port}  ·  docs http://{host}:{port}/docs  ·  database {location}"
+        + (f"  ·  {workers} processes" if workers > 1 else "")
     )
     uvicorn.run(
         "api.app:create_app",
         factory=True,
         host=host,
         port=port,
+        workers=workers if workers > 1 else None,
         log_config=None,
         access_log=False,
         proxy_headers=False,
     )
+
+
+def _check_store(settings: Settings, workers: int) -> str:
+    """Say in one line why the store can't be used, before uvicorn would print a traceback for it; return where it
+    is, as it may be shown."""
+    if settings.attribution_database_url is None:
+        if workers > 1:
+            console.print(
+                "[red]--workers needs PostgreSQL (ATTRIBUTION_DATABASE_URL): the embedded DuckDB file admits one "
+                "writing process. Run one worker, or move to PostgreSQL with `attribution db copy`.[/red]"
+            )
+            raise typer.Exit(2)
+        try:
+            connect(settings.attribution_db_path).close()
+        except (DatabaseLocked, StoreUnavailable) as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from None
+        return str(settings.attribution_db_path)
+    from ingest.store.postgres import check_store
+
+    try:
+        return check_store(settings.attribution_database_url.get_secret_value())
+    except StoreUnavailable as exc:
+        console.print(f"[red]ATTRIBUTION_DATABASE_URL: {exc}[/red]")
+        raise typer.Exit(1) from None
+
+
+def _share_metrics_between_processes() -> None:
+    """Worker processes count requests apart: prometheus_client's multiprocess mode adds them up at /metrics. It
+    needs a folder of its own, cleared of a previous run's counts before the processes start
+    (PROMETHEUS_MULTIPROC_DIR; a fresh temporary one when unset)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not folder:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="attribution-metrics-")
+        return
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    for stale in Path(folder).glob("*.db"):  # only prometheus_client's own files: the folder may hold others
+        stale.unlink(missing_ok=True)
 
 
 @db_app.command("migrate")
@@ -145,3 +189,15 @@ def db_restore(
     from cli.backup import restore
 
     restore(Path(directory))
+
+
+@db_app.command("copy")
+def db_copy(
+    to: Annotated[
+        str, typer.Option("--to", help="The empty PostgreSQL database: postgresql://user@host:port/db.")
+    ],
+) -> None:
+    """Move the embedded database's whole history (ATTRIBUTION_DB_PATH) into an empty PostgreSQL database."""
+    from cli.warehouse import copy_database
+
+    copy_database(to)

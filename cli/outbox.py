@@ -12,13 +12,13 @@ import typer
 from pydantic import ValidationError
 
 from cli.admin import through_api
-from cli.common import console, settings_or_exit
+from cli.common import console, open_store_or_exit, settings_or_exit
 from ingest.core.clock import utcnow
 from ingest.core.settings import Settings
 from ingest.core.vocabulary import Destination
 from ingest.outbox.destinations.mailerlite import MailerLiteSetupError, setup_mailerlite_fields
 from ingest.outbox.replay import ReplayIn, ReplayOut, ReplayRequest, count_replayable, replay_deliveries
-from ingest.store.database import Database, DatabaseLocked
+from ingest.store.database import Database
 from sandbox import run_sandbox_forever
 
 mailerlite_app = typer.Typer(help="MailerLite account set-up.", no_args_is_help=True)
@@ -69,9 +69,8 @@ def replay(
             field = ".".join(str(part) for part in problem["loc"]) or "filter"
             console.print(f"[red]{field}: {problem['msg']}[/red]")
         raise typer.Exit(2) from None
-    try:
-        database = Database.open(settings.attribution_db_path)
-    except DatabaseLocked:
+    database = open_store_or_exit(settings)
+    if database is None:
         result = _replay_through_api(settings, request)
     else:
         try:

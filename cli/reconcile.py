@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from cli.admin import through_api
-from cli.common import console, settings_or_exit
+from cli.common import console, open_store_or_exit, settings_or_exit
 from cli.report import ReadFrom
 from ingest.core.clock import utcnow
 from ingest.core.errors import DomainError
@@ -34,7 +34,7 @@ from ingest.reconcile.replica import ReaderUnavailable, reading
 from ingest.reconcile.report import percent
 from ingest.reconcile.repository import Records, replace_records
 from ingest.reconcile.schemas import ImportOut, PullIn, PullOut, ReconcileOut, RepairIn, RepairOut, System
-from ingest.store.database import Database, DatabaseLocked
+from ingest.store.database import Database
 
 T = TypeVar("T")
 FOUND_EXIT_CODE = 1  # --check: something is missing or stale
@@ -58,10 +58,9 @@ class PullWhat(StrEnum):
 
 @contextmanager
 def _on_file_or_none(settings: Settings) -> Iterator[Database | None]:
-    """The database file opened for writing, or None when the API holds it (then go through the API)."""
-    try:
-        database = Database.open(settings.attribution_db_path)
-    except DatabaseLocked:
+    """The store opened for writing, or None when the API holds the file (then go through the API)."""
+    database = open_store_or_exit(settings)
+    if database is None:
         yield None
         return
     try:

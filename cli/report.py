@@ -34,8 +34,9 @@ def report(
     source: Annotated[
         ReadFrom,
         typer.Option(
-            help="auto: the database when no API holds it, else the replica; replica: the API's last published "
-            "copy (fast: its heavy models are precomputed); database: compute everything from the file."
+            help="auto: the database when no API holds it, else the replica (on PostgreSQL: the replica when "
+            "there is one); replica: the last published copy (fast: its heavy models are precomputed); database: "
+            "compute everything from the file, or from a fresh copy of PostgreSQL."
         ),
     ] = ReadFrom.AUTO,
 ) -> None:

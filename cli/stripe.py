@@ -8,12 +8,11 @@ from typing import Annotated
 import typer
 
 from cli.admin import through_api
-from cli.common import console, settings_or_exit
+from cli.common import console, open_store_or_exit, settings_or_exit
 from ingest.core.errors import DomainError
 from ingest.core.settings import Settings
 from ingest.payments.checkout import stripe_client
 from ingest.payments.sync import SyncReport, sync_stripe_events
-from ingest.store.database import Database, DatabaseLocked
 
 sync_app = typer.Typer(help="Backfill from external systems.", no_args_is_help=True)
 
@@ -36,9 +35,8 @@ def sync_stripe(
     settings = settings_or_exit(with_logging=True)
     try:
         client = stripe_client(settings)
-        try:
-            database = Database.open(settings.attribution_db_path)
-        except DatabaseLocked:
+        database = open_store_or_exit(settings)
+        if database is None:
             report = _sync_through_api(settings, since)
         else:
             try:

@@ -99,6 +99,16 @@ class PostgresCluster:
         if init.returncode != 0:
             self._remove()
             raise PostgresUnavailable(f"initdb failed: {init.stderr.strip()[-500:]}")
+        self._launch()
+        created = self._run(
+            str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "postgres",
+            "-v", "ON_ERROR_STOP=1", "-c", f"create database {DATABASE}",
+        )  # fmt: skip
+        if created.returncode != 0:
+            self.stop()
+            raise PostgresUnavailable(f"creating the database failed: {created.stderr.strip()}")
+
+    def _launch(self) -> None:
         options = (
             f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.root} "
             f"-c max_connections={self.max_connections} -c fsync={'on' if self.durable else 'off'} "
@@ -112,13 +122,14 @@ class PostgresCluster:
             log = self.log.read_text(errors="replace")[-1000:] if self.log.exists() else ""
             self._remove()
             raise PostgresUnavailable(f"the PostgreSQL server did not start: {started.stderr.strip()} {log}")
-        created = self._run(
-            str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "postgres",
-            "-v", "ON_ERROR_STOP=1", "-c", f"create database {DATABASE}",
-        )  # fmt: skip
-        if created.returncode != 0:
-            self.stop()
-            raise PostgresUnavailable(f"creating the database failed: {created.stderr.strip()}")
+
+    def shut_down(self) -> None:
+        """Stop the server as an administrator's restart does (fast: every session is cut), keeping its data."""
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def start_again(self) -> None:
+        """Start the server again after shut_down(), on the same port with the same data."""
+        self._launch()
 
     def server_pids(self) -> list[int]:
         """The postmaster and its children (backends, writers): whose CPU a benchmark counts as the server's."""

@@ -79,6 +79,9 @@ def serve(settings: Settings) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+    # Reached when the test passed: a stop that hangs or fails is a defect too (its traceback is in the log).
+    assert not thread.is_alive(), "the API did not stop within 15 s"
+    assert not server.lifespan.shutdown_failed, "the API's shutdown failed (see the captured log)"
 
 
 @pytest.fixture
@@ -153,7 +156,8 @@ def consent_body(**overrides: Any) -> dict[str, Any]:
 class ApiProcess:
     """`attribution serve` as a real subprocess, for crash tests: start, kill -9, start again."""
 
-    def __init__(self, env: dict[str, str], port: int | None = None) -> None:
+    def __init__(self, env: dict[str, str], port: int | None = None, args: tuple[str, ...] = ()) -> None:
+        self.args = args  # more `attribution serve` options, e.g. ("--workers", "2")
         self.env = {**os.environ, "ATTRIBUTION_RATE_LIMIT_PER_MINUTE": "0", **env}
         if "ATTRIBUTION_DB_PATH" in env and "ATTRIBUTION_REPLICA_PATH" not in env:
             # Keep the published replica beside the test's database, not in the working directory's data/.
@@ -167,7 +171,7 @@ class ApiProcess:
     def start(self, timeout: float = 30) -> None:
         """Start the server and wait until /readyz answers."""
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "cli", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "cli", "serve", "--port", str(self.port), *self.args],
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -254,9 +258,8 @@ def fill_disk(mount_point: Path) -> Path:
     return filler
 
 
-@pytest.fixture(scope="session")
-def postgres_cluster() -> Iterator[PostgresCluster]:
-    """One throwaway PostgreSQL server for the session (skipped with the reason where there is none; in CI, where
+def _started_cluster() -> PostgresCluster:
+    """A started throwaway PostgreSQL server (skipped with the reason where there is none; in CI, where
     ATTRIBUTION_REQUIRE_POSTGRES is set by .ci/run, its absence fails instead)."""
     try:
         cluster = PostgresCluster()
@@ -265,6 +268,23 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
         if os.environ.get("ATTRIBUTION_REQUIRE_POSTGRES"):
             pytest.fail(f"PostgreSQL is required here: {exc}")
         pytest.skip(str(exc))
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """One throwaway PostgreSQL server for the session."""
+    cluster = _started_cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def own_postgres_cluster() -> Iterator[PostgresCluster]:
+    """A throwaway PostgreSQL server of the test's own (to stop and start mid-test)."""
+    cluster = _started_cluster()
     try:
         yield cluster
     finally:

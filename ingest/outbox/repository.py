@@ -474,10 +474,10 @@ def queue_unsubscribes(
         """
         insert into deliveries (delivery_id, event_id, user_session_id, destination, kind, purpose,
                                 idempotency_key, payload, status, reason, next_attempt_at, created_at, updated_at)
-        select uuid(), s.event_id, s.user_session_id, 'mailerlite', 'unsubscribe', 'contact',
+        select gen_random_uuid(), s.event_id, s.user_session_id, 'mailerlite', 'unsubscribe', 'contact',
                s.event_id::varchar || ':mailerlite:unsubscribe:' || ?::varchar, '{}', 'pending', null, ?, ?, ?
         from (
-            select event_id, any_value(user_session_id) as user_session_id, max(created_at) as upserted_at
+            select event_id, max(user_session_id::varchar)::uuid as user_session_id, max(created_at) as upserted_at
             from deliveries
             where destination = 'mailerlite' and kind <> 'unsubscribe' and event_id is not null
               and (user_session_id = ? or event_id = ?)

@@ -286,8 +286,9 @@ class DeliveryWorker:
                 sleep = await self._claim_round(poll)
             except WriterStopped:
                 return
-            except StoreUnavailable as exc:  # the store cannot write or answer now: nothing was leased
-                log.warning("claiming deliveries waits for the store", extra={"error": str(exc)[:300]})
+            except StoreUnavailable:
+                # The store cannot answer now (a full disk, PostgreSQL restarting): the writer (or the read) has said
+                # so; nothing was leased, so try again shortly.
                 sleep = min(poll, STORE_RETRY_SECONDS)
             except (duckdb.Error, psycopg.Error):
                 # A failed claim rolled back and leased nothing; say so loudly and try again after a poll.

@@ -3,6 +3,12 @@
 Stripe's Idempotency-Key (derived from event_id) makes a repeated create return the same PaymentIntent on real
 Stripe, but localstripe ignores it, and a key only lives 24 h; so our own event_id → PaymentIntent link (the
 lead's `payment_intent_id`, set once by the writer) is what makes every later click get the same PaymentIntent.
+
+Across instances (PostgreSQL), the first click's read-create-link runs under an advisory lock on the event_id held
+by a transaction on a read connection: a click on another instance waits for it and finds the link, so only one
+PaymentIntent is ever created. A unique constraint could only refuse the second link after Stripe had created the
+second PaymentIntent; the lock stops the create itself. The link is also set only if absent, decided on the row, so
+a lock lost with its connection (the holder died mid-call) still cannot leave two links.
 """
 
 from __future__ import annotations
@@ -162,10 +168,16 @@ def link_payment_intents(
         if link.event_id in linked:
             results.append(linked[link.event_id])
             continue
-        linked[link.event_id] = link.payment_intent_id
-        repository.link_payment_intent(conn, link.event_id, link.payment_intent_id, link.created_at)
-        repository.insert_payment_if_absent(conn, link.payment_row())
-        results.append(link.payment_intent_id)
+        now_linked = repository.link_payment_intent(
+            conn, link.event_id, link.payment_intent_id, link.created_at
+        )
+        if now_linked is None:
+            results.append(NotFound(f"no lead with event_id {link.event_id}"))
+            continue
+        linked[link.event_id] = now_linked
+        if now_linked == link.payment_intent_id:
+            repository.insert_payment_if_absent(conn, link.payment_row())
+        results.append(now_linked)
     return results
 
 
@@ -191,8 +203,8 @@ class Checkout:
 
     @contextmanager
     def _lead_lock(self, event_id: UUID) -> Iterator[None]:
-        # Concurrent clicks for one lead wait for each other here, so they don't each create a PaymentIntent
-        # (the writer's link still decides if two processes race).
+        # Concurrent clicks for one lead in this process wait for each other here, so at most one of them holds a
+        # read connection for the lock across instances.
         with self._guard:
             lock, users = self._locks.get(event_id, (threading.Lock(), 0))
             self._locks[event_id] = (lock, users + 1)
@@ -213,12 +225,25 @@ class Checkout:
         if price is None:
             raise NotConfigured("payments are not configured: set PRODUCT_PRICE_CENTS")
         with self._lead_lock(event_id):
-            lead = self.database.read(lambda conn: get_lead(conn, event_id))
+            created, linked = self.database.read(lambda conn: self._link_once(conn, event_id, price))
+        if created is not None and created.id == linked:
+            log.info("payment intent created", extra={"event_id": str(event_id), "payment_intent_id": linked})
+            return _answer(created)
+        if created is not None:
+            # Another process linked its PaymentIntent first: keep that one, and cancel ours so it can't be paid.
+            self._cancel_unlinked(created.id)
+        return _answer(self._call(self.client.v1.payment_intents.retrieve, linked))
+
+    def _link_once(self, conn: Any, event_id: UUID, price: int) -> tuple[stripe.PaymentIntent | None, str]:
+        """The PaymentIntent linked to the lead, after creating and linking one if it has none (then also the one
+        created), under the event_id's lock across instances; reads on `conn`, inside the lock."""
+        with repository.instance_lock(conn, repository.CHECKOUT_LOCKS, str(event_id), wait=True):
+            lead = get_lead(conn, event_id)
             if lead is None:
                 raise NotFound(f"no lead with event_id {event_id}")
             if lead["payment_intent_id"]:
-                return _answer(self._call(self.client.v1.payment_intents.retrieve, lead["payment_intent_id"]))
-            consent = self.database.read(lambda conn: repository.consent_in_force(conn, event_id))
+                return None, str(lead["payment_intent_id"])
+            consent = repository.consent_in_force(conn, event_id)
             params: dict[str, Any] = {
                 "amount": price,
                 "currency": self.settings.product_currency,
@@ -237,13 +262,8 @@ class Checkout:
                 currency=self.settings.product_currency,
                 created_at=utcnow(),
             )
-            linked = self.database.writer.submit_sync(link_payment_intents, link)
-        if linked != intent.id:
-            # Another process linked its PaymentIntent first: keep that one, and cancel ours so it can't be paid.
-            self._cancel_unlinked(intent.id)
-            return _answer(self._call(self.client.v1.payment_intents.retrieve, linked))
-        log.info("payment intent created", extra={"event_id": str(event_id), "payment_intent_id": intent.id})
-        return _answer(intent)
+            # Committed before the lock is let go, so a click waiting on another instance finds the link.
+            return intent, self.database.writer.submit_sync(link_payment_intents, link)
 
     def _call(self, method: Any, *args: Any, **kwargs: Any) -> stripe.PaymentIntent:
         try:

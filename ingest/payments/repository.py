@@ -6,7 +6,8 @@ travels as one list parameter); table and column names come only from the consta
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -14,6 +15,7 @@ from uuid import UUID
 
 import duckdb
 
+from ingest.store.postgres import is_postgres
 from ingest.store.rows import batch_select
 
 EVENT_COLUMNS = (
@@ -43,6 +45,57 @@ Row = Mapping[str, Any]
 
 def _text(value: Any) -> Any:
     return str(value) if isinstance(value, UUID) else value
+
+
+def _column_types(conn: Any, table: str) -> dict[str, str] | None:
+    """The casts a bulk insert into `table` needs: PostgreSQL types an array parameter only when told."""
+    return conn.column_types(table) if is_postgres(conn) else None
+
+
+# --- locks every instance sees (PostgreSQL) ------------------------------------------------------------------
+
+# Namespaces of the advisory locks (the first of their two int4 keys; the second is a hash of the name locked).
+# Two-key locks never meet the migrations' one-key lock. A hash collision only makes two names wait for each other.
+STRIPE_LOCKS = 0x73747270  # "strp": a Stripe event, and the PaymentIntent, charge and journey it changes
+CHECKOUT_LOCKS = 0x63686B74  # "chkt": creating the PaymentIntent of one event_id
+SYNC_LOCKS = 0x73796E63  # "sync": one Stripe sync at a time
+LOCK_WAIT_SECONDS = 60  # a holder is bounded by Stripe's timeouts; past this the caller is answered 503
+
+
+def lock_names(conn: Any, namespace: int, names: Iterable[str]) -> None:
+    """Wait for, and hold until the transaction ends, the lock on each name: in one statement and one order, so two
+    instances locking overlapping names cannot deadlock on them. The embedded file has one writer, which already
+    serialises every write: nothing to lock there."""
+    wanted = sorted(set(names))
+    if is_postgres(conn) and wanted:
+        conn.execute(
+            "select count(pg_advisory_xact_lock(?::integer, k)) from "
+            "(select distinct hashtext(n) as k from unnest(?::text[]) as t(n) order by k) s",
+            [namespace, wanted],
+        )
+
+
+@contextmanager
+def instance_lock(conn: Any, namespace: int, name: str, *, wait: bool) -> Iterator[bool]:
+    """Hold the lock on `name` for the block, against every instance; yield whether it is held.
+
+    On PostgreSQL a transaction on this (read) connection holds an advisory lock, released when the block ends or
+    the connection is lost with its process. `wait`: wait up to LOCK_WAIT_SECONDS for it; else take it only if
+    free. The embedded file has one process, whose own locks serialise: always held.
+    """
+    if not is_postgres(conn):
+        yield True
+        return
+    with conn.raw.transaction():
+        if wait:
+            conn.execute("select set_config('lock_timeout', ?, true)", [f"{LOCK_WAIT_SECONDS}s"])
+            conn.execute("select pg_advisory_xact_lock(?::integer, hashtext(?))", [namespace, name])
+            yield True
+        else:
+            row = conn.execute(
+                "select pg_try_advisory_xact_lock(?::integer, hashtext(?))", [namespace, name]
+            ).fetchone()
+            yield bool(row and row[0])
 
 
 # --- stripe_events -----------------------------------------------------------------------------------------
@@ -78,7 +131,7 @@ def lookup_events(
 def insert_events(conn: duckdb.DuckDBPyConnection, rows: Sequence[Row]) -> None:
     """Append new Stripe event rows."""
     if rows:
-        select, params = batch_select(EVENT_COLUMNS, rows)
+        select, params = batch_select(EVENT_COLUMNS, rows, _column_types(conn, "stripe_events"))
         conn.execute(f"insert into stripe_events ({', '.join(EVENT_COLUMNS)}) select {select}", params)
 
 
@@ -133,7 +186,7 @@ def get_payments(
 def insert_payments(conn: duckdb.DuckDBPyConnection, rows: Sequence[Row]) -> None:
     """Append payments of PaymentIntents not stored yet."""
     if rows:
-        select, params = batch_select(PAYMENT_COLUMNS, rows)
+        select, params = batch_select(PAYMENT_COLUMNS, rows, _column_types(conn, "payments"))
         conn.execute(f"insert into payments ({', '.join(PAYMENT_COLUMNS)}) select {select}", params)
 
 
@@ -154,7 +207,8 @@ def update_payments(conn: duckdb.DuckDBPyConnection, rows: Sequence[Row], column
     """
     names = [name for name in PAYMENT_UPDATES if name in set(columns)]  # the allow-list, in a fixed order
     if rows and names:
-        select, params = batch_select(["payment_intent_id", *names], rows, PAYMENT_UPDATES)
+        casts = {"payment_intent_id": "varchar", **PAYMENT_UPDATES}
+        select, params = batch_select(["payment_intent_id", *names], rows, casts)
         conn.execute(
             "update payments set "  # noqa: S608 - names come from PAYMENT_UPDATES
             + ", ".join(f"{name} = b.{name}" for name in names)
@@ -187,7 +241,8 @@ def payment_intents_of_charges(conn: duckdb.DuckDBPyConnection, charge_ids: Iter
 def upsert_unlinked_refunds(conn: duckdb.DuckDBPyConnection, rows: Sequence[Row]) -> None:
     """Keep refunds of charges no stored payment holds, one row per charge; the refunded amount only grows."""
     if rows:
-        select, params = batch_select(UNLINKED_REFUND_COLUMNS, rows, _UNLINKED_REFUND_TYPES)
+        casts = _column_types(conn, "unlinked_refunds") or _UNLINKED_REFUND_TYPES
+        select, params = batch_select(UNLINKED_REFUND_COLUMNS, rows, casts)
         conn.execute(
             f"insert into unlinked_refunds ({', '.join(UNLINKED_REFUND_COLUMNS)}) select {select} "
             "on conflict (charge_id) do update set "
@@ -266,12 +321,24 @@ def lead_journeys(conn: duckdb.DuckDBPyConnection, event_ids: Iterable[UUID]) ->
     )
 
 
+# leads.status only moves forward along this order.
+LEAD_RANK = {"lead": 0, "paid": 1, "refunded": 2}
+
+
+def _lead_rank(column: str) -> str:
+    ranks = " ".join(f"when '{status}' then {rank}" for status, rank in LEAD_RANK.items())
+    return f"case {column} {ranks} end"
+
+
 def update_lead_payments(conn: duckdb.DuckDBPyConnection, rows: Sequence[Row]) -> None:
     """Set leads' status and, where none is linked yet, their PaymentIntent."""
     if rows:
         select, params = batch_select(LEAD_PAYMENT_COLUMNS, rows, _LEAD_PAYMENT_TYPES)
         conn.execute(
-            "update leads set status = b.status, "  # noqa: S608 - the select list is built from constants
+            # Forward only, decided on the row as it is when updated: another instance may have moved it since
+            # it was read (a second PaymentIntent of the same journey).
+            f"update leads set status = case when {_lead_rank('b.status')} > {_lead_rank('leads.status')} "  # noqa: S608 - constants
+            "then b.status else leads.status end, "
             "payment_intent_id = coalesce(leads.payment_intent_id, b.payment_intent_id), updated_at = b.updated_at "
             f"from (select {select}) b where leads.event_id = b.event_id",
             params,
@@ -280,12 +347,18 @@ def update_lead_payments(conn: duckdb.DuckDBPyConnection, rows: Sequence[Row]) -
 
 def link_payment_intent(
     conn: duckdb.DuckDBPyConnection, event_id: UUID, payment_intent_id: str, now: datetime
-) -> None:
-    """Record a lead's PaymentIntent."""
-    conn.execute(
-        "update leads set payment_intent_id = ?, updated_at = ? where event_id = ?",
+) -> str | None:
+    """Record a lead's PaymentIntent unless it has one; answer the one it has now (None: no such lead).
+
+    Decided on the row as it is when updated, so two instances linking at once cannot both win.
+    """
+    row = conn.execute(
+        "update leads set payment_intent_id = coalesce(payment_intent_id, ?), "
+        "updated_at = case when payment_intent_id is null then ? else updated_at end "
+        "where event_id = ? returning payment_intent_id",
         [payment_intent_id, now, event_id],
-    )
+    ).fetchone()
+    return str(row[0]) if row else None
 
 
 def consent_in_force(conn: duckdb.DuckDBPyConnection, event_id: UUID) -> ConsentInForce | None:

@@ -1,7 +1,7 @@
 """Backfill from Stripe: list the Events of the last 30 days and feed the unsettled ones to the webhook handler.
 
 Webhooks can be missed (the service was down, localstripe never retries) or fail; Stripe keeps Events for 30
-days. A cursor in DuckDB remembers how far the last sync got, less an overlap, so a later run lists only the
+days. A cursor in the store remembers how far the last sync got, less an overlap, so a later run lists only the
 recent part; an event already settled is seen and skipped, a failed one is processed again.
 """
 
@@ -12,6 +12,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import duckdb
 import stripe
@@ -48,7 +49,7 @@ _running = threading.Lock()
 
 
 class SyncAlreadyRunning(Conflict):
-    """A Stripe sync is already running in this process."""
+    """A Stripe sync is already running, in this process or (PostgreSQL) on another instance."""
 
 
 class SyncReport(BaseModel):
@@ -109,13 +110,31 @@ def sync_stripe_events(
     since: datetime | None = None,
     now: datetime | None = None,
 ) -> SyncReport:
-    """List recent Stripe Events and process the ones not settled yet; one sync at a time per process."""
+    """List recent Stripe Events and process the ones not settled yet; one sync at a time, across instances too."""
     if not _running.acquire(blocking=False):
         raise SyncAlreadyRunning("a Stripe sync is already running")
     try:
-        return _sync(settings, database, client, since=since, now=now or utcnow())
+        return database.read(
+            lambda conn: _sync_alone(conn, settings, database, client, since, now or utcnow())
+        )
     finally:
         _running.release()
+
+
+def _sync_alone(
+    conn: Any,
+    settings: Settings,
+    database: Database,
+    client: stripe.StripeClient,
+    since: datetime | None,
+    now: datetime,
+) -> SyncReport:
+    # Processing is exactly once without it (the inbox locks each event); the lock spares a second instance listing
+    # the same 30 days from Stripe and the two cursors overwriting each other.
+    with repository.instance_lock(conn, repository.SYNC_LOCKS, CURSOR_NAME, wait=False) as alone:
+        if not alone:
+            raise SyncAlreadyRunning("a Stripe sync is already running on another instance")
+        return _sync(settings, database, client, since=since, now=now)
 
 
 def _sync(

@@ -1,8 +1,9 @@
 """Stripe events: verify the signature, store each event once by its id, and apply payment changes exactly once.
 
 Webhooks and `attribution sync stripe` feed the same batch handler, `handle_events`, which runs in the writer's
-transaction: it decides "new, already settled, or a retry of a failure" there (the writer serialises every write,
-so concurrent copies of one event cannot both pass), inserts the raw event, and applies the allow-listed types
+transaction: it decides "new, already settled, or a retry of a failure" there (one instance's writer serialises its
+writes; on PostgreSQL the transaction first takes a lock every instance sees on each event and on what it changes, so
+concurrent copies of one event on any instances cannot both pass), inserts the raw event, and applies the allow-listed types
 together with the payment and lead state change and the outbox rows it causes. A failure rolls all of that back;
 `record_failures` then stores the event with its error in a second writer job, so the error row survives and the
 next delivery of that event is processed (the bug of dj-stripe issue #832 is to treat it as already seen).
@@ -45,7 +46,7 @@ SETTLED = frozenset({PROCESSED, IGNORED, DUPLICATE, REJECTED})
 
 # payments.status and leads.status only move forward along these orders.
 PAYMENT_RANK = {"open": 0, "failed": 1, "canceled": 2, "succeeded": 3, "refunded": 4}
-LEAD_RANK = {"lead": 0, "paid": 1, "refunded": 2}
+LEAD_RANK = repository.LEAD_RANK
 LEAD_STATUS_OF_PAYMENT = {"succeeded": "paid", "refunded": "refunded"}
 
 _MAX_ERROR_LENGTH = 2000
@@ -388,8 +389,23 @@ def _apply_events(
     insert_rows(conn, "deliveries", [d.as_row() for key, d in planned.items() if key not in existing])
 
 
+def _lock_names(jobs: Sequence[EventJob]) -> set[str]:
+    """What processing on another instance at the same moment must not share with these jobs: each event, and the
+    PaymentIntent, charge and journey it changes (a second event object for the same change names the same ones)."""
+    names: set[str] = set()
+    for job in jobs:
+        event, change = job.event, job.event.change
+        names.add(event.stripe_event_id)
+        if change is not None:
+            touched = (event.object_id, change.payment_intent_id, change.charge_id, change.metadata_event_id)
+            names |= {str(name) for name in touched if name is not None}
+    return names
+
+
 def handle_events(conn: duckdb.DuckDBPyConnection, jobs: Sequence[EventJob]) -> list[EventOutcome]:
     """Writer batch handler: store each event once and apply the allow-listed ones, in one transaction."""
+    # Held until this transaction ends: another instance's copy of an event waits here, then reads it as settled.
+    repository.lock_names(conn, repository.STRIPE_LOCKS, _lock_names(jobs))
     now = utcnow()
     lookup = repository.lookup_events(
         conn,

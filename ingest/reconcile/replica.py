@@ -94,7 +94,8 @@ def _live_tables(cursor: duckdb.DuckDBPyConnection) -> tuple[str, list[str]]:
     return database, [str(name) for (name,) in tables]
 
 
-def _schema_version(cursor: duckdb.DuckDBPyConnection) -> int:
+def schema_version(cursor: duckdb.DuckDBPyConnection) -> int:
+    """The latest migration applied to the database `cursor` reads (0: none)."""
     row = cursor.execute("select coalesce(max(version), 0) from schema_migrations").fetchone()
     return int(row[0]) if row else 0
 
@@ -106,19 +107,27 @@ def _copy_snapshot(cursor: duckdb.DuckDBPyConnection, params: ModelParams, taken
         cursor.execute(
             f"create table {_OUT}.{_quoted(table)} as select * from {_quoted(database)}.main.{_quoted(table)}"  # noqa: S608
         )
+    write_replica_info(cursor, f"{_OUT}.{INFO_TABLE}", taken_at, schema_version(cursor), params)
+
+
+def write_replica_info(
+    conn: duckdb.DuckDBPyConnection, table: str, taken_at: datetime, schema_version: int, params: ModelParams
+) -> None:
+    """Create the one-row table (INFO_TABLE, or its name qualified by the copy's alias) that says what a copy
+    holds: when its snapshot was taken, and the configuration the metrics are read under."""
     columns = ", ".join(f"{name} boolean" for name in PARAM_COLUMNS)
-    cursor.execute(
-        f"create table {_OUT}.{INFO_TABLE} (taken_at timestamp, published_at timestamp, "
-        f"schema_version integer, {columns})"
+    conn.execute(
+        f"create table {table} (taken_at timestamp, published_at timestamp, schema_version integer, {columns})"
     )
     placeholders = ", ".join("?" for _ in PARAM_COLUMNS)
-    cursor.execute(
-        f"insert into {_OUT}.{INFO_TABLE} values (?, ?, ?, {placeholders})",  # noqa: S608 - constants
-        [taken_at, utcnow(), _schema_version(cursor), *params.values()],
+    conn.execute(
+        f"insert into {table} values (?, ?, ?, {placeholders})",  # noqa: S608 - constants
+        [taken_at, utcnow(), schema_version, *params.values()],
     )
 
 
-def _temp_path(final: Path) -> Path:
+def temp_path(final: Path) -> Path:
+    """Where a copy of `final` is written before it replaces it (named for this process and thread)."""
     return final.with_name(f"{final.name}.tmp-{os.getpid()}-{threading.get_ident()}")
 
 
@@ -132,7 +141,7 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _remove_abandoned_copies(final: Path) -> None:
+def remove_abandoned_copies(final: Path) -> None:
     """Delete half-written copies left by processes that died mid-copy (not those of live ones)."""
     for stale in final.parent.glob(f"{final.name}.tmp-*"):
         pid = stale.name.removeprefix(f"{final.name}.tmp-").split("-")[0]
@@ -141,7 +150,8 @@ def _remove_abandoned_copies(final: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
-def _remove(path: Path) -> None:
+def remove_copy(path: Path) -> None:
+    """Delete a DuckDB file and its write-ahead log."""
     for stale in (path, path.with_name(path.name + ".wal")):
         stale.unlink(missing_ok=True)
 
@@ -165,8 +175,8 @@ def publish_replica(
     """
     started = time.perf_counter()
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = _temp_path(path)
-    _remove(temp)
+    temp = temp_path(path)
+    remove_copy(temp)
     cursor = database.conn.cursor()
     try:
         track(cursor)
@@ -181,7 +191,7 @@ def publish_replica(
             track(None)
             copy.close()
     except BaseException:
-        _remove(temp)
+        remove_copy(temp)
         raise
     finally:
         track(None)
@@ -242,7 +252,7 @@ class ReplicaPublisher:
     def start(self) -> None:
         """Start publishing: one copy now, then one per interval while anything is committed."""
         if self._thread is None:
-            _remove_abandoned_copies(self.path)
+            remove_abandoned_copies(self.path)
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="replica-publisher", daemon=True)
             self._thread.start()
@@ -325,10 +335,20 @@ class Reader:
     it while another thread is querying); the views stay, as they are bound again at each query.
     """
 
-    def __init__(self, settings: Settings, source: Literal["replica", "database"]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        source: Literal["replica", "database"],
+        *,
+        path: Path | None = None,
+        location: str | None = None,
+    ) -> None:
         self.settings = settings
         self.source = source
-        self.path = settings.attribution_replica_path if source == "replica" else settings.attribution_db_path
+        default = settings.attribution_replica_path if source == "replica" else settings.attribution_db_path
+        self.path = path or default
+        # What the numbers were read from, as it may be shown: the file, or the PostgreSQL database it was copied from.
+        self.location = location or str(self.path)
         self.conn = duckdb.connect()
         self.info: ReplicaInfo | None = None
         self._identity: tuple[int, int] | None = None
@@ -435,7 +455,13 @@ def open_reader(settings: Settings, source: Source = "auto") -> Reader:
 
     "auto" reads the database itself when no process holds it (freshest), else the replica. A long-lived reader
     (the dashboard) should ask for "replica": holding the database open, even read-only, stops the API starting.
+    On PostgreSQL (ATTRIBUTION_DATABASE_URL set) "database" copies the operational store into a temporary DuckDB
+    file and computes every model there (`ingest.reconcile.warehouse.open_postgres_reader`), and "auto" reads the
+    replica `attribution warehouse` keeps, or the database when there is none yet: any number of API processes may
+    hold PostgreSQL, so holding it says nothing, and a fresh copy of a large store costs far more than the replica.
     """
+    if settings.attribution_database_url is not None:
+        return _open_postgres(settings, source)
     if source == "database":
         return _open_database(settings)
     if source == "replica":
@@ -450,6 +476,15 @@ def open_reader(settings: Settings, source: Source = "auto") -> Reader:
                 f"{exc}; and no replica at {settings.attribution_replica_path} yet "
                 "(the API publishes one every ATTRIBUTION_REPLICA_SECONDS)"
             ) from None
+
+
+def _open_postgres(settings: Settings, source: Source) -> Reader:
+    # Imported here: the warehouse builds on this module's publishing pieces.
+    from ingest.reconcile.postgres_tables import open_postgres_reader
+
+    if source == "replica" or (source == "auto" and settings.attribution_replica_path.exists()):
+        return Reader(settings, "replica")
+    return open_postgres_reader(settings)
 
 
 def _open_database(settings: Settings) -> Reader:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 from ingest.reconcile.models import Metric, success_metrics
 from ingest.reconcile.replica import Reader
@@ -17,7 +16,7 @@ class Report:
 
     metrics: list[Metric]
     source: str
-    path: Path
+    location: str  # the file read, or the PostgreSQL database (never its password) a fresh copy was made of
     taken_at: datetime | None
     staleness_seconds: float
 
@@ -37,7 +36,7 @@ def build_report(reader: Reader) -> Report:
     return Report(
         metrics=success_metrics(reader.conn),
         source=reader.source,
-        path=reader.path,
+        location=reader.location,
         taken_at=reader.taken_at,
         staleness_seconds=reader.staleness_seconds(),
     )
@@ -56,10 +55,14 @@ def percent(fraction: float) -> str:
 
 def provenance(report: Report) -> str:
     """One line saying what the numbers were read from and how old they are."""
+    if report.taken_at is None and report.location.startswith("postgresql://"):
+        return f"computed from {report.location} (copied into a temporary DuckDB file for the models)"
     if report.taken_at is None:
-        return f"read from the database {report.path} (no API running)"
+        return f"read from the database {report.location} (no API running)"
     taken = report.taken_at.isoformat(sep=" ", timespec="seconds")
-    return f"read from the replica {report.path}, taken {taken} UTC ({report.staleness_seconds:.0f} s ago)"
+    return (
+        f"read from the replica {report.location}, taken {taken} UTC ({report.staleness_seconds:.0f} s ago)"
+    )
 
 
 def render_json(report: Report) -> str:
@@ -67,7 +70,7 @@ def render_json(report: Report) -> str:
     return json.dumps(
         {
             "source": report.source,
-            "path": str(report.path),
+            "path": report.location,
             "taken_at": report.taken_at.isoformat() if report.taken_at else None,
             "staleness_seconds": round(report.staleness_seconds, 3),
             "all_met": report.all_met,

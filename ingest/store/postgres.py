@@ -227,11 +227,15 @@ class PostgresDatabase(Database):
         return database
 
     def _check_schema(self) -> None:
-        applied = self.read(
-            lambda conn: conn.execute("select max(version) from schema_migrations").fetchone()
-        )
+        def applied(conn: PgConnection) -> int:
+            row = conn.execute("select to_regclass('schema_migrations') is not null").fetchone()
+            if not row or not row[0]:
+                return 0
+            row = conn.execute("select coalesce(max(version), 0) from schema_migrations").fetchone()
+            return int(row[0]) if row else 0
+
         shipped = max(version for version, _, _ in available_migrations("postgresql"))
-        if applied is None or applied[0] is None or int(applied[0]) < shipped:
+        if self.read(applied) < shipped:
             raise StoreUnavailable(
                 f"the PostgreSQL database at {describe(self.url)} is not migrated; run `attribution db migrate`"
             )
@@ -270,6 +274,16 @@ class PostgresDatabase(Database):
         self.writer.stop()
         self.writer.close_connection()
         self._pool.close()
+
+
+def check_store(url: str) -> str:
+    """Connect once and check the schema is migrated (StoreUnavailable saying why not); return where it is."""
+    database = PostgresDatabase(url)
+    try:
+        database._check_schema()
+    finally:
+        database.writer.close_connection()
+    return database.location
 
 
 def migrate(url: str) -> list[str]:

@@ -51,6 +51,9 @@ _STORE_FAULTS: tuple[type[BaseException], ...] = (
 )
 # An item's fault found only at commit (a deferred constraint).
 _COMMIT_ITEM_FAULTS: tuple[type[BaseException], ...] = (duckdb.ConstraintException, psycopg.IntegrityError)
+# A unique key another instance committed first (PostgreSQL only: the embedded file has one writer).
+_RACES: tuple[type[BaseException], ...] = (psycopg.errors.UniqueViolation,)
+_RACE_RETRIES = 2
 _DRIVER_ERRORS: tuple[type[BaseException], ...] = (duckdb.Error, psycopg.Error)
 
 
@@ -60,6 +63,7 @@ class _Job:
     item: Any
     done: Future[Any] | asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop | None = None
+    raced: int = 0  # times it lost a race to another instance's commit and was run again
 
     def take(self) -> bool:
         """Whether the job still wants doing; once taken, a thread-side future can no longer be cancelled."""
@@ -266,8 +270,15 @@ class Writer:
         """An item's fault: a lone job is answered with it; in a batch, one bad job must not sink its batch-mates,
         so each is retried in its own transaction."""
         if len(jobs) == 1:
+            job = jobs[0]
+            if isinstance(exc, _RACES) and job.raced < _RACE_RETRIES:
+                # Another instance committed the same key between this job's look-up and its insert (PostgreSQL
+                # waits for that commit, then refuses): run it again, and its look-up now finds the row.
+                job.raced += 1
+                self._run_batch([job])
+                return
             log.warning("write failed", extra={"error": repr(exc)})
-            self._answer([(jobs[0], exc)])
+            self._answer([(job, exc)])
             return
         for job in jobs:
             self._run_batch([job])

@@ -39,6 +39,9 @@ async def post_until_killed(api: ApiProcess) -> tuple[set[str], int]:
     return acknowledged, failed
 
 
+# The embedded file only: what this proves is DuckDB's write-ahead log replaying every acknowledged commit of a
+# killed process (on PostgreSQL a commit's durability is the server's, and killing an instance loses nothing it
+# holds); it reads the file back itself.
 def test_acknowledged_leads_survive_kill_9(tmp_path: Path) -> None:
     db_path = tmp_path / "crash.duckdb"
     api = ApiProcess({"ATTRIBUTION_DB_PATH": str(db_path), "ATTRIBUTION_ADMIN_TOKEN": ADMIN_TOKEN})

@@ -1,4 +1,5 @@
-"""Stripe test fixtures: one localstripe and one sandbox for the session, and the app served with Stripe on."""
+"""Stripe test fixtures: one localstripe and one sandbox for the session, and the app served with Stripe on (each
+test that serves it runs on both engines: the embedded DuckDB file and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,11 @@ from tests.payments.events import signed
 T = TypeVar("T")
 WEBHOOK_ID = "attribution-tests"
 PRICE_CENTS = 4700
+
+
+@pytest.fixture
+def store(engine: dict[str, Any]) -> dict[str, Any]:
+    return engine
 
 
 @pytest.fixture(scope="session")
@@ -116,13 +122,14 @@ def serve_app(settings: Settings) -> Iterator[RunningApi]:
 
 @pytest.fixture
 def stripe_api_with(
-    tmp_path: Path, localstripe: LocalStripe, sandbox: Sandbox
+    tmp_path: Path, localstripe: LocalStripe, sandbox: Sandbox, store: dict[str, Any]
 ) -> Iterator[Callable[..., RunningApi]]:
-    """Serve the app with Stripe on (and setting overrides); localstripe's webhook points at the latest one."""
+    """Serve the app with Stripe on (and setting overrides) on the test's store; localstripe's webhook points at the
+    latest one."""
     stack: list[Any] = []
 
     def start(**overrides: Any) -> RunningApi:
-        server = serve_app(stripe_settings(tmp_path, localstripe, sandbox, **overrides))
+        server = serve_app(stripe_settings(tmp_path, localstripe, sandbox, **(store | overrides)))
         api = server.__enter__()
         stack.append(server)
         localstripe.register_webhook(WEBHOOK_ID, api.webhook_url, localstripe.webhook_secret)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
+import duckdb
 import httpx
 import pytest
 from typer.testing import CliRunner
@@ -14,11 +16,16 @@ from ingest.reconcile.models import METRIC_NAMES
 from ingest.reconcile.replica import publish_replica
 from ingest.reconcile.report import percent
 from ingest.store.database import Database, connect, migrate
+from ingest.store.transfer import copy_to_postgres
 from sandbox.bulk import BulkSpec, generate_bulk
 from sandbox.scenario import GroundTruth
-from tests.conftest import ADMIN_TOKEN, make_settings, serve
+from tests.conftest import ADMIN_TOKEN, free_port, make_settings, serve
 
 runner = CliRunner()
+
+
+def _said(output: str) -> str:
+    return " ".join(output.split())
 
 
 def _env(tmp_path: Path, database: Path) -> dict[str, str]:
@@ -140,3 +147,62 @@ def test_metrics_endpoint_is_off_without_an_admin_token(tmp_path: Path) -> None:
     with serve(make_settings(tmp_path, attribution_admin_token=None)) as base_url:
         response = httpx.get(f"{base_url}/v1/metrics/success", headers={"Authorization": "Bearer x"})
     assert response.status_code == 403
+
+
+# --- on PostgreSQL --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def on_postgres(tmp_path: Path, bulk: tuple[Path, GroundTruth], postgres_url: str) -> dict[str, str]:
+    """The bulk history copied into PostgreSQL (as `db copy` moves it), and the settings that name it."""
+    source = duckdb.connect(str(bulk[0]))
+    try:
+        copy_to_postgres(source, postgres_url)
+    finally:
+        source.close()
+    return _env(tmp_path, tmp_path / "no-embedded-file.duckdb") | {
+        "ATTRIBUTION_DATABASE_URL": postgres_url,
+        "COLUMNS": "300",
+    }
+
+
+def test_source_database_on_postgresql_computes_from_postgresql_itself(
+    on_postgres: dict[str, str], bulk: tuple[Path, GroundTruth]
+) -> None:
+    result = runner.invoke(app, ["report", "--json", "--source", "database"], env=on_postgres)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["source"] == "database" and report["taken_at"] is None
+    assert report["path"].startswith("postgresql://127.0.0.1:") and "@" not in report["path"]
+    assert {m["metric"]: (m["numerator"], m["denominator"]) for m in report["metrics"]} == bulk[1].expected()
+    table = runner.invoke(app, ["report", "--source", "database"], env=on_postgres)
+    assert "computed from postgresql://127.0.0.1:" in _said(table.stdout)
+    assert list(Path(tempfile.gettempdir()).glob("attribution-database-*")) == [], (
+        "its temporary copy is gone"
+    )
+
+
+def test_auto_on_postgresql_reads_the_warehouses_replica_else_computes(
+    tmp_path: Path, on_postgres: dict[str, str], bulk: tuple[Path, GroundTruth]
+) -> None:
+    without = runner.invoke(app, ["report", "--json"], env=on_postgres)
+    assert without.exit_code == 0 and json.loads(without.stdout)["source"] == "database"
+    assert runner.invoke(app, ["warehouse", "--once"], env=on_postgres).exit_code == 0
+    kept = runner.invoke(app, ["report", "--json"], env=on_postgres)
+    assert kept.exit_code == 0, kept.output
+    report = json.loads(kept.stdout)
+    assert report["source"] == "replica" and report["taken_at"] is not None
+    assert {m["metric"]: (m["numerator"], m["denominator"]) for m in report["metrics"]} == bulk[1].expected()
+
+
+def test_source_database_on_an_unreachable_postgresql_says_so_in_one_line(tmp_path: Path) -> None:
+    url = f"postgresql://postgres:s3cret@127.0.0.1:{free_port()}/attribution"
+    env = _env(tmp_path, tmp_path / "none.duckdb") | {"ATTRIBUTION_DATABASE_URL": url, "COLUMNS": "300"}
+    result = runner.invoke(app, ["report", "--source", "database"], env=env)
+    assert result.exit_code == 2
+    assert [line for line in result.stderr.splitlines() if line.strip()] == [
+        line
+        for line in result.stderr.splitlines()
+        if "cannot read the metrics: cannot connect to PostgreSQL" in line
+    ]
+    assert "s3cret" not in result.output

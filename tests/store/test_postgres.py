@@ -91,11 +91,6 @@ def test_a_url_that_is_not_postgresql_is_refused_naming_the_variable(tmp_path: P
     assert result.exit_code == 2 and "ATTRIBUTION_DATABASE_URL" in _said(result.stderr)
 
 
-def test_serve_says_it_does_not_run_on_postgresql_yet(postgres_url: str) -> None:
-    result = runner.invoke(app, ["serve"], env={"ATTRIBUTION_DATABASE_URL": postgres_url})
-    assert result.exit_code == 2 and "embedded DuckDB file only" in _said(result.stderr)
-
-
 def test_duckdb_schema_is_untouched_by_the_postgresql_folder(tmp_path: Path) -> None:
     conn = duckdb.connect(str(tmp_path / "only.duckdb"))
     try:
