@@ -59,6 +59,14 @@ class Lane:
     # until when (time.monotonic()) claiming for it is not worth a try (its next free slot, a shared pause).
     shared_interval: float = 0.0
     not_before: float = 0.0
+    # Changes this worker queued for the shared row, and how many of them are written: a read taken while one is
+    # still on its way is older than this worker's own view, so the lane does not follow it.
+    changes_queued: int = 0
+    changes_written: int = 0
+
+    def settled(self) -> int | None:
+        """The count of changes queued when every one of them is written (a read may then be followed), else None."""
+        return self.changes_queued if self.changes_queued == self.changes_written else None
 
     def observe(self, result: AttemptResult) -> None:
         """Fold a request's duration into the moving average that sizes claims."""
@@ -193,11 +201,11 @@ def lane_states(
     return now, {row[1]: LaneState(*row[1:]) for row in rows}
 
 
-def _ensure_lane(conn: Any, destination: str) -> None:
-    """Store a destination's lane row if it is missing (migration 008 stores those it knew)."""
+def ensure_lanes(destinations: Sequence[str], conn: Any) -> None:
+    """Store these destinations' lane rows where missing (a worker at start, on an autocommit connection)."""
     conn.execute(
-        "insert into delivery_lanes (destination) values (?) on conflict (destination) do nothing",
-        [destination],
+        "insert into delivery_lanes (destination) select unnest(?::text[]) on conflict (destination) do nothing",
+        [list(destinations)],
     )
 
 
@@ -240,7 +248,7 @@ def record_lane_change(change: LaneChange, conn: Any) -> None:
     answered; `paused`: hold every instance's requests for `seconds` (a 429's Retry-After).
     """
     sets = _CIRCUIT_CHANGES[change.change]
-    _ensure_lane(conn, change.destination)
+    ensure_lanes([change.destination], conn)
     conn.execute(
         f"update delivery_lanes set {sets}, updated_at = {_SERVER_NOW} where destination = ?",  # noqa: S608
         ([change.seconds] if "?" in sets else []) + [change.destination],
@@ -313,10 +321,7 @@ def shared_pacing(
     found: dict[str, Slots] = {}
     for destination, interval in paced.items():
         state = locked.get(destination)
-        if (
-            state is None
-        ):  # another claim holds the row now (or it was never stored: it is, for the next claim)
-            _ensure_lane(conn, destination)
+        if state is None:  # another claim holds the row now (or no worker stored it yet: each does at start)
             limits[destination] = 0
             views[destination] = replace(views.get(destination, LaneView()), wait=LANE_BUSY_RETRY_SECONDS)
             continue

@@ -35,6 +35,7 @@ from ingest.outbox.lanes import (
     LaneChange,
     breaker_change,
     circuit_views,
+    ensure_lanes,
     follow,
     record_lane_change,
 )
@@ -129,6 +130,8 @@ class DeliveryWorker:
         stopped instance's are taken over by any claim once they expire (ATTRIBUTION_DELIVERY_LEASE_SECONDS).
         """
         if self._shared:
+            destinations = [destination.value for destination in Destination]
+            await asyncio.to_thread(self._database.read, functools.partial(ensure_lanes, destinations))
             expired = await asyncio.to_thread(self._database.read, expired_leases)
             if expired:
                 log.warning(
@@ -361,6 +364,7 @@ class DeliveryWorker:
             paced=paced,
             horizon=PACING_HORIZON_SECONDS,
         )
+        settled = {lane.destination: lane.settled() for lane in self._lanes.values()}
         try:
             claim: Claim = await self._database.writer.submit(claim_deliveries, request)
         except BaseException:
@@ -375,10 +379,13 @@ class DeliveryWorker:
             if not got[destination.value]:
                 self._lanes[destination].breaker.probing = False  # nothing due to probe with yet
         for name, view in claim.lanes.items():
-            if follow(self._lanes[Destination(name)], view, poll):
-                probes.add(Destination(name))
-            else:
-                probes.discard(Destination(name))
+            lane = self._lanes[Destination(name)]
+            before = settled[lane.destination]
+            if view.probe or (before is not None and lane.settled() == before):
+                probe = follow(lane, view, poll)
+            else:  # a change of this worker's was still on its way: its own view is the newer one
+                lane.breaker.probing, probe = False, False
+            (probes.add if probe else probes.discard)(lane.destination)
         for item in claimed:
             lane = self._lanes[Destination(item.destination)]
             if item.delivery_id in lane.inflight:
@@ -405,15 +412,18 @@ class DeliveryWorker:
         if not stale or time.monotonic() - self._circuits_read_at < poll:
             return
         self._circuits_read_at = time.monotonic()
+        settled = {lane.destination: lane.settled() for lane in self._lanes.values()}
         views = await asyncio.to_thread(self._database.read, functools.partial(circuit_views, stale))
         for name, view in views.items():
             lane = self._lanes[Destination(name)]
-            if not lane.breaker.probing and not view.probe:
+            before = settled[lane.destination]
+            if not lane.breaker.probing and before is not None and lane.settled() == before:
                 follow(lane, view, poll)
 
     def _share(self, change: LaneChange) -> None:
         """Queue a change of what instances share about a destination (PostgreSQL), applied in order."""
         if self._shared and self._sharing is not None:
+            self._lanes[Destination(change.destination)].changes_queued += 1
             self._lane_changes.put_nowait(change)
 
     async def _share_lane_changes(self) -> None:
@@ -432,6 +442,7 @@ class DeliveryWorker:
                     },
                 )
             finally:
+                self._lanes[Destination(change.destination)].changes_written += 1
                 self._lane_changes.task_done()
 
     async def _stop_sharing(self) -> None:

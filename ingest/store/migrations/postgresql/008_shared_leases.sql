@@ -19,7 +19,8 @@ create table delivery_lanes (
     probe_until timestamp,
     updated_at timestamp
 );
-insert into delivery_lanes (destination) values ('mailerlite'), ('crm'), ('sgtm'), ('meta');
+-- No rows here: each worker stores its destinations' rows at start (a migrated database stays empty, as
+-- `attribution db copy` wants it).
 
 -- What claims look up: due rows per destination in due order, a journey's deliveries, live leases. (DuckDB scans
 -- its columns instead; its indexes would cost every update of these rows.)
