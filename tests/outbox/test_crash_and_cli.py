@@ -1,8 +1,8 @@
 """kill -9 with deliveries in flight, and the `replay` / `mailerlite setup-fields` commands.
 
-DuckDB only: these run `attribution serve` and `attribution replay` as processes, and those open the embedded file
-(the CLI does not serve PostgreSQL yet). Several instances on PostgreSQL, one of them stopping mid-flight, are
-tests/outbox/test_instances.py."""
+The kill -9 and replay-through-the-API tests are the embedded file's: one process owns it, so a restart releases the
+dead one's leases, and the CLI goes through the API that holds the file. On PostgreSQL two `attribution serve` on one
+database, one killed, are tests/outbox/test_instances.py; `replay` straight on the store runs on both engines."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from ingest.store.database import Database
+from ingest.store.database import open_database
 from sandbox import Sandbox
 from tests.conftest import ADMIN_TOKEN, ApiProcess, lead_body, wait_until
 from tests.outbox.conftest import (
@@ -119,24 +119,24 @@ def test_replay_command_goes_through_the_running_api_when_it_holds_the_file(
         api.stop()
 
 
-async def test_replay_command_works_straight_on_the_file_when_no_api_runs(
-    tmp_path: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+async def test_replay_command_works_straight_on_the_store_when_no_api_runs(
+    tmp_path: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, store: dict[str, Any]
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    settings = sandbox_settings(tmp_path, sandbox)
+    settings = sandbox_settings(tmp_path, sandbox, **store)
     sandbox.set_faults("crm", reject_status=400)
     async with running_worker(settings) as (database, worker):
         await capture(database, settings)
         worker.wake()
         await async_wait_until(lambda: statuses(database) == {"dead": 1, "delivered": 3})
-    env = _env(sandbox, settings.attribution_db_path)
+    env = _env(sandbox, settings.attribution_db_path, **{name: str(value) for name, value in store.items()})
     runner = CliRunner()
     bad = runner.invoke(app, ["replay", "--status", "lost"], env=env)
     assert bad.exit_code == 2 and "status" in bad.output
     done = runner.invoke(app, ["replay"], env=env)
     assert done.exit_code == 0, done.output
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"replayed": 1, "dry_run": False}
-    database = Database.open(settings.attribution_db_path)
+    database = open_database(settings)
     try:
         (row,) = delivery_rows(database, "destination = 'crm'")
     finally:

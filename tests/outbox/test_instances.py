@@ -30,7 +30,7 @@ from ingest.store import postgres
 from ingest.store.database import Database, open_database
 from ingest.store.writer import StoreUnavailable
 from sandbox import Sandbox
-from tests.conftest import ADMIN_TOKEN, lead_body
+from tests.conftest import ADMIN_TOKEN, ApiProcess, lead_body
 from tests.outbox.conftest import (
     FAST,
     async_wait_until,
@@ -188,6 +188,52 @@ def _refused(caplog: pytest.LogCaptureFixture) -> Counter[str]:
     return Counter(
         str(getattr(r, "delivery_id", "")) for r in caplog.records if "outcome refused" in r.getMessage()
     )
+
+
+def test_kill_9_of_one_serve_process_and_the_other_finishes_its_deliveries_under_the_same_keys(
+    tmp_path: Path, sandbox: Sandbox, store: dict[str, Any]
+) -> None:
+    lease, leads = 6.0, 8
+    env = (
+        sandbox.env()
+        | {name.upper(): str(value) for name, value in FAST.items()}
+        | {
+            "ATTRIBUTION_DATABASE_URL": store["attribution_database_url"],
+            "ATTRIBUTION_DB_PATH": str(tmp_path / "unused.duckdb"),
+            "ATTRIBUTION_ADMIN_TOKEN": ADMIN_TOKEN,
+            "ATTRIBUTION_INLINE_DELIVERY_MS": "0",
+            "ATTRIBUTION_DELIVERY_LEASE_SECONDS": str(lease),
+            "ATTRIBUTION_DELIVERY_TIMEOUT_SECONDS": "2",
+            "CRM_CONCURRENCY": "16",
+        }
+    )
+    sandbox.set_faults("crm", latency_ms=1500)  # CRM requests are in flight at the kill
+    doomed, survivor = ApiProcess(env), ApiProcess(env)
+    doomed.start()
+    try:
+        posted_at = time.time()
+        with httpx.Client(base_url=doomed.base_url, timeout=10) as client:
+            for n in range(leads):
+                assert client.post("/v1/leads", json=lead_body(email=f"k{n}@example.com")).status_code == 200
+        _wait(lambda: sandbox.arrived("crm") == leads)
+        doomed.kill()
+        survivor.start()
+        with httpx.Client(base_url=survivor.base_url, timeout=10) as client:
+            # Its start released nothing: the killed instance's CRM leases still hold.
+            assert all(d["in_flight"] for d in _deliveries(client, destination="crm"))
+            _wait(lambda: len(_deliveries(client, status="delivered")) == 4 * leads, timeout=60)
+            crm_rows = _deliveries(client, destination="crm")
+    finally:
+        survivor.stop()
+        doomed.kill()
+    _wait(lambda: len(sandbox.requests("crm")) == 2 * leads)  # the cut-off ones are recorded when answered
+    by_key: dict[str, list[float]] = {}
+    for request in sandbox.requests("crm"):
+        by_key.setdefault(request.headers["idempotency-key"], []).append(request.received_at)
+    assert set(by_key) == {row["idempotency_key"] for row in crm_rows} and len(by_key) == leads
+    assert all(len(times) == 2 and max(times) >= posted_at + lease for times in by_key.values())
+    assert sandbox.state("crm")["unique"] == leads  # none doubled at the receiver
+    assert all(row["attempt_count"] == 1 for row in crm_rows)  # the cut-off send left no attempt behind
 
 
 class _Paused:
