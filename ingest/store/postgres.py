@@ -260,14 +260,21 @@ class PostgresDatabase(Database):
             raise StoreUnavailable("every PostgreSQL connection is busy; try again shortly") from exc
 
     def read(self, query: Callable[[Any], T]) -> T:
-        """Run a read on a pooled connection (autocommit: it holds no transaction open)."""
-        try:
-            with self._pooled() as conn:
-                return query(conn)
-        except psycopg.OperationalError as exc:
-            raise StoreUnavailable(
-                f"PostgreSQL cannot answer now ({_first_line(exc)}); try again shortly"
-            ) from exc
+        """Run a read on a pooled connection (autocommit: it holds no transaction open).
+
+        After the server restarted, each pooled connection is found dead once, by the read that uses it (the pool
+        then drops it): a read holds nothing, so it is run once more on another before the caller hears of it.
+        """
+        for attempt in (1, 2):
+            try:
+                with self._pooled() as conn:
+                    return query(conn)
+            except psycopg.OperationalError as exc:
+                if attempt == 2:
+                    raise StoreUnavailable(
+                        f"PostgreSQL cannot answer now ({_first_line(exc)}); try again shortly"
+                    ) from exc
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         """Drain the writer, then close its connection and the pool."""
