@@ -45,6 +45,7 @@ from ingest.store.writer import Writer
 TARGET_PER_SECOND = 1000
 CONCURRENCY = 16  # per destination, so 48 requests in flight at most
 _ANSWER = b'{"contact_id":"ct_bench","data":{"id":"100000000000000001"}}'
+_FIELDS_ANSWER = b'{"data":[],"links":{}}'  # no fields listed: each create answers 200
 
 
 # --- the sink: a minimal HTTP/1.1 keep-alive server answering every request after a fixed delay -----------
@@ -71,8 +72,13 @@ class _Sink(asyncio.Protocol):
                 return
             path = head.split(b" ", 2)[1]
             self.buffer = self.buffer[end + 4 + length :]
-            body = json.dumps({"answered": _Sink.answered}).encode() if path == b"/count" else _ANSWER
-            if path not in (b"/count", b"/readyz"):
+            if path == b"/count":
+                body = json.dumps({"answered": _Sink.answered}).encode()
+            elif path.startswith(b"/api/fields"):  # the worker's MailerLite custom-field check at start
+                body = _FIELDS_ANSWER
+            else:
+                body = _ANSWER
+            if path not in (b"/count", b"/readyz") and not path.startswith(b"/api/fields"):
                 _Sink.answered += 1
             response = (
                 b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
