@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import duckdb
 
-from ingest.reconcile.models import ModelParams, load_models
 from ingest.reconcile.schemas import (
     ReconcileOut,
     RecordSource,
@@ -14,7 +13,6 @@ from ingest.reconcile.schemas import (
     SystemRecords,
     VerifiedConsistency,
 )
-from ingest.store.database import Database
 
 
 def _column(conn: duckdb.DuckDBPyConnection, sql: str, params: list[object]) -> dict[str, list[str]]:
@@ -67,13 +65,3 @@ def build_reconcile(conn: duckdb.DuckDBPyConnection) -> ReconcileOut:
         unverified_systems=list(row[6]),
     )
     return ReconcileOut(systems=systems, verified_data_consistency=metric)
-
-
-def live_reconcile(database: Database, params: ModelParams) -> ReconcileOut:
-    """The reconciliation computed now on the API's own database (temp views on a fresh cursor)."""
-
-    def compute(cursor: duckdb.DuckDBPyConnection) -> ReconcileOut:
-        load_models(cursor, params, temporary=True)
-        return build_reconcile(cursor)
-
-    return database.read(compute)

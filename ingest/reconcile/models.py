@@ -31,7 +31,6 @@ import duckdb
 from pydantic import BaseModel, ConfigDict
 
 from ingest.core.settings import Settings
-from ingest.store.database import Database
 
 SQL_DIR = Path(
     str(resources.files("ingest") / "sql")
@@ -238,16 +237,6 @@ def success_metrics(conn: duckdb.DuckDBPyConnection) -> list[Metric]:
             raise ModelError(f"the {name} view returned no row")
         metrics.append(Metric(**dict(zip(columns, row, strict=True))))
     return metrics
-
-
-def live_success_metrics(database: Database, params: ModelParams) -> list[Metric]:
-    """The metrics computed on the API's own database: temp views on a fresh cursor, gone when it closes."""
-
-    def compute(cursor: duckdb.DuckDBPyConnection) -> list[Metric]:
-        load_models(cursor, params, temporary=True)
-        return success_metrics(cursor)
-
-    return database.read(compute)
 
 
 @dataclass(frozen=True)

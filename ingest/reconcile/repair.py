@@ -23,7 +23,7 @@ from ingest.outbox.destinations.mailerlite import UPDATE_ONLY
 from ingest.outbox.gate import ConsentState, consent_gate
 from ingest.outbox.planning import Delivery, plan_delivery
 from ingest.outbox.repository import Journeys, journeys, sent_or_waiting
-from ingest.reconcile.models import ModelParams, load_models
+from ingest.reconcile.replica import live_models
 from ingest.reconcile.repository import pull_stamps
 from ingest.reconcile.schemas import DESTINATION_OF, NotRepaired, RepairIn, RepairItem, RepairOut, System
 from ingest.store.database import Database
@@ -237,17 +237,9 @@ def queue_repairs(conn: duckdb.DuckDBPyConnection, requests: Sequence[RepairRequ
     return answers
 
 
-def _findings(database: Database, params: ModelParams, system: System | None) -> Findings:
-    def compute(cursor: duckdb.DuckDBPyConnection) -> Findings:
-        load_models(cursor, params, temporary=True)
-        return find_repairs(cursor, system)
-
-    return database.read(compute)
-
-
 def repair_now(database: Database, settings: Settings, request: RepairIn, now: datetime) -> RepairOut:
     """Find on the live database what the systems miss or hold stale, and queue (or, dry, list) its re-sends."""
-    findings = _findings(database, ModelParams.from_settings(settings), request.system)
+    findings = live_models(database, settings, lambda conn: find_repairs(conn, request.system))
     if request.dry_run:
         planned, left = database.read(lambda conn: plan_repairs(conn, settings, findings, now))
         items = [item.model_copy(update={"delivery_id": None}) for item, _ in planned]

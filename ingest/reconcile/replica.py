@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import duckdb
 
@@ -46,9 +46,10 @@ from ingest.reconcile.models import (
     load_models,
     materialise_models,
 )
-from ingest.store.database import DatabaseLocked, EmbeddedDatabase
+from ingest.store.database import Database, DatabaseLocked, EmbeddedDatabase
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 INFO_TABLE = "replica_info"
 _OUT = "_replica_out"  # alias of the copy being written, in the API's database instance
@@ -501,3 +502,25 @@ def reading(settings: Settings, source: Source = "auto") -> Iterator[Reader]:
         yield reader
     finally:
         reader.close()
+
+
+def live_models(
+    database: Database, settings: Settings, compute: Callable[[duckdb.DuckDBPyConnection], T]
+) -> T:
+    """`compute` over the SQL models of the store the API runs on (the admin endpoints' metrics, reconciliation
+    and repair findings).
+
+    The embedded file: temporary views on a fresh cursor of the API's own connection, gone when it closes (nothing
+    is written to the file). PostgreSQL: the DuckDB models cannot run there, so they run where `attribution report`
+    reads them: the replica `attribution warehouse` keeps, or before it first published, a fresh copy of the store.
+    """
+    if isinstance(database, EmbeddedDatabase):
+        params = ModelParams.from_settings(settings)
+
+        def on_views(cursor: duckdb.DuckDBPyConnection) -> T:
+            load_models(cursor, params, temporary=True)
+            return compute(cursor)
+
+        return database.read(on_views)
+    with reading(settings, "auto") as reader:
+        return compute(reader.conn)

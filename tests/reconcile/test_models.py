@@ -14,12 +14,11 @@ from ingest.reconcile.models import (
     ModelError,
     ModelParams,
     discover_models,
-    live_success_metrics,
     load_models,
     run_data_tests,
     success_metrics,
 )
-from ingest.reconcile.replica import reading
+from ingest.reconcile.replica import live_models, reading
 from ingest.store.database import Database, connect, migrate
 from sandbox.bulk import BulkSpec, generate_bulk
 from sandbox.scenario import GroundTruth
@@ -114,10 +113,11 @@ def test_metrics_on_an_empty_database_are_defined_and_met(tmp_path: Path) -> Non
 
 
 def test_live_metrics_use_temp_views_that_leave_the_database_untouched(tmp_path: Path) -> None:
-    database = Database.open(tmp_path / "live.duckdb")
+    settings = make_settings(tmp_path)
+    database = Database.open(settings.attribution_db_path)
     try:
-        first = live_success_metrics(database, ALL_ON)
-        again = live_success_metrics(database, ALL_ON)
+        first = live_models(database, settings, success_metrics)
+        again = live_models(database, settings, success_metrics)
         views = database.read(
             lambda conn: conn.execute("select count(*) from duckdb_views() where not internal").fetchone()
         )
