@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Sequence
 
 import duckdb
+import psycopg
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
@@ -41,7 +42,7 @@ async def readyz(database: DatabaseDep) -> JSONResponse:
         return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
     try:
         await asyncio.wait_for(database.writer.submit(_beat, None), READY_TIMEOUT_SECONDS)
-    except (duckdb.Error, TimeoutError, StoreUnavailable) as exc:
+    except (duckdb.Error, psycopg.Error, TimeoutError, StoreUnavailable) as exc:
         return JSONResponse(
             {"status": "unavailable", "reason": f"the probe write did not commit ({type(exc).__name__})"},
             status_code=503,

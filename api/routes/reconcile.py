@@ -21,7 +21,6 @@ from ingest.core.errors import InvalidField
 from ingest.outbox.worker import DeliveryWorker
 from ingest.reconcile.discrepancies import live_reconcile
 from ingest.reconcile.imports import CrmColumns, Ga4Columns, import_export
-from ingest.reconcile.models import ModelParams
 from ingest.reconcile.pull import pull_systems
 from ingest.reconcile.repair import repair_now
 from ingest.reconcile.repository import Records, replace_records
@@ -64,7 +63,7 @@ def _writer(database: Database) -> Callable[[Records], int]:
 @router.get("/reconcile")
 def get_reconcile(database: DatabaseDep, settings: SettingsDep) -> ReconcileOut:
     """Each system's own records against ours (missing, unexpected, stale) and verified_data_consistency, now."""
-    return live_reconcile(database, ModelParams.from_settings(settings))
+    return live_reconcile(database, settings)
 
 
 @router.post(

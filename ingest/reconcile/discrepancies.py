@@ -3,9 +3,14 @@ system_stale, verified_data_consistency) into the CONTRACT.md shape of `attribut
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import duckdb
 
+from ingest.core.settings import Settings
 from ingest.reconcile.models import ModelParams, load_models
+from ingest.reconcile.replica import reading
 from ingest.reconcile.schemas import (
     ReconcileOut,
     RecordSource,
@@ -15,6 +20,8 @@ from ingest.reconcile.schemas import (
     VerifiedConsistency,
 )
 from ingest.store.database import Database
+
+T = TypeVar("T")
 
 
 def _column(conn: duckdb.DuckDBPyConnection, sql: str, params: list[object]) -> dict[str, list[str]]:
@@ -69,11 +76,26 @@ def build_reconcile(conn: duckdb.DuckDBPyConnection) -> ReconcileOut:
     return ReconcileOut(systems=systems, verified_data_consistency=metric)
 
 
-def live_reconcile(database: Database, params: ModelParams) -> ReconcileOut:
-    """The reconciliation computed now on the API's own database (temp views on a fresh cursor)."""
+def on_live_models(
+    database: Database, settings: Settings, build: Callable[[duckdb.DuckDBPyConnection], T]
+) -> T:
+    """`build` run now on a DuckDB connection where the models read the live operational store.
 
-    def compute(cursor: duckdb.DuckDBPyConnection) -> ReconcileOut:
+    The embedded file: temp views on a fresh cursor of the API's own connection. PostgreSQL: the models are DuckDB
+    SQL, so they run on a fresh copy of the store (the same the `database` source of `attribution report` reads).
+    """
+    if database.engine != "duckdb":
+        with reading(settings, "database") as reader:
+            return build(reader.conn)
+    params = ModelParams.from_settings(settings)
+
+    def compute(cursor: duckdb.DuckDBPyConnection) -> T:
         load_models(cursor, params, temporary=True)
-        return build_reconcile(cursor)
+        return build(cursor)
 
     return database.read(compute)
+
+
+def live_reconcile(database: Database, settings: Settings) -> ReconcileOut:
+    """The reconciliation computed now from the live operational store, on either engine."""
+    return on_live_models(database, settings, build_reconcile)
