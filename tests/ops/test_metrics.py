@@ -5,9 +5,11 @@ from __future__ import annotations
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 
+from ingest.store.postgres import POOL_SIZE
 from sandbox import Sandbox
 from tests.conftest import serve, wait_until
 from tests.ops.conftest import ADMIN, EMAIL_DOMAIN, PHONE_DIGITS, ops_settings, pii_lead, sample, scrape
@@ -15,8 +17,8 @@ from tests.ops.conftest import ADMIN, EMAIL_DOMAIN, PHONE_DIGITS, ops_settings, 
 LEADS = 4
 
 
-def test_metric_values_after_known_traffic(tmp_path: Path, sandbox: Sandbox) -> None:
-    settings = ops_settings(tmp_path, sandbox, None)
+def test_metric_values_after_known_traffic(tmp_path: Path, sandbox: Sandbox, store: dict[str, Any]) -> None:
+    settings = ops_settings(tmp_path, sandbox, None, **store)
     sandbox.set_faults("crm", fail_5xx_until=time.time() + 600)  # down for the whole test
     unknown = uuid.uuid4()
     with serve(settings) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
@@ -49,7 +51,16 @@ def test_metric_values_after_known_traffic(tmp_path: Path, sandbox: Sandbox) -> 
     assert (sample(samples, "attribution_delivery_oldest_due_seconds", destination="crm") or 0) > 0
     assert sample(samples, "attribution_delivery_oldest_due_seconds", destination="mailerlite") == 0
     age = sample(samples, "attribution_replica_age_seconds")
-    assert age is not None and 0 <= age < 30
+    if store:  # PostgreSQL: `attribution warehouse` keeps the replica, not the API; the read pool is shown
+        assert age is None
+        assert sample(samples, "attribution_pg_pool_max") == POOL_SIZE
+        size = sample(samples, "attribution_pg_pool_size") or 0
+        in_use = sample(samples, "attribution_pg_pool_in_use")
+        assert 1 <= size <= POOL_SIZE and in_use is not None and 1 <= in_use <= size  # (this scrape's read)
+        assert sample(samples, "attribution_pg_pool_waiting") == 0
+    else:
+        assert age is not None and 0 <= age < 30
+        assert sample(samples, "attribution_pg_pool_size") is None
 
     leads = {"route": "/v1/leads", "method": "POST"}
     assert sample(samples, "attribution_http_requests_total", **leads, status="200") == LEADS
@@ -68,8 +79,10 @@ def test_metric_values_after_known_traffic(tmp_path: Path, sandbox: Sandbox) -> 
     assert EMAIL_DOMAIN not in text and "@" not in text and PHONE_DIGITS not in text
 
 
-def test_a_body_refused_before_routing_counts_under_its_route(tmp_path: Path, sandbox: Sandbox) -> None:
-    settings = ops_settings(tmp_path, sandbox, None, attribution_max_body_bytes=1024)
+def test_a_body_refused_before_routing_counts_under_its_route(
+    tmp_path: Path, sandbox: Sandbox, store: dict[str, Any]
+) -> None:
+    settings = ops_settings(tmp_path, sandbox, None, attribution_max_body_bytes=1024, **store)
     with serve(settings) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
         too_big = client.post(
             "/v1/leads", content=b"{" + b" " * 4096 + b"}", headers={"content-type": "application/json"}
