@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -14,7 +15,7 @@ import psycopg
 
 from sandbox import Sandbox
 from sandbox.alerts import AlertReceiver
-from tests.conftest import serve, wait_until
+from tests.conftest import serve, store_query, wait_until
 from tests.ops.conftest import ADMIN, EMAIL_DOMAIN, PHONE_DIGITS, ops_settings, pii_lead
 
 Read = Callable[..., list[tuple[Any, ...]]]
@@ -188,11 +189,11 @@ def test_two_instances_summarise_dead_deliveries_without_counting_any_twice(
     sandbox: Sandbox,
     receiver: AlertReceiver,
     postgres_store: dict[str, Any],
-    read_store: Read,
 ) -> None:
     settings = ops_settings(
         tmp_path, sandbox, receiver, attribution_alert_dead_window_seconds=0.5, **postgres_store
     )
+    read_store = functools.partial(store_query, settings)
     sandbox.set_faults("crm", reject_status=400)
     with (
         serve(settings) as first_url,
@@ -228,9 +229,9 @@ def test_metrics_answer_503_while_postgresql_refuses_and_alerts_go_out_after(
     sandbox: Sandbox,
     receiver: AlertReceiver,
     postgres_store: dict[str, Any],
-    read_store: Read,
 ) -> None:
     settings = ops_settings(tmp_path, sandbox, receiver, **postgres_store)
+    read_store = functools.partial(store_query, settings)
     url = postgres_store["attribution_database_url"]
     name = url.rsplit("/", 1)[1]
     admin_url = url.rsplit("/", 1)[0] + "/postgres"
