@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import time
@@ -13,10 +14,15 @@ from typing import Any
 import httpx
 import psycopg
 
+from ingest.ops.alerts import AlertMonitor
+from ingest.reconcile.models import ModelParams
+from ingest.reconcile.replica import publish_replica
+from ingest.store.database import Database, open_database
 from sandbox import Sandbox
 from sandbox.alerts import AlertReceiver
-from tests.conftest import serve, store_query, wait_until
+from tests.conftest import make_settings, serve, store_query, wait_until
 from tests.ops.conftest import ADMIN, EMAIL_DOMAIN, PHONE_DIGITS, ops_settings, pii_lead
+from tests.outbox.conftest import capture
 
 Read = Callable[..., list[tuple[Any, ...]]]
 
@@ -258,3 +264,45 @@ def test_metrics_answer_503_while_postgresql_refuses_and_alerts_go_out_after(
         alerts = receiver.alerts()
     assert len(_about(alerts, "circuit_open", destination="crm")) == 1
     assert ("circuit_open", "sent") in [(alert, status) for alert, status, _ in _alert_rows(read_store)]
+
+
+def test_target_alerts_evaluated_by_two_processes_on_postgresql_are_queued_and_sent_once(
+    tmp_path: Path, sandbox: Sandbox, receiver: AlertReceiver, postgres_store: dict[str, Any]
+) -> None:
+    # The topology on PostgreSQL: `attribution warehouse` publishes the replica and evaluates the targets on it;
+    # the API instances' senders POST what it queued. Here the replica is one published from a file whose leads
+    # never reached the CRM (crm_coverage missed), and two monitors evaluate it at the same moment.
+    embedded = make_settings(tmp_path / "file", crm_webhook_url="http://127.0.0.1:9/crm")
+    file_store = Database.open(embedded.attribution_db_path)
+    try:
+        for number in range(3):
+            asyncio.run(capture(file_store, embedded, email=f"target{number}@example.com"))
+        publish_replica(file_store, embedded.attribution_replica_path, ModelParams.from_settings(embedded))
+    finally:
+        file_store.close()
+    settings = ops_settings(
+        tmp_path,
+        sandbox,
+        receiver,
+        attribution_replica_path=embedded.attribution_replica_path,
+        **postgres_store,
+    )
+    instances = [open_database(settings), open_database(settings)]
+    try:
+        monitors = [AlertMonitor(database, settings) for database in instances]
+        with ThreadPoolExecutor(2) as pool:
+            queued = list(pool.map(lambda monitor: monitor.evaluate_targets(), monitors))
+        assert [monitor.evaluate_targets() for monitor in monitors] == [0, 0], "no change, nothing queued"
+    finally:
+        for database in instances:
+            database.close()
+    missed = store_query(settings, "select subject from alert_states where state = 'missed' order by subject")
+    assert ("target:crm_coverage",) in missed and sum(queued) == len(missed)
+    with serve(settings):
+        wait_until(
+            lambda: len(receiver.alerts("target_missed")) >= len(missed), what="the target alerts sent"
+        )
+        time.sleep(1.0)
+    sent = receiver.alerts("target_missed")
+    assert sorted(f"target:{alert['metric']}" for alert in sent) == [subject for (subject,) in missed]
+    assert receiver.attempts == len(receiver.alerts()), "each POSTed once"
