@@ -29,7 +29,7 @@ from api.routes import (
     webhooks,
 )
 from api.security import RateLimiter, RequestLimits
-from api.telemetry import RequestMetrics
+from api.telemetry import RequestMetrics, track_pool
 from ingest.core.settings import Settings, load_settings
 from ingest.ops.alerts import AlertMonitor
 from ingest.ops.metrics import StoreCollector, WriterMetrics
@@ -91,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             replica_taken_at=lambda: publisher.last.taken_at if publisher and publisher.last else None,
         )
         registry.register(collector)
+        pool_gauges = track_pool(database)  # with several workers on PostgreSQL: this process's pool figures
         await monitor.start()
         if publisher is not None:
             publisher.start()
@@ -104,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             async with AsyncExitStack() as stopping:
                 stopping.callback(database.close)
                 stopping.callback(registry.unregister, collector)
+                stopping.callback(pool_gauges.stop)
                 stopping.push_async_callback(monitor.stop)
                 if publisher is not None:
                     stopping.callback(publisher.stop)

@@ -140,7 +140,13 @@ def _is_trusted(address: str, settings: Settings) -> bool:
 
 
 class RateLimiter:
-    """Moving-window limit of requests per client IP and minute; 0 turns it off."""
+    """Moving-window limit of requests per client IP and minute; 0 turns it off.
+
+    Per process, so per instance (each `--workers` process counts its own): with N processes a client may make up
+    to N times the limit. Kept so on purpose: it is abuse protection for the browser endpoints, not a quota, and a
+    shared counter would cost a store round trip on the lead-capture path. A limit across instances belongs in the
+    proxy in front of them (README "Deployment guide").
+    """
 
     def __init__(self, per_minute: int) -> None:
         self.per_minute = per_minute

@@ -9,6 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from api.deps import SettingsDep
 from api.security import check_admin_token
+from api.telemetry import ScrapeView
 
 router = APIRouter(tags=["ops"])
 
@@ -21,6 +22,7 @@ async def _metrics_auth(settings: SettingsDep, authorization: Annotated[str | No
 
 @router.get("/metrics", dependencies=[Depends(_metrics_auth)], response_class=Response)
 def metrics(request: Request) -> Response:
-    """Prometheus metrics (text format): outbox, circuits, replica age, requests per route, writer commits."""
+    """Prometheus metrics (text format): outbox, circuits, replica age, requests per route, writer commits, pool."""
     registry: CollectorRegistry = request.app.state.metrics_registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    # With several workers (PROMETHEUS_MULTIPROC_DIR) the counters are summed over all of them.
+    return Response(generate_latest(ScrapeView(registry)), media_type=CONTENT_TYPE_LATEST)

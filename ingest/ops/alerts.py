@@ -9,6 +9,12 @@ Each subject's last state lives in `alert_states`; an alert row is queued in the
 records a change, so a change alerts exactly once, across restarts too. The sender POSTs the oldest pending alert,
 retrying with backoff while the receiver is down, so alerts arrive in the order their changes happened. Without a
 webhook URL the states are still recorded (the dashboard reads them) but nothing is queued.
+
+Every API process runs a monitor, and on PostgreSQL several instances share one queue: a change is recorded (and
+alerted) by whichever instance moves the state first, one monitor summarises each dead-letter window (the cursor
+moves by compare and set), and a sender claims an alert with a lease before it POSTs it, so one instance sends it.
+An instance that dies mid-POST leaves its lease to run out (3 x ATTRIBUTION_ALERT_TIMEOUT_SECONDS); another then
+sends it again with the same alert_id, which the receiver can drop.
 """
 
 from __future__ import annotations
@@ -17,30 +23,37 @@ import asyncio
 import contextlib
 import functools
 import logging
+import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 import duckdb
 import httpx
+import psycopg
 
 from ingest.core.clock import utcnow
 from ingest.core.settings import Settings
 from ingest.core.vocabulary import Destination
 from ingest.ops.messages import circuit_alert, dead_alert, target_alert
 from ingest.ops.repository import (
+    AlertClaim,
+    AlertOutcome,
     AlertStatus,
     DeadCounted,
     Observation,
     Observed,
+    QueuedAlert,
     alert_states,
     changes,
+    claim_alerts,
     dead_cursor,
     dead_since,
     next_alert,
     record_alert_outcomes,
     record_dead_counted,
     record_observations,
+    release_alert_claims,
 )
 from ingest.ops.sender import post_alert
 from ingest.reconcile.models import success_metrics
@@ -52,6 +65,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 IDLE_POLL_SECONDS = 5.0  # the sender looks for alerts this often when nothing woke it
+# A claim lasts this many POST timeouts: longer than one POST and its recording take, short enough that an alert
+# claimed by an instance that died goes out soon after.
+LEASE_TIMEOUTS = 3
+# What a store read or write can raise besides the domain's own errors: the embedded file's and PostgreSQL's.
+STORE_ERRORS: tuple[type[BaseException], ...] = (StoreUnavailable, duckdb.Error, psycopg.Error)
 CIRCUIT_CLOSED, CIRCUIT_OPEN = "closed", "open"
 TARGET_MET, TARGET_MISSED = "met", "missed"
 
@@ -133,7 +151,7 @@ class AlertMonitor:
     async def _record(self, observed: Observed) -> None:
         try:
             queued = await self._database.writer.submit(record_observations, observed)
-        except (StoreUnavailable, duckdb.Error):
+        except STORE_ERRORS:
             log.exception(
                 "recording an alert state failed",
                 extra={"subjects": [o.subject for o in observed.observations]},
@@ -165,14 +183,14 @@ class AlertMonitor:
             for metric in metrics
             if metric.denominator > 0
         )
-        # Read first: an unchanged state commits nothing (each commit makes the publisher copy again).
-        if not changes(self._database.read(alert_states), observations):
-            return 0
         try:
+            # Read first: an unchanged state commits nothing (each commit makes the publisher copy again).
+            if not changes(self._database.read(alert_states), observations):
+                return 0
             return self._submit_from_thread(
                 record_observations, Observed(observations, now, self.queues_alerts)
             )
-        except StoreUnavailable as exc:  # evaluated again at the next publish
+        except STORE_ERRORS as exc:  # evaluated again at the next publish
             log.warning("success target states not recorded", extra={"error": str(exc)})
             return 0
 
@@ -187,9 +205,8 @@ class AlertMonitor:
         if summary.total == 0 or summary.newest_at is None:
             return 0
         payload = dead_alert(summary.counts, cursor_at, now)
-        return self._submit_from_thread(
-            record_dead_counted, DeadCounted(summary.newest_at, payload, now, self.queues_alerts)
-        )
+        counted = DeadCounted(summary.newest_at, payload, now, self.queues_alerts, previous=cursor_at)
+        return self._submit_from_thread(record_dead_counted, counted)
 
     def _submit_from_thread(self, handler: BatchHandler[T, int], item: T) -> int:
         queued = self._database.writer.submit_sync(handler, item)
@@ -220,7 +237,7 @@ class AlertMonitor:
         while not self._stopping():
             try:
                 await asyncio.to_thread(self.check_dead)
-            except (StoreUnavailable, duckdb.Error):
+            except STORE_ERRORS:
                 log.exception("counting dead deliveries failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=window)
@@ -231,37 +248,51 @@ class AlertMonitor:
         async with httpx.AsyncClient(timeout=timeout) as client:
             while not self._stopping():
                 try:
-                    alert = await asyncio.to_thread(self._database.read, next_alert)
-                except duckdb.Error:
+                    alert = await self._claim_next(timedelta(seconds=timeout * LEASE_TIMEOUTS))
+                except STORE_ERRORS:
                     log.exception("reading the alert queue failed")
                     await self._pause(IDLE_POLL_SECONDS)
                     continue
-                if alert is None:
-                    await self._pause(IDLE_POLL_SECONDS)
+                if isinstance(alert, float):
+                    await self._pause(alert)
                     continue
-                wait = (alert.next_attempt_at - self._clock()).total_seconds()
-                if wait > 0:
-                    await self._pause(wait)
-                    continue
-                outcome = await post_alert(client, url, alert, now=self._clock(), max_backoff=max_backoff)
                 try:
-                    await self._database.writer.submit(record_alert_outcomes, outcome)
-                except (StoreUnavailable, duckdb.Error):
-                    log.exception(
-                        "recording an alert attempt failed", extra={"alert_id": str(alert.alert_id)}
-                    )
-                    await self._pause(IDLE_POLL_SECONDS)
-                    continue
-                extra = {
-                    "alert_id": str(alert.alert_id),
-                    "alert": alert.payload.get("alert"),
-                    "error": outcome.error,
-                }
-                if outcome.status == AlertStatus.SENT:
-                    log.info("alert sent", extra=extra)
-                elif outcome.status == AlertStatus.FAILED:
-                    log.error("alert refused by the webhook; not retried", extra=extra)
-                else:
-                    log.warning(
-                        "alert webhook unreachable; retrying", extra=extra | {"attempts": alert.attempts + 1}
-                    )
+                    outcome = await post_alert(client, url, alert, now=self._clock(), max_backoff=max_backoff)
+                except asyncio.CancelledError:  # stopped mid-POST: let the next sender have it now
+                    if alert.claim_id is not None:
+                        with contextlib.suppress(StoreUnavailable):
+                            self._database.writer.submit_nowait(release_alert_claims, alert.claim_id)
+                    raise
+                await self._record_outcome(alert, outcome)
+
+    async def _claim_next(self, lease: timedelta) -> QueuedAlert | float:
+        """The oldest pending alert, claimed for this sender; else how long to wait before looking again."""
+        alert = await asyncio.to_thread(self._database.read, next_alert)
+        if alert is None:
+            return IDLE_POLL_SECONDS
+        now = self._clock()
+        wait = (alert.due_at() - now).total_seconds()
+        if (
+            wait > 0
+        ):  # backing off, or another instance's sender holds it: look again then (or sooner if woken)
+            return min(wait, IDLE_POLL_SECONDS) if alert.lease_until is not None else wait
+        claim = AlertClaim(alert.alert_id, uuid.uuid4(), now, now + lease)
+        claimed = await self._database.writer.submit(claim_alerts, claim)
+        return IDLE_POLL_SECONDS / 10 if claimed is None else claimed  # taken by another sender meanwhile
+
+    async def _record_outcome(self, alert: QueuedAlert, outcome: AlertOutcome) -> None:
+        extra = {"alert_id": str(alert.alert_id), "alert": alert.payload.get("alert"), "error": outcome.error}
+        try:
+            recorded = await self._database.writer.submit(record_alert_outcomes, outcome)
+        except STORE_ERRORS:
+            log.exception("recording an alert attempt failed", extra={"alert_id": str(alert.alert_id)})
+            await self._pause(IDLE_POLL_SECONDS)
+            return
+        if not recorded:
+            log.warning("alert claim lost to another sender; its outcome is not recorded", extra=extra)
+        elif outcome.status == AlertStatus.SENT:
+            log.info("alert sent", extra=extra)
+        elif outcome.status == AlertStatus.FAILED:
+            log.error("alert refused by the webhook; not retried", extra=extra)
+        else:
+            log.warning("alert webhook unreachable; retrying", extra=extra | {"attempts": alert.attempts + 1})

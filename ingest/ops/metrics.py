@@ -1,9 +1,12 @@
 """Prometheus metrics of the service: the outbox and alert figures read from the store at scrape time, the
-circuit states and replica age from the running process, and the writer's group commits as histograms.
+circuit states and replica age from the running process, the PostgreSQL read pool, and the writer's group commits
+as histograms.
 
 A scrape runs two grouped scans of `deliveries` (counts by destination and status, and the oldest due waiting
-delivery) and one of the small `alerts` table, on a reader cursor: the writer is never paused. Labels are
-destinations, statuses and route templates only, never an email, phone or raw path.
+delivery) and one of the small `alerts` table, on a reader cursor: the writer is never paused. Those are facts of
+the shared store, so on PostgreSQL every instance answers them alike; circuits, the replica age, the pool and the
+writer are the answering process's own. Labels are destinations, statuses and route templates only, never an
+email, phone or raw path.
 """
 
 from __future__ import annotations
@@ -21,8 +24,38 @@ from ingest.core.clock import utcnow
 from ingest.core.vocabulary import DeliveryStatus, Destination
 from ingest.ops.repository import alerts_pending, delivery_counts, oldest_due
 from ingest.store.database import Database
+from ingest.store.postgres import POOL_WAIT_SECONDS, PostgresDatabase
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+# The PostgreSQL read pool's gauges: name, help, and the figure from psycopg_pool's get_stats().
+POOL_GAUGES: tuple[tuple[str, str, Callable[[Mapping[str, int]], int]], ...] = (
+    (
+        "attribution_pg_pool_size",
+        "Connections the PostgreSQL read pool holds open.",
+        lambda s: s["pool_size"],
+    ),
+    ("attribution_pg_pool_max", "Connections the PostgreSQL read pool may open.", lambda s: s["pool_max"]),
+    (
+        "attribution_pg_pool_in_use",
+        "PostgreSQL read pool connections lent to a read now.",
+        lambda s: s["pool_size"] - s["pool_available"],
+    ),
+    (
+        "attribution_pg_pool_waiting",
+        f"Reads waiting for a free PostgreSQL pool connection (each answered 503 after {POOL_WAIT_SECONDS:g} s).",
+        lambda s: s.get("requests_waiting", 0),
+    ),
+)
+
+
+def pool_figures(database: Database) -> list[tuple[str, str, float]]:
+    """(gauge name, help, value) of the read pool; none on the embedded file or once the pool is closed."""
+    if not isinstance(database, PostgresDatabase) or database.pool_closed:
+        return []
+    stats = database.pool_stats()
+    return [(name, text, float(figure(stats))) for name, text, figure in POOL_GAUGES]
+
+
 COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -98,6 +131,9 @@ class StoreCollector(Collector):
             "Alerts queued for ATTRIBUTION_ALERT_WEBHOOK_URL and not yet sent.",
             value=self._database.read(alerts_pending),
         )
+
+        for name, text, value in pool_figures(self._database):
+            yield GaugeMetricFamily(name, text, value=value)
 
 
 class WriterMetrics:

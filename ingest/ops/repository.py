@@ -1,6 +1,11 @@
 """All SQL of operating the service: alert states, the alert queue, and the outbox figures Prometheus reads.
 
 Nothing here holds an email or a phone: subjects are destinations and metric names, payloads carry counts.
+
+Written for several instances on one PostgreSQL database: a change of state is recorded by a conditional upsert
+(only the transaction that moves a subject's state queues its alert), the dead-deliveries cursor moves by compare
+and set (one monitor summarises a window), and an alert is claimed with a lease before it is sent (one sender POSTs
+it; only the holder of the claim records the outcome). The same SQL runs on the embedded file.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any
 import duckdb
 
 from ingest.core.vocabulary import WAITING
+from ingest.store.postgres import is_postgres
 
 DEAD_SUBJECT = "deliveries_dead"
 _WAITING_STATUSES = sorted(status.value for status in WAITING)
@@ -63,33 +69,54 @@ class DeadSummary:
 
 @dataclass(frozen=True)
 class DeadCounted:
-    """Move the dead-deliveries cursor to `cursor_at`, queueing `payload` as an alert when given."""
+    """Move the dead-deliveries cursor from `previous` (None: never set) to `cursor_at`, queueing `payload` as an
+    alert when given; nothing happens when another monitor moved it from `previous` first."""
 
     cursor_at: datetime
     payload: dict[str, Any] | None
     now: datetime
     queue: bool
+    previous: datetime | None = None
 
 
 @dataclass(frozen=True)
 class QueuedAlert:
-    """The oldest alert still to send."""
+    """The oldest alert still to send; `claim_id` is set once a sender has claimed it (`claim_alerts`)."""
 
     alert_id: uuid.UUID
     payload: dict[str, Any]
     attempts: int
     next_attempt_at: datetime
+    lease_until: datetime | None = None  # another sender holds it until then
+    claim_id: uuid.UUID | None = None
+
+    def due_at(self) -> datetime:
+        """When it may be claimed: its next attempt, or later while another sender's lease runs."""
+        if self.lease_until is not None and self.lease_until > self.next_attempt_at:
+            return self.lease_until
+        return self.next_attempt_at
+
+
+@dataclass(frozen=True)
+class AlertClaim:
+    """Claim `alert_id` for one POST: nobody else may send it until `lease_until`."""
+
+    alert_id: uuid.UUID
+    claim_id: uuid.UUID
+    now: datetime
+    lease_until: datetime
 
 
 @dataclass(frozen=True)
 class AlertOutcome:
-    """What one POST of an alert came to."""
+    """What one POST of an alert came to, under the claim it was sent with."""
 
     alert_id: uuid.UUID
     status: str  # AlertStatus
     error: str | None
     now: datetime
     next_attempt_at: datetime
+    claim_id: uuid.UUID | None = None
 
 
 # --- alert states -------------------------------------------------------------------------------------------
@@ -124,26 +151,33 @@ def _queue_alert(
     )
 
 
-def _set_state(conn: duckdb.DuckDBPyConnection, subject: str, state: str, at: datetime) -> None:
-    conn.execute(
-        "insert into alert_states values (?, ?, ?) "
-        "on conflict (subject) do update set state = excluded.state, changed_at = excluded.changed_at",
+def _change_state(conn: duckdb.DuckDBPyConnection, subject: str, state: str, at: datetime) -> bool:
+    """Record `state` unless the subject is in it already; whether this statement changed it.
+
+    On PostgreSQL another instance may be recording the same change at the same moment: the upsert waits for its
+    row, then finds the state already moved (the WHERE is evaluated on the committed row), so one of them alerts.
+    """
+    changed = conn.execute(
+        "insert into alert_states (subject, state, changed_at) values (?, ?, ?) "
+        "on conflict (subject) do update set state = excluded.state, changed_at = excluded.changed_at "
+        "where alert_states.state <> excluded.state returning subject",
         [subject, state, at],
-    )
+    ).fetchall()
+    return bool(changed)
 
 
 def record_observations(conn: duckdb.DuckDBPyConnection, items: Sequence[Observed]) -> list[int]:
     """Writer batch handler: record each change of state and queue its alert in the same transaction.
 
-    The states are read again here, inside the writer's transaction, so two observers racing each other still
-    alert once per change. Returns how many alerts each item queued.
+    The states are read again here, inside the writer's transaction, and each is moved by a conditional upsert, so
+    observers racing each other (in this process or in other instances) alert once per change. Returns how many
+    alerts each item queued.
     """
     queued = []
     for item in items:
         count = 0
         for observation in changes(alert_states(conn), item.observations):
-            _set_state(conn, observation.subject, observation.state, item.now)
-            if item.queue:
+            if _change_state(conn, observation.subject, observation.state, item.now) and item.queue:
                 _queue_alert(conn, observation.subject, observation.payload, item.now)
                 count += 1
         queued.append(count)
@@ -170,13 +204,33 @@ def dead_since(conn: duckdb.DuckDBPyConnection, cursor_at: datetime) -> DeadSumm
     return DeadSummary({str(row[0]): int(row[1]) for row in rows}, newest)
 
 
+def _move_dead_cursor(conn: duckdb.DuckDBPyConnection, previous: datetime | None, to: datetime) -> bool:
+    """Compare and set: move the cursor from `previous` to `to`; whether it was still at `previous`."""
+    if previous is None:
+        moved = conn.execute(
+            "insert into alert_states (subject, state, changed_at) values (?, 'counted', ?) "
+            "on conflict (subject) do nothing returning subject",
+            [DEAD_SUBJECT, to],
+        ).fetchall()
+    else:
+        moved = conn.execute(
+            "update alert_states set changed_at = ? where subject = ? and changed_at = ? returning subject",
+            [to, DEAD_SUBJECT, previous],
+        ).fetchall()
+    return bool(moved)
+
+
 def record_dead_counted(conn: duckdb.DuckDBPyConnection, items: Sequence[DeadCounted]) -> list[int]:
-    """Writer batch handler: advance the dead-deliveries cursor and queue the window's one summary."""
+    """Writer batch handler: advance the dead-deliveries cursor and queue the window's one summary.
+
+    Two monitors that read the same cursor summarise the same window: the first to move the cursor queues its
+    summary, the other moves nothing and queues nothing (its deliveries are counted from the new cursor on).
+    """
     queued = []
     for item in items:
-        _set_state(conn, DEAD_SUBJECT, "counted", item.cursor_at)
-        send = item.payload is not None and item.queue
-        if item.payload is not None and send:
+        moved = _move_dead_cursor(conn, item.previous, item.cursor_at)
+        send = moved and item.payload is not None and item.queue
+        if send and item.payload is not None:
             _queue_alert(conn, DEAD_SUBJECT, item.payload, item.now)
         queued.append(int(send))
     return queued
@@ -185,27 +239,81 @@ def record_dead_counted(conn: duckdb.DuckDBPyConnection, items: Sequence[DeadCou
 # --- the alert queue ----------------------------------------------------------------------------------------
 
 
+_ALERT_COLUMNS = "alert_id, payload, attempts, next_attempt_at, lease_until, claim_id"
+
+
+def _queued(row: Sequence[Any]) -> QueuedAlert:
+    return QueuedAlert(row[0], json.loads(row[1]), int(row[2]), row[3], row[4], row[5])
+
+
 def next_alert(conn: duckdb.DuckDBPyConnection) -> QueuedAlert | None:
-    """The oldest alert still pending: alerts go out in the order their changes happened."""
+    """The oldest alert still pending: alerts go out in the order their changes happened.
+
+    It may be leased by another sender (`lease_until`): the next one then waits for it, so the order holds across
+    instances too.
+    """
     row = conn.execute(
-        "select alert_id, payload, attempts, next_attempt_at from alerts where status = ? "
-        "order by created_at, alert_id limit 1",
+        f"select {_ALERT_COLUMNS} from alerts where status = ? order by created_at, alert_id limit 1",  # noqa: S608
         [AlertStatus.PENDING],
     ).fetchone()
-    if row is None:
-        return None
-    return QueuedAlert(row[0], json.loads(row[1]), int(row[2]), row[3])
+    return None if row is None else _queued(row)
 
 
-def record_alert_outcomes(conn: duckdb.DuckDBPyConnection, items: Sequence[AlertOutcome]) -> list[None]:
-    """Writer batch handler: count the attempt, and mark the alert sent, failed or due again later."""
+def claim_alerts(conn: duckdb.DuckDBPyConnection, items: Sequence[AlertClaim]) -> list[QueuedAlert | None]:
+    """Writer batch handler: lease each alert to its claimant while it is pending, due and leased to nobody else;
+    None where it is not (sent meanwhile, or claimed by another sender first)."""
+    claimed: list[QueuedAlert | None] = []
     for item in items:
-        conn.execute(
+        claimable = "alert_id = ? and status = ? and next_attempt_at <= ? and (lease_until is null or lease_until <= ?)"
+        params = [item.alert_id, AlertStatus.PENDING, item.now, item.now]
+        # Another instance claiming it right now holds its row: skip it instead of waiting for that commit.
+        if (
+            is_postgres(conn)
+            and not conn.execute(
+                f"select alert_id from alerts where {claimable} for update skip locked",  # noqa: S608
+                params,
+            ).fetchall()
+        ):
+            claimed.append(None)
+            continue
+        row = conn.execute(
+            f"update alerts set lease_until = ?, claim_id = ? where {claimable} returning {_ALERT_COLUMNS}",  # noqa: S608
+            [item.lease_until, item.claim_id, *params],
+        ).fetchone()
+        claimed.append(None if row is None else _queued(row))
+    return claimed
+
+
+def record_alert_outcomes(conn: duckdb.DuckDBPyConnection, items: Sequence[AlertOutcome]) -> list[bool]:
+    """Writer batch handler: count the attempt, and mark the alert sent, failed or due again later; the lease is
+    released. Only under the claim it was sent with: an answer that came after another sender took the alert over
+    (the lease ran out) changes nothing. Returns whether each outcome was recorded."""
+    recorded = []
+    for item in items:
+        row = conn.execute(
             "update alerts set status = ?, attempts = attempts + 1, last_error = ?, next_attempt_at = ?, "
-            "sent_at = case when ? = 'sent' then ? end where alert_id = ?",
-            [item.status, item.error, item.next_attempt_at, item.status, item.now, item.alert_id],
-        )
-    return [None for _ in items]
+            "sent_at = case when ? = 'sent' then ? end, lease_until = null, claim_id = null "
+            "where alert_id = ? and claim_id = ? returning alert_id",
+            [
+                item.status,
+                item.error,
+                item.next_attempt_at,
+                item.status,
+                item.now,
+                item.alert_id,
+                item.claim_id,
+            ],
+        ).fetchone()
+        recorded.append(row is not None)
+    return recorded
+
+
+def release_alert_claims(conn: duckdb.DuckDBPyConnection, claims: Sequence[uuid.UUID]) -> list[None]:
+    """Writer batch handler: give up claims whose POST was abandoned (the sender stopped), so the alert goes out
+    at once after a restart or from another instance, not after its lease runs out."""
+    for claim_id in claims:
+        conn.execute("update alerts set lease_until = null, claim_id = null where claim_id = ?", [claim_id])
+    return [None for _ in claims]
 
 
 def alerts_pending(conn: duckdb.DuckDBPyConnection) -> int:

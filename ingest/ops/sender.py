@@ -26,7 +26,9 @@ def _retry_after(response: httpx.Response) -> float | None:
 async def post_alert(
     client: httpx.AsyncClient, url: str, alert: QueuedAlert, *, now: datetime, max_backoff: float
 ) -> AlertOutcome:
-    """POST one alert; 2xx sends it, 429 / 5xx / no answer retry it later, any other 4xx fails it for good."""
+    """POST one (claimed) alert; 2xx sends it, 429 / 5xx / no answer retry it later, any other 4xx fails it for
+    good. The outcome carries the claim, so it is recorded only while that claim holds."""
+    claim = alert.claim_id
     attempts = alert.attempts + 1
     wait = backoff_seconds(attempts, max_backoff)
     try:
@@ -35,11 +37,15 @@ async def post_alert(
         )
     except httpx.HTTPError as exc:
         error = type(exc).__name__  # its message may name the URL, which is a credential
-        return AlertOutcome(alert.alert_id, AlertStatus.PENDING, error, now, now + timedelta(seconds=wait))
+        return AlertOutcome(
+            alert.alert_id, AlertStatus.PENDING, error, now, now + timedelta(seconds=wait), claim
+        )
     if response.is_success:
-        return AlertOutcome(alert.alert_id, AlertStatus.SENT, None, now, now)
+        return AlertOutcome(alert.alert_id, AlertStatus.SENT, None, now, now, claim)
     error = f"HTTP {response.status_code}: {response.text[:_RESPONSE_EXCERPT]}"
     if response.status_code == 429 or response.status_code >= 500:
         wait = max(wait, min(_retry_after(response) or 0.0, max_backoff))
-        return AlertOutcome(alert.alert_id, AlertStatus.PENDING, error, now, now + timedelta(seconds=wait))
-    return AlertOutcome(alert.alert_id, AlertStatus.FAILED, error, now, now)
+        return AlertOutcome(
+            alert.alert_id, AlertStatus.PENDING, error, now, now + timedelta(seconds=wait), claim
+        )
+    return AlertOutcome(alert.alert_id, AlertStatus.FAILED, error, now, now, claim)

@@ -17,6 +17,7 @@ from uuid import UUID
 
 import duckdb
 
+from ingest.core.errors import Conflict, DomainError
 from ingest.core.settings import Settings
 from ingest.core.vocabulary import PURPOSE_OF, DeliveryKind, DeliveryStatus
 from ingest.outbox.destinations.mailerlite import UPDATE_ONLY
@@ -27,8 +28,11 @@ from ingest.reconcile.replica import live_models
 from ingest.reconcile.repository import pull_stamps
 from ingest.reconcile.schemas import DESTINATION_OF, NotRepaired, RepairIn, RepairItem, RepairOut, System
 from ingest.store.database import Database
+from ingest.store.postgres import is_postgres
 from ingest.store.rows import insert_rows
 
+# The advisory lock a repair holds on PostgreSQL while it plans and inserts (any constant every instance shares).
+REPAIR_LOCK_KEY = 0x72657061  # "repa"
 KIND_OF = {
     System.MAILERLITE: DeliveryKind.SUBSCRIBER_UPSERT,
     System.CRM: DeliveryKind.CONTACT_UPSERT,
@@ -227,14 +231,29 @@ class RepairRequest:
     now: datetime
 
 
-def queue_repairs(conn: duckdb.DuckDBPyConnection, requests: Sequence[RepairRequest]) -> list[RepairOut]:
-    """Writer batch handler: plan each repair's deliveries with the consent in force and insert them."""
-    answers = []
+def queue_repairs(
+    conn: duckdb.DuckDBPyConnection, requests: Sequence[RepairRequest]
+) -> list[RepairOut | DomainError]:
+    """Writer batch handler: plan each repair's deliveries with the consent in force and insert them.
+
+    Two instances planning at the same moment would each find nothing waiting and queue the same re-sends, so on
+    PostgreSQL one repair plans at a time: the lock is the transaction's, and a repair that finds it taken is
+    refused (409: try again) rather than kept waiting while its writer holds other rows.
+    """
+    answers: list[RepairOut | DomainError] = []
     for request in requests:
+        if is_postgres(conn) and not _repair_lock(conn):
+            answers.append(Conflict("another instance is queueing a repair right now; try again in a moment"))
+            continue
         planned, left = plan_repairs(conn, request.settings, request.findings, request.now)
         insert_rows(conn, "deliveries", [delivery.as_row() for _, delivery in planned])
         answers.append(RepairOut(dry_run=False, queued=[item for item, _ in planned], not_repaired=left))
     return answers
+
+
+def _repair_lock(conn: duckdb.DuckDBPyConnection) -> bool:
+    row = conn.execute("select pg_try_advisory_xact_lock(?)", [REPAIR_LOCK_KEY]).fetchone()
+    return bool(row and row[0])
 
 
 def repair_now(database: Database, settings: Settings, request: RepairIn, now: datetime) -> RepairOut:

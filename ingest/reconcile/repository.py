@@ -6,11 +6,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
 import duckdb
 import pyarrow as pa
 
 from ingest.reconcile.schemas import RecordSource, System
+from ingest.store.postgres import PgConnection, is_postgres
+from ingest.store.rows import batch_select
 
 # The table of each system and its columns (besides pulled_at), in order: fixed names, never from input.
 RECORD_TABLES: dict[System, tuple[str, pa.Schema]] = {
@@ -78,22 +81,16 @@ def records_table(system: System, columns: dict[str, list[object]]) -> pa.Table:
 
 def replace_records(conn: duckdb.DuckDBPyConnection, batches: Sequence[Records]) -> list[int]:
     """Writer batch handler: each system's previous records deleted and the new ones inserted, in the writer's one
-    transaction, so a reader sees the previous pull or this one, never a mix; return the rows inserted."""
+    transaction, so a reader sees the previous pull or this one, never a mix; return the rows inserted.
+
+    The system's ext_pulls row is written first: on PostgreSQL it is the lock that makes two instances replacing
+    the same system's records at once take turns (the second deletes what the first inserted, never adding to it).
+    """
     inserted = []
     for records in batches:
         table, schema = RECORD_TABLES[records.system]
         if not records.rows.schema.equals(schema):
             raise ValueError(f"records of {records.system} do not have the columns of {table}")
-        columns = ", ".join(field.name for field in schema)
-        conn.execute(f"delete from {table}")  # noqa: S608 - a name from RECORD_TABLES
-        conn.register("_ext_records", records.rows)
-        try:
-            conn.execute(
-                f"insert into {table} ({columns}, pulled_at) select {columns}, ? from _ext_records",  # noqa: S608
-                [records.pulled_at],
-            )
-        finally:
-            conn.unregister("_ext_records")
         conn.execute(
             """
             insert into ext_pulls (system, source, pulled_at, since, records, detail) values (?, ?, ?, ?, ?, ?)
@@ -109,8 +106,30 @@ def replace_records(conn: duckdb.DuckDBPyConnection, batches: Sequence[Records])
                 records.detail,
             ],
         )
+        conn.execute(f"delete from {table}")  # noqa: S608 - a name from RECORD_TABLES
+        if records.rows.num_rows:
+            _insert_records(conn, table, schema, records)
         inserted.append(records.rows.num_rows)
     return inserted
+
+
+def _insert_records(conn: duckdb.DuckDBPyConnection, table: str, schema: pa.Schema, records: Records) -> None:
+    names = [field.name for field in schema]
+    columns = ", ".join(names)
+    if is_postgres(conn):  # no Arrow scan there: the columns travel as arrays, unnested in step
+        rows = [row | {"pulled_at": records.pulled_at} for row in records.rows.to_pylist()]
+        casts = cast(PgConnection, conn).column_types(table)
+        select, params = batch_select([*names, "pulled_at"], rows, casts)
+        conn.execute(f"insert into {table} ({columns}, pulled_at) select {select}", params)
+        return
+    conn.register("_ext_records", records.rows)
+    try:
+        conn.execute(
+            f"insert into {table} ({columns}, pulled_at) select {columns}, ? from _ext_records",  # noqa: S608
+            [records.pulled_at],
+        )
+    finally:
+        conn.unregister("_ext_records")
 
 
 @dataclass(frozen=True)

@@ -276,6 +276,16 @@ class PostgresDatabase(Database):
                     ) from exc
         raise AssertionError("unreachable")
 
+    def pool_stats(self) -> dict[str, int]:
+        """The read pool's figures as psycopg_pool counts them (`pool_size`, `pool_available`, `pool_max`,
+        `requests_waiting`, ...); the Prometheus pool gauges read them."""
+        return self._pool.get_stats()
+
+    @property
+    def pool_closed(self) -> bool:
+        """Whether the read pool is closed (before start-up, or after close())."""
+        return self._pool.closed
+
     def close(self) -> None:
         """Drain the writer, then close its connection and the pool."""
         self.writer.stop()

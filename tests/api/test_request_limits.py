@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 from api.security import MAX_HEADER_BYTES, MAX_HEADER_COUNT
-from tests.conftest import lead_body, query
+from tests.conftest import lead_body
 
 SHOP = "https://shop.example"
 
@@ -21,17 +21,17 @@ def shop(api_with: Any) -> httpx.Client:
     return api_with(attribution_allowed_origins=(SHOP,), attribution_max_body_bytes=4096)
 
 
-def _stored_leads(tmp_path: Any) -> int:
-    return query(tmp_path / "attribution.duckdb", "select count(*) from leads")[0][0]
+def _stored_leads(read_store: Callable[..., Any]) -> int:
+    return read_store("select count(*) from leads")[0][0]
 
 
-def test_headers_over_the_size_cap_are_431(shop: httpx.Client, tmp_path: Any) -> None:
+def test_headers_over_the_size_cap_are_431(shop: httpx.Client, read_store: Callable[..., Any]) -> None:
     big = shop.post("/v1/leads", json=lead_body(), headers={"X-Padding": "a" * (MAX_HEADER_BYTES + 1)})
     assert big.status_code == 431 and big.json()["error"] == "headers_too_large"
     signature = ",".join(f"v1={'0' * 64}" for _ in range(300))  # a forged Stripe-Signature of 300 entries
     forged = shop.post("/v1/webhooks/stripe", content=b"{}", headers={"Stripe-Signature": signature})
     assert forged.status_code == 431
-    assert _stored_leads(tmp_path) == 0
+    assert _stored_leads(read_store) == 0
 
 
 def test_too_many_headers_are_431(shop: httpx.Client) -> None:
@@ -43,7 +43,7 @@ def test_too_many_headers_are_431(shop: httpx.Client) -> None:
     )
 
 
-def test_a_body_that_is_not_json_is_415(shop: httpx.Client, tmp_path: Any) -> None:
+def test_a_body_that_is_not_json_is_415(shop: httpx.Client, read_store: Callable[..., Any]) -> None:
     text = shop.post("/v1/leads", content=json.dumps(lead_body()), headers={"Content-Type": "text/plain"})
     assert text.status_code == 415 and text.json()["error"] == "unsupported_media_type"
     assert "text/plain" in text.json()["message"]
@@ -51,7 +51,7 @@ def test_a_body_that_is_not_json_is_415(shop: httpx.Client, tmp_path: Any) -> No
     assert form.status_code == 415
     charset = {"Content-Type": "application/json; charset=utf-8"}
     assert shop.post("/v1/leads", content=json.dumps(lead_body()), headers=charset).status_code == 200
-    assert _stored_leads(tmp_path) == 1
+    assert _stored_leads(read_store) == 1
 
 
 @pytest.mark.parametrize(

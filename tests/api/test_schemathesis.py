@@ -1,15 +1,18 @@
 """schemathesis over our own OpenAPI against the real app: no operation answers a server error or breaks its schema.
 
 Every operation, admin ones included (with the token), with a bounded number of generated examples each; Stripe
-is localstripe and every destination a sandbox fake, so a 5xx here is ours.
+is localstripe and every destination a sandbox fake, so a 5xx here is ours. On both store engines: PostgreSQL
+refuses what DuckDB lets by (a type, a malformed value), and such a refusal must be a 4xx too.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -21,7 +24,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from api.app import create_app
+from ingest.store import postgres
 from sandbox import LocalStripe, Sandbox
+from sandbox.postgres import PostgresCluster
 from tests.conftest import ADMIN_TOKEN, make_settings, serve
 
 EXAMPLES_PER_OPERATION = 40
@@ -31,16 +36,29 @@ NOT_FUZZED = frozenset({"POST /v1/admin/backup"})
 CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance, content_type_conformance]
 
 
-@pytest.fixture(scope="module")
-def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+@pytest.fixture(scope="module", params=["duckdb", "postgresql"])
+def api_schema(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Any]:
     tmp_path: Path = tmp_path_factory.mktemp("schemathesis")
     with LocalStripe() as localstripe, Sandbox() as fakes:
         values: dict[str, Any] = {
             name.lower(): value for name, value in (localstripe.env() | fakes.env()).items()
         }
         values |= {"product_price_cents": 4700, "attribution_demo": True}
+        if request.param == "postgresql":  # the module's own database on the session's server, migrated
+            values["attribution_database_url"] = _migrated_database(
+                request.getfixturevalue("postgres_cluster")
+            )
         with serve(make_settings(tmp_path, **values)) as base_url:
             yield schemathesis.openapi.from_url(f"{base_url}/openapi.json")
+
+
+def _migrated_database(cluster: PostgresCluster) -> str:
+    name = f"schema_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(cluster.url, autocommit=True) as conn:
+        conn.execute(f"create database {name}")
+    url = cluster.url.rsplit("/", 1)[0] + f"/{name}"
+    postgres.migrate(url)
+    return url
 
 
 def _operations() -> list[str]:

@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 
-from tests.conftest import ADMIN_TOKEN, consent_body, lead_body, query
+from tests.conftest import ADMIN_TOKEN, consent_body, lead_body
 
 SHOP = "https://shop.example"
 
@@ -33,17 +33,19 @@ def test_rate_limit_answers_429_with_retry_after(api_with: Any) -> None:
     assert client.get("/healthz").status_code == 200  # probes are not limited
 
 
-def test_forwarded_for_believed_only_from_trusted_proxies(api_with: Any, tmp_path: Path) -> None:
+def test_forwarded_for_believed_only_from_trusted_proxies(
+    api_with: Any, read_store: Callable[..., Any]
+) -> None:
     untrusted = api_with()
     untrusted.post("/v1/consent", json=consent_body(), headers={"X-Forwarded-For": "198.51.100.7"})
-    assert query(tmp_path / "attribution.duckdb", "select ip from consent_ledger") == [("127.0.0.1",)]
+    assert read_store("select ip from consent_ledger") == [("127.0.0.1",)]
 
 
-def test_forwarded_for_from_trusted_proxy(api_with: Any, tmp_path: Path) -> None:
+def test_forwarded_for_from_trusted_proxy(api_with: Any, read_store: Callable[..., Any]) -> None:
     client = api_with(attribution_trusted_proxies=("127.0.0.0/8", "10.0.0.0/8"))
     client.post("/v1/consent", json=consent_body(), headers={"X-Forwarded-For": "198.51.100.7, 10.1.2.3"})
     client.post("/v1/consent", json=consent_body(), headers={"X-Forwarded-For": "garbage, 10.1.2.3"})
-    ips = sorted(ip for (ip,) in query(tmp_path / "attribution.duckdb", "select ip from consent_ledger"))
+    ips = sorted(ip for (ip,) in read_store("select ip from consent_ledger"))
     assert ips == ["10.1.2.3", "198.51.100.7"]
 
 

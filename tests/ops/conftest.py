@@ -1,4 +1,7 @@
-"""Operating fixtures: the alert receiver fake, settings pointed at it and the sandbox, and reading /metrics."""
+"""Operating fixtures: the alert receiver fake, settings pointed at it and the sandbox, and reading /metrics.
+
+Tests that take `store` run on both engines (the backups stay the embedded file's: they do not take it).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ingest.core.settings import Settings
+from ingest.store import postgres
 from sandbox import Sandbox
 from sandbox.alerts import AlertReceiver
 from tests.conftest import ADMIN_TOKEN, lead_body
@@ -21,6 +25,18 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 EMAIL_DOMAIN = "pii-probe.example"
 PHONE = "+351 912 345 678"
 PHONE_DIGITS = "912345678"
+
+
+@pytest.fixture
+def store(engine: dict[str, Any]) -> dict[str, Any]:
+    return engine
+
+
+@pytest.fixture
+def postgres_store(postgres_url: str) -> dict[str, Any]:
+    """Settings overrides naming a fresh migrated PostgreSQL database, for tests of several instances on one."""
+    postgres.migrate(postgres_url)
+    return {"attribution_database_url": postgres_url}
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""`attribution db backup / restore`: a consistent copy taken under load, and a restore that equals it."""
+"""`attribution db backup / restore`: a consistent copy taken under load, and a restore that equals it. Backups are
+the embedded file's (these tests do not take `store`); on PostgreSQL the endpoint refuses, naming pg_dump."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ import httpx
 from ingest.core.settings import Settings
 from ingest.store.backup import MANIFEST_FILE
 from sandbox import Sandbox
-from tests.conftest import ADMIN_TOKEN, serve, wait_until
-from tests.ops.conftest import ops_settings, pii_lead
+from tests.conftest import ADMIN_TOKEN, make_settings, serve, wait_until
+from tests.ops.conftest import ADMIN, ops_settings, pii_lead
 
 LOAD_SECONDS_CAP = 20  # the load stops after this long at the latest, or after MAX_LEADS
 MAX_LEADS = 400
@@ -147,3 +148,17 @@ def test_backup_of_an_idle_file_restores_over_an_older_one_keeping_it(
     assert [path for path in kept if not path.name.endswith(".wal")] and _lead_count(
         next(path for path in kept if not path.name.endswith(".wal"))
     ) == 4
+
+
+def test_the_backup_endpoint_on_postgresql_answers_409_and_writes_nothing(
+    tmp_path: Path, postgres_store: dict[str, str]
+) -> None:
+    settings = make_settings(tmp_path, **postgres_store)
+    target = tmp_path / "pg-backup"
+    with serve(settings) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
+        answer = client.post("/v1/admin/backup", json={"directory": str(target)}, headers=ADMIN)
+        unauthenticated = client.post("/v1/admin/backup", json={"directory": str(target)})
+        malformed = client.post("/v1/admin/backup", json={"directory": "relative/path"}, headers=ADMIN)
+    assert answer.status_code == 409 and "pg_dump" in answer.json()["message"], answer.text
+    assert unauthenticated.status_code == 401 and malformed.status_code == 422
+    assert not target.exists()

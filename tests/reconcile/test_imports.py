@@ -1,29 +1,39 @@
-"""Importing a CRM or GA4 export: DuckDB reads it; a bad column, line or file is named and nothing is loaded."""
+"""Importing a CRM or GA4 export: DuckDB reads it, the store (either engine) takes it; a bad column, line or file is
+named and nothing is loaded."""
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import httpx
+import psycopg
 import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
+from ingest.core.settings import Settings
 from ingest.reconcile.imports import CrmColumns, ExportRejected, Ga4Columns, import_export
-from ingest.reconcile.repository import pull_stamps, replace_records
+from ingest.reconcile.repository import RECORD_TABLES, pull_stamps, replace_records
 from ingest.reconcile.schemas import System
-from ingest.store.database import Database
-from tests.conftest import ADMIN_TOKEN, make_settings, serve
+from ingest.store.database import Database, open_database
+from tests.conftest import ADMIN_TOKEN, make_settings, serve, store_query
 
 CRM_OK = "contact_id,email,event_id\nct_1,a@example.com,11111111-1111-4111-8111-111111111111\nct_2,b@example.com,\n"
 
 
 @pytest.fixture
-def database(tmp_path: Path) -> Iterator[Database]:
-    opened = Database.open(tmp_path / "attribution.duckdb")
+def store(engine: dict[str, Any]) -> dict[str, Any]:
+    """These tests run on both engines (but the CLI's, which writes the embedded file)."""
+    return engine
+
+
+@pytest.fixture
+def database(settings: Settings) -> Iterator[Database]:
+    opened = open_database(settings)
     yield opened
     opened.close()
 
@@ -36,9 +46,9 @@ def load(database: Database, system: System, path: Path, **columns: str | None) 
 
 
 def rows(database: Database, table: str) -> list[tuple[object, ...]]:
-    return database.read(
-        lambda c: c.execute(f"select * exclude (pulled_at) from {table} order by line").fetchall()
-    )
+    [schema] = [schema for name, schema in RECORD_TABLES.values() if name == table]
+    columns = ", ".join(field.name for field in schema)
+    return database.read(lambda c: c.execute(f"select {columns} from {table} order by line").fetchall())
 
 
 def test_a_crm_export_is_loaded_and_a_reimport_replaces_it(tmp_path: Path, database: Database) -> None:
@@ -130,8 +140,10 @@ def test_a_ga4_parquet_export_as_from_bigquery(tmp_path: Path, database: Databas
     assert rows(database, "ext_ga4_purchases") == [(1, "pi_9", "e9"), (3, "pi_8", None)]
 
 
-def test_imports_through_the_api_answer_4xx_and_load_nothing_on_error(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, attribution_max_body_bytes=1024)
+def test_imports_through_the_api_answer_4xx_and_load_nothing_on_error(
+    tmp_path: Path, store: dict[str, Any]
+) -> None:
+    settings = make_settings(tmp_path, attribution_max_body_bytes=1024, **store)
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     big = (CRM_OK + "".join(f"ct_{n},p{n}@example.com,\n" for n in range(100))).encode()
     with serve(settings) as url, httpx.Client(base_url=url) as client:
@@ -179,3 +191,38 @@ def test_the_cli_imports_straight_to_the_file_and_says_which_line(tmp_path: Path
         assert database.read(pull_stamps)[System.CRM].records == 2
     finally:
         database.close()
+
+
+def test_an_import_while_postgresql_refuses_is_503_and_leaves_the_previous_one(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    from ingest.store import postgres
+
+    postgres.migrate(postgres_url)
+    settings = make_settings(tmp_path, attribution_database_url=postgres_url)
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    body = {
+        "system": "crm",
+        "file_name": "crm.csv",
+        "content_base64": base64.b64encode(CRM_OK.encode()).decode(),
+    }
+    name = postgres_url.rsplit("/", 1)[1]
+    with serve(settings) as url, httpx.Client(base_url=url, timeout=30) as client:
+        assert client.post("/v1/admin/reconcile/import", json=body, headers=admin).status_code == 200
+        other = body | {
+            "content_base64": base64.b64encode(b"contact_id,email,event_id\nct_9,z@x,\n").decode()
+        }
+        with psycopg.connect(postgres_url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as server:
+            server.execute(f"alter database {name} with allow_connections false")
+            server.execute(
+                "select pg_terminate_backend(pid) from pg_stat_activity where datname = %s", [name]
+            )
+            try:
+                refused = client.post("/v1/admin/reconcile/import", json=other, headers=admin)
+            finally:
+                server.execute(f"alter database {name} with allow_connections true")
+        assert refused.status_code == 503 and refused.headers.get("retry-after"), refused.text
+        kept = store_query(settings, "select contact_id from ext_crm_contacts order by line")
+        assert kept == [("ct_1",), ("ct_2",)], "the previous import stays whole"
+        again = client.post("/v1/admin/reconcile/import", json=other, headers=admin)
+        assert again.status_code == 200 and again.json()["records"] == 1, "the store came back"

@@ -7,22 +7,32 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from ingest.core.clock import utcnow
 from ingest.core.settings import Settings
 from ingest.reconcile.pull import SystemUnavailable, list_mailerlite_subscribers, pull_systems
-from ingest.reconcile.repository import pull_stamps, replace_records
-from ingest.reconcile.schemas import PullIn, System
-from ingest.store.database import Database
+from ingest.reconcile.repository import Records, pull_stamps, records_table, replace_records
+from ingest.reconcile.schemas import PullIn, RecordSource, System
+from ingest.store.database import Database, open_database
 from sandbox import Sandbox
 from sandbox.fakes import MAILERLITE_API_KEY
 from tests.conftest import make_settings, wait_until
+
+
+@pytest.fixture
+def store(engine: dict[str, Any]) -> dict[str, Any]:
+    """Pulls write the store on either engine (the killed CLI pull stays the embedded file's: the CLI writes it)."""
+    return engine
 
 
 @pytest.fixture
@@ -99,11 +109,11 @@ def test_a_pull_across_many_pages_waits_out_a_429_in_the_middle(tmp_path: Path, 
 
 
 def test_a_pull_replaces_the_previous_one_and_a_failed_pull_leaves_it_in_force(
-    tmp_path: Path, mailerlite: Sandbox
+    tmp_path: Path, mailerlite: Sandbox, store: dict[str, Any]
 ) -> None:
     add_subscribers(mailerlite, 30)
-    settings = ml_settings(tmp_path, mailerlite)
-    database = Database.open(settings.attribution_db_path)
+    settings = ml_settings(tmp_path, mailerlite, **store)
+    database = open_database(settings)
     write = lambda records: database.writer.submit_sync(replace_records, records)  # noqa: E731
     try:
         first = pull_systems(settings, PullIn(systems=[System.MAILERLITE]), write, stripe_client=None)
@@ -209,9 +219,11 @@ def test_a_pull_killed_half_way_leaves_the_previous_pull_in_force(
     assert after == before and count == [(40,)], "the killed pull left no trace: the previous one is in force"
 
 
-def test_pull_refuses_a_system_not_configured_or_without_an_api(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path)
-    database = Database.open(settings.attribution_db_path)
+def test_pull_refuses_a_system_not_configured_or_without_an_api(
+    tmp_path: Path, store: dict[str, Any]
+) -> None:
+    settings = make_settings(tmp_path, **store)
+    database = open_database(settings)
     write = lambda records: database.writer.submit_sync(replace_records, records)  # noqa: E731
     try:
         from ingest.core.errors import InvalidField, NotConfigured
@@ -225,3 +237,51 @@ def test_pull_refuses_a_system_not_configured_or_without_an_api(tmp_path: Path) 
         assert database.read(pull_stamps) == {}
     finally:
         database.close()
+
+
+def test_two_instances_replacing_one_system_at_once_leave_one_pull(
+    tmp_path: Path, mailerlite: Sandbox, store: dict[str, Any]
+) -> None:
+    add_subscribers(mailerlite, 25)
+    settings = ml_settings(tmp_path, mailerlite, **store)
+    with httpx.Client() as http:
+        listing = list_mailerlite_subscribers(settings, http, None)
+    first = open_database(settings)
+    # PostgreSQL: two instances, each with its writer; the embedded file has one writer, which both share.
+    second = open_database(settings) if store else first
+    barrier = threading.Barrier(2) if store else None
+
+    def racing(conn: Any, batch: Sequence[Records]) -> list[int]:
+        if barrier is not None:  # both transactions have begun before either replaces anything
+            conn.execute("select 1")
+            barrier.wait(timeout=10)
+        return replace_records(conn, batch)
+
+    stamps = [utcnow(), utcnow() + timedelta(seconds=1)]
+    pulls = [
+        Records(System.MAILERLITE, RecordSource.API, at, records_table(System.MAILERLITE, listing.columns))
+        for at in stamps
+    ]
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            inserted = list(
+                pool.map(
+                    lambda pair: pair[0].writer.submit_sync(racing, pair[1]), zip((first, second), pulls)
+                )
+            )
+        assert inserted == [25, 25]
+        rows = second.read(
+            lambda c: c.execute(
+                "select count(*), count(distinct email), count(distinct pulled_at) from ext_mailerlite_subscribers"
+            ).fetchall()
+        )
+        assert rows == [(25, 25, 1)], "one pull in force, none added to another"
+        stamp = first.read(pull_stamps)[System.MAILERLITE]
+        kept = second.read(
+            lambda c: c.execute("select max(pulled_at) from ext_mailerlite_subscribers").fetchall()
+        )
+        assert stamp.records == 25 and kept == [(stamp.pulled_at,)], "the stamp says which pull is in force"
+    finally:
+        if second is not first:
+            second.close()
+        first.close()

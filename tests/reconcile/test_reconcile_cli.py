@@ -7,17 +7,31 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
+from ingest.core.clock import utcnow
+from ingest.core.errors import Conflict
 from ingest.core.settings import Settings
+from ingest.reconcile.pull import pull_systems
+from ingest.reconcile.repair import RepairRequest, find_repairs, queue_repairs
+from ingest.reconcile.replica import live_models
+from ingest.reconcile.repository import replace_records
+from ingest.reconcile.schemas import PullIn, RepairOut, System
+from ingest.store import postgres
+from ingest.store.database import Database, open_database
 from sandbox import Sandbox
 from sandbox.fakes import MAILERLITE_API_KEY
-from tests.conftest import ADMIN_TOKEN, lead_body, make_settings, serve, wait_until
+from tests.conftest import ADMIN_TOKEN, lead_body, make_settings, serve, store_query, wait_until
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -40,7 +54,12 @@ def _settled(client: httpx.Client) -> bool:
 
 @pytest.fixture
 def two_leads_one_lost(tmp_path: Path, sandbox: Sandbox) -> tuple[Settings, str, str]:
-    """A database where MailerLite accepted two subscribers and kept only the first."""
+    """A database file where MailerLite accepted two subscribers and kept only the first (the CLI's tests: the CLI
+    writes the embedded file, or goes through the API that holds it)."""
+    return _two_leads_one_lost(tmp_path, sandbox)
+
+
+def _two_leads_one_lost(tmp_path: Path, sandbox: Sandbox, **store: Any) -> tuple[Settings, str, str]:
     sandbox.reset()
     for field in ("event_id", "payment_status"):  # as `attribution mailerlite setup-fields` would create them
         created = httpx.post(
@@ -51,7 +70,7 @@ def two_leads_one_lost(tmp_path: Path, sandbox: Sandbox) -> tuple[Settings, str,
         assert created.status_code == 201
     mailerlite = {k.lower(): v for k, v in sandbox.env().items() if k.startswith("MAILERLITE")}
     settings = make_settings(
-        tmp_path, **mailerlite, mailerlite_requests_per_minute=0, attribution_replica_seconds=0.2
+        tmp_path, **mailerlite, mailerlite_requests_per_minute=0, attribution_replica_seconds=0.2, **store
     )
     with serve(settings) as url, httpx.Client(base_url=url, timeout=30) as client:
         kept = client.post("/v1/leads", json=lead_body(email="kept@example.com")).json()["event_id"]
@@ -136,11 +155,14 @@ def test_reconcile_reads_the_replica_while_the_api_holds_the_file(
     assert from_replica == live, "the replica's materialised models say what the live database says"
 
 
-def test_the_reconcile_endpoints_refuse_clearly(tmp_path: Path, sandbox: Sandbox) -> None:
+def test_the_reconcile_endpoints_refuse_clearly(
+    tmp_path: Path, sandbox: Sandbox, engine: dict[str, Any]
+) -> None:
     down = {
         "mailerlite_api_key": "k",
         "mailerlite_base_url": "http://127.0.0.1:9",
         "mailerlite_requests_per_minute": 0,
+        **engine,
     }
     with serve(make_settings(tmp_path, **down)) as url, httpx.Client(base_url=url, timeout=60) as client:
         assert client.get("/v1/reconcile").status_code == 401
@@ -165,3 +187,94 @@ def test_the_reconcile_endpoints_refuse_clearly(tmp_path: Path, sandbox: Sandbox
         )
         report = client.get("/v1/reconcile", headers=ADMIN).json()
         assert report["systems"] == [], "the failed pull wrote nothing"
+
+
+def _pulled_on_postgresql(tmp_path: Path, sandbox: Sandbox, postgres_url: str) -> tuple[Settings, str]:
+    postgres.migrate(postgres_url)
+    settings, _, lost = _two_leads_one_lost(tmp_path, sandbox, attribution_database_url=postgres_url)
+    database = open_database(settings)
+    try:
+        pull_systems(
+            settings,
+            PullIn(systems=[System.MAILERLITE]),
+            lambda records: database.writer.submit_sync(replace_records, records),
+            stripe_client=None,
+        )
+    finally:
+        database.close()
+    return settings, lost
+
+
+def test_two_instances_queueing_one_repair_at_once_queue_it_once(
+    tmp_path: Path, sandbox: Sandbox, postgres_url: str
+) -> None:
+    settings, lost = _pulled_on_postgresql(tmp_path, sandbox, postgres_url)
+    first, second = open_database(settings), open_database(settings)
+    try:
+        findings = live_models(first, settings, lambda conn: find_repairs(conn, System.MAILERLITE))
+        assert [str(candidate.event_id) for candidate in findings.candidates] == [lost]
+        barrier = threading.Barrier(2)
+
+        def racing(conn: Any, batch: Sequence[RepairRequest]) -> Sequence[Any]:
+            conn.execute("select 1")  # both transactions have begun before either plans
+            barrier.wait(timeout=10)
+            return queue_repairs(conn, batch)
+
+        request = RepairRequest(settings, findings, utcnow())
+
+        def repair(database: Database) -> RepairOut | Conflict:
+            try:
+                return database.writer.submit_sync(racing, request)
+            except Conflict as refused:
+                return refused
+
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(repair, (first, second)))
+        queued = [
+            item.event_id for answer in answers if isinstance(answer, RepairOut) for item in answer.queued
+        ]
+        assert queued == [lost], answers
+        refused = [answer for answer in answers if isinstance(answer, Conflict)]
+        assert len(refused) == 1 and "another instance" in str(refused[0])
+        again = second.writer.submit_sync(queue_repairs, RepairRequest(settings, findings, utcnow()))
+        assert again.queued == [] and "already waiting" in again.not_repaired[0].reason
+    finally:
+        second.close()
+        first.close()
+    waiting = store_query(
+        settings, "select count(*) from deliveries where event_id = ? and status = 'pending' and kind = ?",
+        [lost, "subscriber_upsert"],
+    )  # fmt: skip
+    assert waiting == [(1,)]
+
+
+def test_repairs_from_two_served_instances_send_the_lost_subscriber_once(
+    tmp_path: Path, sandbox: Sandbox, postgres_url: str
+) -> None:
+    settings, lost = _pulled_on_postgresql(tmp_path, sandbox, postgres_url)
+    sandbox.clear("mailerlite")
+    with (
+        serve(settings) as first_url,
+        serve(settings) as second_url,
+        httpx.Client(base_url=first_url, timeout=60) as first,
+        httpx.Client(base_url=second_url, timeout=60) as second,
+    ):
+        dry = second.post("/v1/admin/reconcile/repair", json={"dry_run": True}, headers=ADMIN).json()
+        assert [item["event_id"] for item in dry["queued"]] == [lost]
+
+        def repair(client: httpx.Client) -> httpx.Response:
+            return client.post("/v1/admin/reconcile/repair", json={}, headers=ADMIN)
+
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(repair, (first, second)))
+        assert all(answer.status_code in (200, 409) for answer in answers), [a.text for a in answers]
+        queued = [item["event_id"] for a in answers if a.status_code == 200 for item in a.json()["queued"]]
+        assert queued == [lost]
+        wait_until(lambda: _settled(first), what="the repair sent")
+        time.sleep(0.5)
+        later = first.post("/v1/admin/reconcile/repair", json={}, headers=ADMIN).json()
+    assert (
+        later["queued"] == [] and "re-sent after the records were read" in later["not_repaired"][0]["reason"]
+    )
+    sent = [r for r in sandbox.requests("mailerlite") if r.method == "POST" and r.path == "/api/subscribers"]
+    assert len(sent) == 1, "the lost subscriber re-sent once, by one instance"

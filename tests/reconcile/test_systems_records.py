@@ -22,6 +22,12 @@ from tests.reconcile.conftest import scenario_environment, scenario_settings
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
+@pytest.fixture
+def store(engine: dict[str, Any]) -> dict[str, Any]:
+    """The scenarios run on both engines: pulls, imports and repairs write the store, the models read it."""
+    return engine
+
+
 def read_every_system(client: httpx.Client, sandbox: Sandbox, folder: Path, *, parquet: bool = False) -> None:
     """Pull Stripe and MailerLite through the API, and import the CRM and GA4 exports of what the fakes keep."""
     response = client.post("/v1/admin/reconcile/pull", json={}, headers=ADMIN, timeout=120)
@@ -58,9 +64,9 @@ def found_sets(report: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("seed", [21, 22, 23])
 def test_reconcile_finds_exactly_what_the_scenario_injected(
-    tmp_path: Path, localstripe: LocalStripe, sandbox: Sandbox, seed: int
+    tmp_path: Path, localstripe: LocalStripe, sandbox: Sandbox, seed: int, store: dict[str, Any]
 ) -> None:
-    settings = scenario_settings(tmp_path, localstripe, sandbox)
+    settings = scenario_settings(tmp_path, localstripe, sandbox, **store)
     with serve(settings) as base_url, httpx.Client(base_url=base_url, timeout=60) as client:
         truth = run_scenario(
             scenario_environment(settings, base_url, localstripe, sandbox), ScenarioSpec(seed=seed, leads=30)
@@ -106,9 +112,9 @@ def _deliveries(client: httpx.Client) -> int:
 
 
 def test_repair_then_a_fresh_pull_shows_none_missing_and_never_sends_without_consent(
-    tmp_path: Path, localstripe: LocalStripe, sandbox: Sandbox
+    tmp_path: Path, localstripe: LocalStripe, sandbox: Sandbox, store: dict[str, Any]
 ) -> None:
-    settings = scenario_settings(tmp_path, localstripe, sandbox)
+    settings = scenario_settings(tmp_path, localstripe, sandbox, **store)
     with serve(settings) as base_url, httpx.Client(base_url=base_url, timeout=60) as client:
         truth = run_scenario(
             scenario_environment(settings, base_url, localstripe, sandbox), ScenarioSpec(seed=25, leads=30)
