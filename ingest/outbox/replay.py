@@ -36,7 +36,11 @@ class DeliveryFilter(BaseModel):
         default=None, description="created before (ISO-8601; naive means UTC)"
     )
     error: str | None = Field(
-        default=None, min_length=1, max_length=200, description="text in the last error"
+        default=None,
+        min_length=1,
+        max_length=200,
+        pattern=r"^[^\x00-\x1f\x7f]+$",  # no control characters (PostgreSQL refuses a NUL in text)
+        description="text in the last error",
     )
 
     @model_validator(mode="after")
