@@ -93,6 +93,11 @@ def test_instances_share_one_database_and_every_lead_is_stored_once(
                 assert other_email[0] == 409
         ready = [httpx.get(f"{api.base_url}/readyz").json() for api in (two_workers, single)]
         assert ready == [{"status": "ready"}] * 2
+        status = httpx.get(
+            f"{single.base_url}/v1/admin/status", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        ).json()
+        assert status["database"].startswith("postgresql://127.0.0.1:")
+        assert status["tables"]["leads"] == JOURNEYS
     finally:
         two_workers.stop()
         single.stop()
