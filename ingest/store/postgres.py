@@ -195,7 +195,7 @@ class PostgresDatabase(Database):
 
     engine = "postgresql"
 
-    def __init__(self, url: str, *, pool_size: int = POOL_SIZE) -> None:
+    def __init__(self, url: str, *, pool_size: int = POOL_SIZE, pool_wait: float = POOL_WAIT_SECONDS) -> None:
         self.url = url
         self._types = _ColumnTypes()
         writer_conn = PgConnection(
@@ -208,15 +208,16 @@ class PostgresDatabase(Database):
             max_size=pool_size,
             kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_SECONDS},
             configure=_configure,
-            timeout=POOL_WAIT_SECONDS,
+            timeout=pool_wait,
             open=False,
             name="attribution-reads",
         )
 
     @classmethod
-    def connect(cls, url: str) -> PostgresDatabase:
-        """Open the store (the schema must be migrated: `attribution db migrate`) and start its writer."""
-        database = cls(url)
+    def connect(cls, url: str, **pool: Any) -> PostgresDatabase:
+        """Open the store (the schema must be migrated: `attribution db migrate`) and start its writer; `pool`:
+        `pool_size`, `pool_wait`."""
+        database = cls(url, **pool)
         try:
             database._check_schema()
             database._pool.open(wait=False)
