@@ -177,8 +177,10 @@ async def test_a_stopped_instances_leases_are_taken_over_only_once_they_expire(
         by_key.setdefault(request.headers["idempotency-key"], []).append(request.received_at)
     assert set(by_key) == {row["idempotency_key"] for row in crm_rows} and len(by_key) == leads
     for times in by_key.values():
-        _, second_send = sorted(times)  # sent by the stopped one, then again with the same key
-        assert second_send >= claimed_at + lease - 0.1  # not before its lease ran out
+        # Sent by the stopped one (a request cut off as it stopped may have gone out twice), then again by the
+        # survivor with the same key, not before the lease ran out.
+        assert len(times) >= 2
+        assert max(times) >= claimed_at + lease - 0.1
     assert sandbox.state("crm")["unique"] == leads  # the CRM holds each contact once
     assert all(row["attempt_count"] == 1 for row in crm_rows)  # each delivery finished once
     assert all([a["outcome"] for a in history] == ["delivered"] for history in attempts)

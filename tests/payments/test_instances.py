@@ -22,7 +22,7 @@ from ingest.payments.webhooks import EventJob, EventOutcome, receive_events_sync
 from ingest.store import postgres
 from ingest.store.postgres import PostgresDatabase
 from sandbox import LocalStripe, Sandbox
-from tests.conftest import ADMIN_TOKEN, ApiProcess, free_port, make_settings
+from tests.conftest import ADMIN_TOKEN, ApiProcess, free_port, make_settings, wait_until
 from tests.leads.test_instances import at_once
 from tests.payments import events
 from tests.payments.conftest import PRICE_CENTS, RunningApi, serve_app, stripe_settings
@@ -183,8 +183,18 @@ def _hold_lock(url: str, namespace: int, name: str) -> psycopg.Connection[Any]:
 
 def _die(url: str, holder: psycopg.Connection[Any]) -> None:
     """The holding instance dies (kill -9): the server ends its session, and with it the transaction's locks."""
+    pid = holder.info.backend_pid
     with psycopg.connect(url, autocommit=True) as admin:
-        admin.execute("select pg_terminate_backend(%s)", [holder.info.backend_pid])
+        admin.execute("select pg_terminate_backend(%s)", [pid])
+        # The server ends the session asynchronously: its locks go when the backend has exited.
+        wait_until(
+            lambda: (
+                admin.execute("select count(*) from pg_stat_activity where pid = %s", [pid]).fetchone()
+                == (0,)
+            ),
+            what="the dead instance's session gone",
+            timeout=10,
+        )
     holder.close()
 
 
