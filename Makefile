@@ -26,7 +26,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
-	$(BIN)/mypy ingest api dashboard cli sandbox
+	$(BIN)/mypy ingest api dashboard cli sandbox bench
 
 pytest: $(STAMP)
 	$(BIN)/pytest

@@ -225,7 +225,7 @@ def main() -> None:
     pull_dir.mkdir(exist_ok=True)
     for stale in pull_dir.glob("*.duckdb*"):
         stale.unlink()
-    result = {
+    result: dict[str, Any] = {
         "command": "python -m bench.reconcile " + " ".join(sys.argv[1:]),
         "pull": bench_pull(pull_dir, args.subscribers),
     }
