@@ -14,10 +14,11 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cli.common import console, settings_or_exit
+from ingest.ops.alerts import AlertMonitor
 from ingest.reconcile.models import ModelParams
 from ingest.reconcile.warehouse import Warehouse, WarehouseError, WarehouseStopped
 from ingest.store.database import DatabaseLocked, connect, migrate
-from ingest.store.postgres import describe
+from ingest.store.postgres import PostgresDatabase, describe
 from ingest.store.transfer import CopyRefused, copy_to_postgres, source_counts
 from ingest.store.writer import StoreUnavailable
 
@@ -55,22 +56,43 @@ def warehouse(
         f"warehouse: {keeper.location} → {settings.attribution_replica_path}"
         + ("" if once else f", every {settings.attribution_replica_seconds:g} s (Ctrl-C stops)")
     )
+    # On PostgreSQL no API publishes the replica, so the success targets are evaluated here as each copy is
+    # published (alerts are queued in the store; the API instances' senders post them).
     try:
-        code = _run(keeper, once=once, full=full, interval=settings.attribution_replica_seconds)
+        store = PostgresDatabase.connect(url, pool_size=2)
+    except StoreUnavailable as exc:
+        keeper.close()
+        console.print(f"[red]ATTRIBUTION_DATABASE_URL: {exc}[/red]")
+        raise typer.Exit(FAILED_EXIT_CODE) from None
+    monitor = AlertMonitor(store, settings)
+    try:
+        code = _run(
+            keeper, once=once, full=full, interval=settings.attribution_replica_seconds, monitor=monitor
+        )
     finally:
         keeper.close()
+        store.close()
     if code:
         raise typer.Exit(code)
 
 
 def _rounds(
-    keeper: Warehouse, once: bool, full: bool, interval: float, stop: threading.Event, code: list[int]
+    keeper: Warehouse,
+    once: bool,
+    full: bool,
+    interval: float,
+    stop: threading.Event,
+    code: list[int],
+    monitor: AlertMonitor,
 ) -> None:
     """The loop, in a thread of its own so that Ctrl-C reaches the main thread at once and can interrupt a round."""
     first = True
     while not stop.is_set():
         try:
-            console.print(keeper.run_round(full=full and first).summary())
+            result = keeper.run_round(full=full and first)
+            console.print(result.summary())
+            if result.published is not None:
+                monitor.evaluate_targets(result.published)
         except WarehouseStopped:
             return
         except WarehouseError as exc:
@@ -89,11 +111,14 @@ def _interrupt(_signal: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def _run(keeper: Warehouse, *, once: bool, full: bool, interval: float) -> int:
+def _run(keeper: Warehouse, *, once: bool, full: bool, interval: float, monitor: AlertMonitor) -> int:
     stop = threading.Event()
     code: list[int] = []
     worker = threading.Thread(
-        target=_rounds, args=(keeper, once, full, interval, stop, code), name="warehouse", daemon=True
+        target=_rounds,
+        args=(keeper, once, full, interval, stop, code, monitor),
+        name="warehouse",
+        daemon=True,
     )
     previous = signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop is a Ctrl-C too
     try:

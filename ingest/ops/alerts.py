@@ -2,7 +2,8 @@
 
 What it watches, and when:
 - a destination's circuit opening and closing, told by the delivery worker as it happens (`circuit_changed`);
-- the success targets, evaluated on each replica as it is published (`evaluate_targets`);
+- the success targets, evaluated on each replica as it is published (`evaluate_targets`): by the API on the
+  embedded file, by `attribution warehouse` on PostgreSQL;
 - deliveries going dead, counted every ATTRIBUTION_ALERT_DEAD_WINDOW_SECONDS into one summary (`check_dead`).
 
 Each subject's last state lives in `alert_states`; an alert row is queued in the same writer transaction that
@@ -56,8 +57,7 @@ from ingest.ops.repository import (
     release_alert_claims,
 )
 from ingest.ops.sender import post_alert
-from ingest.reconcile.models import success_metrics
-from ingest.reconcile.replica import ReaderUnavailable, ReplicaSnapshot, reading
+from ingest.reconcile.replica import ReplicaSnapshot
 from ingest.store.database import Database
 from ingest.store.writer import BatchHandler, StoreUnavailable
 
@@ -160,17 +160,12 @@ class AlertMonitor:
         if queued:
             self._wake_sender()
 
-    def evaluate_targets(self, snapshot: ReplicaSnapshot | None = None) -> int:
-        """The replica publisher's hook: compare each success metric with its target; return alerts queued.
+    def evaluate_targets(self, snapshot: ReplicaSnapshot) -> int:
+        """The replica publisher's (or the warehouse's) hook: compare each success metric of the copy just published
+        with its target; return alerts queued.
 
         A metric with nothing to count yet (denominator 0) is neither met nor missed, so it changes no state.
         """
-        try:
-            with reading(self._settings, "replica") as reader:
-                metrics = success_metrics(reader.conn)
-        except (ReaderUnavailable, duckdb.Error) as exc:
-            log.warning("success targets not evaluated", extra={"error": repr(exc)})
-            return 0
         now = self._clock()
         observations = tuple(
             Observation(
@@ -180,7 +175,7 @@ class AlertMonitor:
                 alert="target_met" if metric.met else "target_missed",
                 payload=target_alert(metric, now),
             )
-            for metric in metrics
+            for metric in snapshot.metrics
             if metric.denominator > 0
         )
         try:

@@ -41,10 +41,13 @@ from ingest.core.settings import Settings
 from ingest.reconcile.models import (
     MATERIALISED,
     PARAM_COLUMNS,
+    Metric,
+    ModelError,
     ModelParams,
     discover_models,
     load_models,
     materialise_models,
+    success_metrics,
 )
 from ingest.store.database import Database, DatabaseLocked, EmbeddedDatabase
 
@@ -64,12 +67,28 @@ class ReaderUnavailable(Exception):
 
 @dataclass(frozen=True)
 class ReplicaSnapshot:
-    """One published copy: where, of what moment, and what it cost."""
+    """One published copy: where, of what moment, what it cost, and its success metrics (computed on the copy as
+    it was published, so the alert monitor compares them with the targets without opening the file again)."""
 
     path: Path
     taken_at: datetime
     seconds: float
     size_bytes: int
+    metrics: tuple[Metric, ...] = ()
+
+
+def finish_copy(copy: duckdb.DuckDBPyConnection, params: ModelParams) -> tuple[Metric, ...]:
+    """On a writable connection to a new copy: the models materialised, the success metrics read from them (empty
+    when they cannot be computed: the copy is still published, the targets are evaluated at the next one), and the
+    file checkpointed."""
+    materialise_models(copy, params)
+    try:
+        metrics = tuple(success_metrics(copy))
+    except ModelError as exc:
+        log.warning("success metrics not computed on the copy", extra={"error": str(exc)})
+        metrics = ()
+    copy.execute("checkpoint")
+    return metrics
 
 
 # --- SQL of the publisher (table names come from the live catalog, never from input) ------------------------
@@ -185,8 +204,7 @@ def publish_replica(
         copy = duckdb.connect(str(temp))
         try:
             track(copy)
-            materialise_models(copy, params)
-            copy.execute("checkpoint")
+            metrics = finish_copy(copy, params)
         finally:
             # Untracked before it is closed: stop() must never interrupt a connection that is already closed.
             track(None)
@@ -198,7 +216,7 @@ def publish_replica(
         track(None)
         cursor.close()
     os.replace(temp, path)
-    snapshot = ReplicaSnapshot(path, taken_at, time.perf_counter() - started, path.stat().st_size)
+    snapshot = ReplicaSnapshot(path, taken_at, time.perf_counter() - started, path.stat().st_size, metrics)
     log.info(
         "replica published",
         extra={"replica": str(path), "seconds": round(snapshot.seconds, 3), "bytes": snapshot.size_bytes},

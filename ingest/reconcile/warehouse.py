@@ -51,7 +51,7 @@ import duckdb
 import psycopg
 
 from ingest.core.clock import utcnow
-from ingest.reconcile.models import ModelParams, materialise_models
+from ingest.reconcile.models import ModelParams
 from ingest.reconcile.postgres_tables import (
     CHUNK_BYTES,
     STATE_TABLE,
@@ -68,6 +68,7 @@ from ingest.reconcile.postgres_tables import (
 from ingest.reconcile.replica import (
     INFO_TABLE,
     ReplicaSnapshot,
+    finish_copy,
     remove_abandoned_copies,
     remove_copy,
     schema_version,
@@ -82,8 +83,9 @@ __all__ = ["RoundResult", "Warehouse", "WarehouseError", "WarehouseStopped", "ba
 log = logging.getLogger(__name__)
 
 BASE_SUFFIX = ".warehouse"
-# Copied like the rest, but a change to it alone is no reason to publish: /readyz writes it, no model reads it.
-_NOT_ANALYTICS = frozenset({"service_heartbeat"})
+# Copied like the rest, but a change to them alone is no reason to publish: no model or page reads them (/readyz
+# writes the heartbeat; the alert monitors write the alert queue, the warehouse too when it evaluates a copy).
+_NOT_ANALYTICS = frozenset({"service_heartbeat", "alert_states", "alerts"})
 
 
 def base_path_for(replica: Path) -> Path:
@@ -350,8 +352,7 @@ class Warehouse:
                 self._track(copy)
                 copy.execute(f"drop table {STATE_TABLE}")
                 write_replica_info(copy, INFO_TABLE, state.taken_at, schema_version(copy), self.params)
-                materialise_models(copy, self.params)
-                copy.execute("checkpoint")
+                metrics = finish_copy(copy, self.params)
             finally:
                 # Untracked before it is closed: stop() never interrupts a closed connection.
                 self._track(None)
@@ -361,7 +362,7 @@ class Warehouse:
             raise
         os.replace(temp, self.replica)
         snapshot = ReplicaSnapshot(
-            self.replica, state.taken_at, time.perf_counter() - started, self.replica.stat().st_size
+            self.replica, state.taken_at, time.perf_counter() - started, self.replica.stat().st_size, metrics
         )
         log.debug(
             "replica published",

@@ -270,14 +270,16 @@ def test_target_alerts_evaluated_by_two_processes_on_postgresql_are_queued_and_s
     tmp_path: Path, sandbox: Sandbox, receiver: AlertReceiver, postgres_store: dict[str, Any]
 ) -> None:
     # The topology on PostgreSQL: `attribution warehouse` publishes the replica and evaluates the targets on it;
-    # the API instances' senders POST what it queued. Here the replica is one published from a file whose leads
-    # never reached the CRM (crm_coverage missed), and two monitors evaluate it at the same moment.
+    # the API instances' senders POST what it queued. Here the copy is one published from a file whose leads never
+    # reached the CRM (crm_coverage missed), and two monitors (two warehouses, say) evaluate it at the same moment.
     embedded = make_settings(tmp_path / "file", crm_webhook_url="http://127.0.0.1:9/crm")
     file_store = Database.open(embedded.attribution_db_path)
     try:
         for number in range(3):
             asyncio.run(capture(file_store, embedded, email=f"target{number}@example.com"))
-        publish_replica(file_store, embedded.attribution_replica_path, ModelParams.from_settings(embedded))
+        published = publish_replica(
+            file_store, embedded.attribution_replica_path, ModelParams.from_settings(embedded)
+        )
     finally:
         file_store.close()
     settings = ops_settings(
@@ -291,8 +293,10 @@ def test_target_alerts_evaluated_by_two_processes_on_postgresql_are_queued_and_s
     try:
         monitors = [AlertMonitor(database, settings) for database in instances]
         with ThreadPoolExecutor(2) as pool:
-            queued = list(pool.map(lambda monitor: monitor.evaluate_targets(), monitors))
-        assert [monitor.evaluate_targets() for monitor in monitors] == [0, 0], "no change, nothing queued"
+            queued = list(pool.map(lambda monitor: monitor.evaluate_targets(published), monitors))
+        assert [monitor.evaluate_targets(published) for monitor in monitors] == [0, 0], (
+            "no change, nothing queued"
+        )
     finally:
         for database in instances:
             database.close()

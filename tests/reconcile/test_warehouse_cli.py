@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from ingest.core.clock import utcnow
+from ingest.reconcile.models import success_metrics
 from ingest.reconcile.replica import reading
 from ingest.store.transfer import copy_to_postgres
 from sandbox.bulk import BulkSpec, generate_bulk
@@ -211,3 +212,32 @@ def test_a_second_warehouse_on_the_same_replica_is_refused_in_one_line(tmp_path:
         first.send_signal(signal.SIGINT)
         first.wait(30)
     assert runner.invoke(app, ["warehouse", "--once"], env=_env(tmp_path, seeded)).exit_code == 0
+
+
+def test_each_round_evaluates_the_success_targets_on_the_copy_it_published(
+    seeded: str, tmp_path: Path
+) -> None:
+    # On PostgreSQL no API publishes the replica: the warehouse evaluates the targets as it publishes, and queues
+    # one alert per target first missed (the API instances' senders POST them).
+    env = _env(tmp_path, seeded) | {"ATTRIBUTION_ALERT_WEBHOOK_URL": "http://127.0.0.1:9/alerts"}
+    result = runner.invoke(app, ["warehouse", "--once"], env=env)
+    assert result.exit_code == 0, result.output
+    with reading(
+        make_settings(tmp_path, attribution_replica_path=tmp_path / "replica.duckdb"), "replica"
+    ) as reader:
+        missed = {
+            f"target:{metric.metric}"
+            for metric in success_metrics(reader.conn)
+            if metric.denominator and not metric.met
+        }
+    with psycopg.connect(seeded) as conn:
+        states = {row[0] for row in conn.execute("select subject from alert_states where state = 'missed'")}
+        queued = conn.execute("select count(*) from alerts where alert = 'target_missed'").fetchone()
+    assert missed, "the bulk history misses a target"
+    assert states == missed and queued == (len(missed),)
+    again = runner.invoke(app, ["warehouse", "--once", "--full"], env=env)
+    assert again.exit_code == 0, again.output
+    with psycopg.connect(seeded) as conn:
+        assert conn.execute("select count(*) from alerts").fetchone() == (len(missed),), (
+            "once per change of state"
+        )
