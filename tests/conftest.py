@@ -25,6 +25,7 @@ import uvicorn
 from api.app import create_app
 from ingest.core.settings import Settings
 from ingest.store import postgres
+from ingest.store.transfer import copy_to_postgres
 from sandbox.postgres import PostgresCluster, PostgresUnavailable
 
 T = TypeVar("T")
@@ -258,9 +259,10 @@ def fill_disk(mount_point: Path) -> Path:
     return filler
 
 
-def _started_cluster() -> PostgresCluster:
-    """A started throwaway PostgreSQL server (skipped with the reason where there is none; in CI, where
-    ATTRIBUTION_REQUIRE_POSTGRES is set by .ci/run, its absence fails instead)."""
+@contextlib.contextmanager
+def _throwaway_cluster() -> Iterator[PostgresCluster]:
+    """A started throwaway PostgreSQL server, stopped after (skipped with the reason where there is none; in CI,
+    where ATTRIBUTION_REQUIRE_POSTGRES is set by .ci/run, its absence fails instead)."""
     try:
         cluster = PostgresCluster()
         cluster.start()
@@ -268,27 +270,24 @@ def _started_cluster() -> PostgresCluster:
         if os.environ.get("ATTRIBUTION_REQUIRE_POSTGRES"):
             pytest.fail(f"PostgreSQL is required here: {exc}")
         pytest.skip(str(exc))
-    return cluster
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")
 def postgres_cluster() -> Iterator[PostgresCluster]:
     """One throwaway PostgreSQL server for the session."""
-    cluster = _started_cluster()
-    try:
+    with _throwaway_cluster() as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture
 def own_postgres_cluster() -> Iterator[PostgresCluster]:
     """A throwaway PostgreSQL server of the test's own (to stop and start mid-test)."""
-    cluster = _started_cluster()
-    try:
+    with _throwaway_cluster() as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture
@@ -298,6 +297,24 @@ def postgres_url(postgres_cluster: PostgresCluster) -> str:
     with psycopg.connect(postgres_cluster.url, autocommit=True) as conn:
         conn.execute(f"create database {name}")
     return postgres_cluster.url.rsplit("/", 1)[0] + f"/{name}"
+
+
+# The destinations sandbox.bulk's histories were made with: a CLI run over one needs them on for the same metrics.
+BULK_DESTINATIONS_ENV = {
+    "MAILERLITE_API_KEY": "configured",
+    "CRM_WEBHOOK_URL": "http://127.0.0.1:9/crm",
+    "SGTM_ENDPOINT": "http://127.0.0.1:9/mp/collect",
+}
+
+
+def copy_bulk_to(bulk: Path, url: str) -> str:
+    """Move a bulk DuckDB history into the empty PostgreSQL database at `url`, as `db copy` does; return the URL."""
+    source = duckdb.connect(str(bulk))
+    try:
+        copy_to_postgres(source, url)
+    finally:
+        source.close()
+    return url
 
 
 @pytest.fixture(params=["duckdb", "postgresql"])

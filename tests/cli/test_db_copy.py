@@ -20,14 +20,9 @@ from ingest.store.database import available_migrations
 from ingest.store.transfer import CopyRefused, copy_to_postgres, source_counts
 from sandbox.bulk import BulkSpec, generate_bulk
 from sandbox.scenario import GroundTruth
-from tests.conftest import ApiProcess, free_port
+from tests.conftest import BULK_DESTINATIONS_ENV, ApiProcess, free_port
 
 runner = CliRunner()
-CONFIGURED = {  # the bulk history was made with these destinations on
-    "MAILERLITE_API_KEY": "configured",
-    "CRM_WEBHOOK_URL": "http://127.0.0.1:9/crm",
-    "SGTM_ENDPOINT": "http://127.0.0.1:9/mp/collect",
-}
 
 
 def _said(output: str) -> str:
@@ -39,7 +34,7 @@ def _env(tmp_path: Path, database: Path, url: str | None = None) -> dict[str, st
         "ATTRIBUTION_DB_PATH": str(database),
         "ATTRIBUTION_REPLICA_PATH": str(tmp_path / "replica.duckdb"),
         "ATTRIBUTION_LOG_LEVEL": "WARNING",
-        **CONFIGURED,
+        **BULK_DESTINATIONS_ENV,
     }
     if url is not None:
         env["ATTRIBUTION_DATABASE_URL"] = url

@@ -23,10 +23,9 @@ from ingest.reconcile.models import MATERIALISED, ModelParams, success_metrics
 from ingest.reconcile.postgres_tables import STATE_TABLE
 from ingest.reconcile.replica import file_identity, reading
 from ingest.reconcile.warehouse import Warehouse, WarehouseError, WarehouseStopped, base_path_for
-from ingest.store.transfer import copy_to_postgres
 from sandbox.bulk import BulkSpec, generate_bulk
 from sandbox.scenario import GroundTruth
-from tests.conftest import lead_body, make_settings, serve, wait_until
+from tests.conftest import copy_bulk_to, lead_body, make_settings, serve, wait_until
 
 LONG_AGO = datetime(2000, 1, 1)  # an app stamp older than anything a round has read
 
@@ -40,12 +39,7 @@ def bulk(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, GroundTruth]:
 @pytest.fixture
 def seeded(postgres_url: str, bulk: tuple[Path, GroundTruth]) -> str:
     """A PostgreSQL database holding the bulk history, as `db copy` leaves it."""
-    source = duckdb.connect(str(bulk[0]))
-    try:
-        copy_to_postgres(source, postgres_url)
-    finally:
-        source.close()
-    return postgres_url
+    return copy_bulk_to(bulk[0], postgres_url)
 
 
 @pytest.fixture

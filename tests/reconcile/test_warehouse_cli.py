@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import duckdb
 import psycopg
 import pytest
 from typer.testing import CliRunner
@@ -18,16 +17,10 @@ from cli.main import app
 from ingest.core.clock import utcnow
 from ingest.reconcile.models import success_metrics
 from ingest.reconcile.replica import reading
-from ingest.store.transfer import copy_to_postgres
 from sandbox.bulk import BulkSpec, generate_bulk
-from tests.conftest import free_port, make_settings, wait_until
+from tests.conftest import BULK_DESTINATIONS_ENV, copy_bulk_to, free_port, make_settings, wait_until
 
 runner = CliRunner()
-CONFIGURED = {  # the bulk history was made with these destinations on
-    "MAILERLITE_API_KEY": "configured",
-    "CRM_WEBHOOK_URL": "http://127.0.0.1:9/crm",
-    "SGTM_ENDPOINT": "http://127.0.0.1:9/mp/collect",
-}
 
 
 def _said(output: str) -> str:
@@ -41,7 +34,7 @@ def _env(tmp_path: Path, url: str | None) -> dict[str, str]:
         "ATTRIBUTION_LOG_LEVEL": "WARNING",
         "ATTRIBUTION_REPLICA_SECONDS": "0.2",
         "COLUMNS": "300",  # a round's line unwrapped
-        **CONFIGURED,
+        **BULK_DESTINATIONS_ENV,
     }
     if url is not None:
         env["ATTRIBUTION_DATABASE_URL"] = url
@@ -57,12 +50,7 @@ def bulk(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def seeded(postgres_url: str, bulk: Path) -> str:
-    source = duckdb.connect(str(bulk))
-    try:
-        copy_to_postgres(source, postgres_url)
-    finally:
-        source.close()
-    return postgres_url
+    return copy_bulk_to(bulk, postgres_url)
 
 
 def _replica_leads(tmp_path: Path) -> int:
