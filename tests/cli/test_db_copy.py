@@ -20,7 +20,7 @@ from ingest.store.database import available_migrations
 from ingest.store.transfer import CopyRefused, copy_to_postgres, source_counts
 from sandbox.bulk import BulkSpec, generate_bulk
 from sandbox.scenario import GroundTruth
-from tests.conftest import BULK_DESTINATIONS_ENV, ApiProcess, free_port
+from tests.conftest import BULK_DESTINATIONS_ENV, ApiProcess, copy_bulk_to, free_port
 
 runner = CliRunner()
 
@@ -106,11 +106,7 @@ def test_the_report_is_the_same_after_the_copy_and_a_warehouse_round(
 
 
 def test_every_row_copied_in_is_stamped_by_the_copys_transaction(embedded: Path, postgres_url: str) -> None:
-    source = duckdb.connect(str(embedded))
-    try:
-        copy_to_postgres(source, postgres_url)
-    finally:
-        source.close()
+    copy_bulk_to(embedded, postgres_url)
     assert _pg(
         postgres_url, "select count(distinct change_xid), count(*) - count(change_xid) from leads"
     ) == [(1, 0)]
