@@ -231,6 +231,14 @@ def test_a_signed_event_that_can_never_be_processed_is_kept_as_rejected_and_ackn
     assert stripe_api.one("select count(*) from payments") == 0  # nothing half-written
     assert stripe_api.one("select count(*) from deliveries where kind = 'purchase'") == 0
     assert _lead_status(stripe_api, event_id) == "lead"
+
+
+def test_a_rejected_event_counts_as_a_webhook_failure_in_the_models(stripe_api: RunningApi) -> None:
+    # One spoiled event is enough here: the models read the stored status, whatever made it rejected.
+    body = events.succeeded(events.new_id("pi"), stripe_api.create_lead())
+    _currency_not_a_code(body)
+    answer = stripe_api.post_event(body).json()
+    assert answer["status"] == "rejected"
     staged = _modelled(
         stripe_api,
         "select processing_status, processing_error, is_failed, is_rejected from stg_stripe_events",
