@@ -54,6 +54,15 @@ _COMMIT_ITEM_FAULTS: tuple[type[BaseException], ...] = (duckdb.ConstraintExcepti
 # A unique key another instance committed first (PostgreSQL only: the embedded file has one writer).
 _RACES: tuple[type[BaseException], ...] = (psycopg.errors.UniqueViolation,)
 _RACE_RETRIES = 2
+# A transaction PostgreSQL rolled back to settle a conflict with another instance's (a deadlock between two
+# batches that lock the same rows in another order, a serialization failure): nothing of it was written, so the
+# whole batch runs again. Checked before _STORE_FAULTS: psycopg makes them OperationalErrors too.
+_CONFLICTS: tuple[type[BaseException], ...] = (
+    psycopg.errors.DeadlockDetected,
+    psycopg.errors.SerializationFailure,
+    psycopg.errors.TransactionRollback,
+)
+_CONFLICT_RETRIES = 3
 _DRIVER_ERRORS: tuple[type[BaseException], ...] = (duckdb.Error, psycopg.Error)
 
 
@@ -223,7 +232,7 @@ class Writer:
                 return True
         return False
 
-    def _run_batch(self, jobs: list[_Job]) -> None:
+    def _run_batch(self, jobs: list[_Job], conflicts: int = 0) -> None:
         groups: dict[BatchHandler[Any, Any], list[_Job]] = {}
         for job in jobs:
             groups.setdefault(job.handler, []).append(job)
@@ -236,10 +245,16 @@ class Writer:
                 outcomes.extend(zip(group, results, strict=True))
         except Exception as exc:
             self._rollback()
-            if isinstance(exc, _STORE_FAULTS):
+            if isinstance(exc, _CONFLICTS) and conflicts < _CONFLICT_RETRIES:
+                log.info(
+                    "batch rolled back by a conflict with another instance; run again",
+                    extra={"error": repr(exc)},
+                )
+                self._run_batch(jobs, conflicts + 1)
+            elif isinstance(exc, _STORE_FAULTS):
                 self._fault(jobs, exc)
-                return
-            self._refuse_alone(jobs, exc)
+            else:
+                self._refuse_alone(jobs, exc)
             return
         try:
             self._conn.commit()

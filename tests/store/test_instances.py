@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -106,3 +109,39 @@ def test_instances_share_one_database_and_every_lead_is_stored_once(
     assert (
         _count(postgres_url, "deliveries") == JOURNEYS * 4
     )  # one per destination, each recorded disabled here
+
+
+def test_two_instances_batches_that_deadlock_are_run_again_not_refused(postgres_url: str) -> None:
+    # Two instances' writers each lock one row, then want the other's: PostgreSQL aborts one transaction as a
+    # deadlock. Nothing of it was written, so that writer runs its batch again instead of answering 503.
+    postgres.migrate(postgres_url)
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute("create table counters (id integer primary key, n integer not null)")
+        admin.execute("insert into counters values (1, 0), (2, 0)")
+    both_hold_one = threading.Barrier(2, timeout=20)
+    runs: list[int] = []
+
+    def lock_in_order(conn: postgres.PgConnection, orders: Sequence[tuple[int, int]]) -> list[None]:
+        for first, second in orders:
+            conn.execute("update counters set n = n + 1 where id = ?", [first])
+            first_run = first not in runs
+            runs.append(first)
+            if first_run:  # waits for the other instance to hold its row
+                both_hold_one.wait()
+            conn.execute("update counters set n = n + 1 where id = ?", [second])
+        return [None for _ in orders]
+
+    instances = [postgres.PostgresDatabase.connect(postgres_url) for _ in range(2)]
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            done = [
+                pool.submit(instance.writer.submit_sync, lock_in_order, order)
+                for instance, order in zip(instances, [(1, 2), (2, 1)], strict=True)
+            ]
+            assert [future.result(timeout=60) for future in done] == [None, None]
+    finally:
+        for instance in instances:
+            instance.close()
+    assert sorted(runs) in ([1, 1, 2], [1, 2, 2]), "one of the two batches ran again"
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute("select n from counters order by id").fetchall() == [(2,), (2,)]
