@@ -19,6 +19,8 @@ from typing import Any
 
 import httpx
 
+from ingest.leads.schemas import ConsentMethod, LeadIn
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 _SERVER_PIDS: dict[str, int] = {}  # base URL → pid of the server process answering it
@@ -192,3 +194,20 @@ def save(name: str, result: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
+
+
+def synthetic_lead(number: int, *, consent_version: str = "1.0") -> LeadIn:
+    """A synthetic buyer who agreed to everything (example.com address, a made-up phone), as the checkout sends."""
+    return LeadIn(
+        full_name=f"Bench Buyer {number}",
+        email=f"bench.buyer.{number}@example.com",
+        phone="+351912345678",
+        utm_source="instagram",
+        utm_medium="social",
+        utm_campaign="lisbon-launch",
+        utm_content="hero-cta",
+        marketing_consent=True,
+        analytics_consent=True,
+        consent_method=ConsentMethod.MODAL,
+        consent_version=consent_version,
+    )

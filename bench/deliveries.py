@@ -56,12 +56,11 @@ import psycopg
 import uvloop
 from psycopg import sql
 
-from bench.common import cpu_seconds, save, server
+from bench.common import cpu_seconds, save, server, synthetic_lead
 from ingest.core.clock import utcnow
 from ingest.core.settings import Settings
 from ingest.core.vocabulary import DeliveryKind, Destination
 from ingest.leads.consent import RequestContext
-from ingest.leads.schemas import ConsentMethod, LeadIn
 from ingest.leads.service import LeadCaptured, LeadPlan, capture_leads, plan_lead
 from ingest.outbox.delivery import deliver_one, settle
 from ingest.outbox.destinations import build_clients
@@ -191,22 +190,7 @@ def _plans(settings: Settings, count: int) -> list[LeadPlan]:
     address and phone: validating 50,000 addresses and phones would cost more than the drain measured after."""
     now = utcnow()
     context = RequestContext(received_at=now, ip="203.0.113.7", user_agent="bench")
-    template = plan_lead(
-        settings,
-        LeadIn(
-            full_name="Bench Buyer",
-            email="buyer@example.com",
-            phone="+351912000000",
-            utm_source="instagram",
-            utm_medium="social",
-            utm_campaign="bench",
-            marketing_consent=True,
-            analytics_consent=True,
-            consent_method=ConsentMethod.MODAL,
-            consent_version=settings.consent_version,
-        ),
-        context,
-    )
+    template = plan_lead(settings, synthetic_lead(0, consent_version=settings.consent_version), context)
     consent = ConsentState(marketing=True, analytics=True)
     plans = []
     for i in range(count):

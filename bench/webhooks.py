@@ -32,12 +32,11 @@ import aiohttp
 import duckdb
 import psycopg
 
-from bench.common import echo_server, load_average, median_of, run_wrk, save, server
+from bench.common import echo_server, load_average, median_of, run_wrk, save, server, synthetic_lead
 from ingest.core.clock import utcnow
 from ingest.core.settings import Settings
 from ingest.core.vocabulary import Destination
 from ingest.leads.consent import RequestContext
-from ingest.leads.schemas import ConsentMethod, LeadIn
 from ingest.leads.service import capture_leads, plan_lead
 from ingest.payments import repository as payments_repository
 from ingest.payments.checkout import PaymentIntentLink, payment_metadata
@@ -108,20 +107,7 @@ def seed_checkouts(settings: Settings, count: int) -> list[tuple[dict[str, Any],
     context = RequestContext(received_at=utcnow(), ip="127.0.0.1", user_agent="bench")
     plans = []
     for number in range(count):
-        lead = LeadIn(
-            full_name=f"Bench Buyer {number}",
-            email=f"bench.buyer.{number}@example.com",
-            phone="+351912345678",
-            utm_source="instagram",
-            utm_medium="social",
-            utm_campaign="lisbon-launch",
-            utm_content="hero-cta",
-            marketing_consent=True,
-            analytics_consent=True,
-            consent_method=ConsentMethod.MODAL,
-            consent_version="1.0",
-        )
-        plans.append(plan_lead(settings, lead, context))
+        plans.append(plan_lead(settings, synthetic_lead(number), context))
     links = [
         PaymentIntentLink(
             event_id=plan.event_id,
