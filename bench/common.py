@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import re
+import resource
 import socket
 import statistics
 import subprocess
@@ -124,11 +125,14 @@ def run_wrk(
     seconds: int = 10,
     threads: int = 2,
     server_cpu: bool = False,
+    also_cpu: dict[str, int] | None = None,
 ) -> dict[str, float]:
-    """One wrk run: requests/s, latency percentiles in ms, completed and non-2xx counts.
+    """One wrk run: requests/s, latency percentiles in ms, completed and non-2xx counts, and wrk's own CPU per
+    request.
 
     With `server_cpu`, also the CPU time the server process (one started by `server`) used per completed request:
-    unlike requests/s it hardly depends on what else the machine is running.
+    unlike requests/s it hardly depends on what else the machine is running. `also_cpu` names other processes
+    (with their children) whose CPU per request is reported as `<name>_cpu_ms_per_request` (the PostgreSQL server).
     """
     pid = (
         next((pid for base, pid in _SERVER_PIDS.items() if url.startswith(base)), None)
@@ -136,6 +140,8 @@ def run_wrk(
         else None
     )
     cpu_before = cpu_seconds(pid) if pid is not None else None
+    others_before = {name: cpu_seconds(other) for name, other in (also_cpu or {}).items()}
+    wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     output = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
         check=True,
@@ -157,6 +163,14 @@ def run_wrk(
         "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
         "socket_errors": sum(int(n) for n in errors.groups()) if errors else 0,
     }
+    wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wrk_cpu = (wrk_after.ru_utime + wrk_after.ru_stime) - (wrk_before.ru_utime + wrk_before.ru_stime)
+    if done:
+        result["wrk_cpu_ms_per_request"] = round(wrk_cpu * 1000 / done, 3)
+    for name, other in (also_cpu or {}).items():
+        after, before = cpu_seconds(other), others_before[name]
+        if after is not None and before is not None and done:
+            result[f"{name}_cpu_ms_per_request"] = round((after - before) * 1000 / done, 3)
     cpu_after = cpu_seconds(pid) if pid is not None else None
     if cpu_before is not None and cpu_after is not None and done:
         result["server_cpu_ms_per_request"] = round((cpu_after - cpu_before) * 1000 / done, 3)
