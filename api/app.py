@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -39,6 +41,39 @@ from ingest.reconcile.replica import ReplicaPublisher
 from ingest.store.database import EmbeddedDatabase, open_database
 
 log = logging.getLogger(__name__)
+
+# Python's cyclic collector scans its youngest objects every 700 net allocations: with 32 requests in flight that
+# was ~150 scans a second, each walking every object of the requests under way, and every hundredth or so a full
+# one walking the ~110,000 objects the start-up left (60-75 ms with the event loop stopped); in all ~0.1 ms of CPU
+# a lead. Almost everything a request allocates is freed by reference counting long before 10,000 allocations.
+GC_YOUNG_THRESHOLD = 10_000
+
+
+class _CollectorTuning:
+    """While an app serves, the youngest generation is scanned every GC_YOUNG_THRESHOLD net allocations. The
+    threshold is process-wide, so the first app to start raises it and the last to stop puts it back (tests run
+    many apps)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._serving = 0
+        self._saved = gc.get_threshold()
+
+    def start(self) -> None:
+        with self._lock:
+            if self._serving == 0:
+                self._saved = gc.get_threshold()
+                gc.set_threshold(max(GC_YOUNG_THRESHOLD, self._saved[0]), *self._saved[1:])
+            self._serving += 1
+
+    def stop(self) -> None:
+        with self._lock:
+            self._serving -= 1
+            if self._serving == 0:
+                gc.set_threshold(*self._saved)
+
+
+_collector = _CollectorTuning()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -98,12 +133,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if worker is not None:
             worker.resume_open_circuits(monitor.open_circuits())
             await worker.start()
+        _collector.start()
         try:
             yield
         finally:
             # Each part stops even when one before it failed to, and the database is always closed last.
             async with AsyncExitStack() as stopping:
                 stopping.callback(database.close)
+                stopping.callback(_collector.stop)
                 stopping.callback(registry.unregister, collector)
                 stopping.callback(pool_gauges.stop)
                 stopping.push_async_callback(monitor.stop)

@@ -119,6 +119,9 @@ class Writer:
         self._linger_gap = linger_gap
         self._linger_max = linger_max
         self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
+        # While the writer lingers: how many queued jobs complete its batch, and the bell the submitter rings then.
+        self._wanted: int | None = None
+        self._bell = threading.Event()
         self._thread: threading.Thread | None = None
         self.batches_committed = 0
         self.jobs_committed = 0
@@ -137,6 +140,7 @@ class Writer:
         """Finish the queued jobs, then stop the thread."""
         if self._thread is not None:
             self._queue.put(_STOP)
+            self._bell.set()
             self._thread.join()
             self._thread = None
 
@@ -171,6 +175,10 @@ class Writer:
         if not self.running:
             raise WriterStopped("the database writer is not running")
         self._queue.put(job)
+        wanted = self._wanted
+        if wanted is not None and self._queue.qsize() >= wanted:
+            self._wanted = None
+            self._bell.set()
 
     def submit_sync(self, handler: BatchHandler[I, R], item: I) -> R:
         """Queue one item and block until it is committed (CLI and worker threads)."""
@@ -214,22 +222,25 @@ class Writer:
     def _linger(self, taken: list[_Job], *, expected: int) -> bool:
         """Add jobs until `expected` are taken, while they keep arriving within the gap, up to the cap.
 
-        Returns whether a stop arrived.
+        The writer is not woken by each job: the submitter whose job completes the batch rings the bell, and
+        otherwise the writer looks once per gap whether any arrived. Waking it for every job handed the GIL back and
+        forth with the event loop (two context switches a request on the hot path). Returns whether a stop arrived.
         """
         deadline = time.monotonic() + self._linger_max
         while len(taken) < expected:
             wait = min(self._linger_gap, deadline - time.monotonic())
             if wait <= 0:
                 return False
-            try:
-                nxt = self._queue.get(timeout=wait)
-            except queue.Empty:
-                return False
-            if nxt is _STOP:
-                return True
-            taken.append(cast(_Job, nxt))
+            self._bell.clear()
+            self._wanted = expected - len(taken)
+            if self._queue.qsize() < self._wanted:  # a job queued before _wanted was set is counted here
+                self._bell.wait(wait)
+            self._wanted = None
+            had = len(taken)
             if self._drain(taken):
                 return True
+            if len(taken) == had:
+                return False  # none arrived within the gap
         return False
 
     def _run_batch(self, jobs: list[_Job], conflicts: int = 0) -> None:
