@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 from uuid import UUID
 
@@ -44,9 +45,9 @@ class LeadPlan:
     consent: dict[str, Any]
     deliveries: list[Delivery] = field(default_factory=list)
 
-    @property
+    @cached_property
     def event_id(self) -> UUID:
-        """The journey's event_id."""
+        """The journey's event_id (read several times a lead, on the event loop and on the writer thread)."""
         return UUID(str(self.lead["event_id"]))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 from uuid import UUID
 
@@ -31,10 +32,6 @@ _TABLE_COLUMNS = {"leads": LEAD_COLUMNS, "consent_ledger": CONSENT_COLUMNS, "del
 Row = Mapping[str, Any]
 
 
-def _text(value: Any) -> Any:
-    return str(value) if isinstance(value, UUID) else value
-
-
 def batch_select(
     columns: Sequence[str], rows: Sequence[Row], casts: Mapping[str, str] | None = None
 ) -> tuple[str, list[Any]]:
@@ -50,9 +47,10 @@ def batch_select(
     parts: list[str] = []
     params: list[Any] = []
     for position, column in enumerate(columns):
-        values = [_text(row[column]) for row in rows]
+        # On the writer thread, per value of every batch: kept to C-level loops (no call per value).
+        values = [str(value) if isinstance(value, UUID) else value for value in map(itemgetter(column), rows)]
         cast = casts.get(column)
-        if position > 0 and all(value == values[0] for value in values):
+        if position > 0 and values.count(values[0]) == len(values):
             parts.append(f"?::{cast} as {column}" if cast else f"? as {column}")
             params.append(values[0])
         else:

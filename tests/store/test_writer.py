@@ -111,6 +111,33 @@ def test_busy_writer_stops_lingering_once_its_callers_are_back(conn: duckdb.Duck
     assert writer.batches_committed - before == 1
 
 
+def test_a_lingering_writer_stops_at_once_and_commits_what_it_took(conn: duckdb.DuckDBPyConnection) -> None:
+    writer = Writer(conn, linger_gap=2.0, linger_max=2.0)
+    writer.start()
+    _shared_batch(writer, 3)
+    # One of the three callers is back: the writer lingers for the other two.
+    first = writer.submit_nowait(insert_items, 7)
+    time.sleep(0.1)
+    started = time.monotonic()
+    writer.stop()  # rings the bell: no waiting out the 2 s gap
+    assert time.monotonic() - started < 1.0
+    assert first.result(1) == 7
+    assert count(conn) == 1
+
+
+def test_a_lingering_writer_is_rung_by_the_job_completing_its_batch(conn: duckdb.DuckDBPyConnection) -> None:
+    writer = Writer(conn, linger_gap=2.0, linger_max=2.0)
+    writer.start()
+    _shared_batch(writer, 3)
+    before = writer.batches_committed
+    started = time.monotonic()
+    futures = [writer.submit_nowait(insert_items, n) for n in range(3)]
+    assert [f.result(1.5) for f in futures] == [0, 1, 2]
+    assert time.monotonic() - started < 1.0
+    writer.stop()
+    assert writer.batches_committed - before == 1
+
+
 def test_idle_writer_does_not_linger(conn: duckdb.DuckDBPyConnection) -> None:
     writer = Writer(conn, linger_gap=2.0, linger_max=2.0)
     writer.start()
