@@ -30,9 +30,14 @@ from sandbox.postgres import PostgresCluster
 from tests.conftest import ADMIN_TOKEN, make_settings, serve
 
 EXAMPLES_PER_OPERATION = 40
-# Operations that compute the SQL models on every call (about a second each; on PostgreSQL over a fresh copy of the
-# store) and take little or no input: a few examples cover what they accept.
-FEWER_EXAMPLES = {"GET /v1/metrics/success": 3, "GET /v1/reconcile": 3, "POST /v1/admin/reconcile/repair": 12}
+# Operations that compute the SQL models or read the systems on every call (about a second each; on PostgreSQL over
+# a fresh copy of the store) and take little input: a few examples cover what they accept.
+FEWER_EXAMPLES = {
+    "GET /v1/metrics/success": 3,
+    "GET /v1/reconcile": 3,
+    "POST /v1/admin/reconcile/repair": 8,
+    "POST /v1/admin/reconcile/pull": 12,
+}
 # Writes to the server's file system at a path the caller names: fuzzing would litter the machine with folders.
 # tests/ops covers it with real requests.
 NOT_FUZZED = frozenset({"POST /v1/admin/backup"})
