@@ -299,6 +299,22 @@ def postgres_url(postgres_cluster: PostgresCluster) -> str:
     return postgres_cluster.url.rsplit("/", 1)[0] + f"/{name}"
 
 
+# Texts that break naive COPY / CSV quoting (quotes, separators, escapes, NULL markers, line ends, non-ASCII).
+TRICKY_TEXTS = [
+    "",
+    'a"b',
+    "two\nlines",
+    "comma, here",
+    "back\\slash",
+    "tab\there",
+    "ünïcødé ☕",
+    "\\N",
+    " ",
+    "\r\n",
+    '"',
+]
+
+
 # The destinations sandbox.bulk's histories were made with: a CLI run over one needs them on for the same metrics.
 BULK_DESTINATIONS_ENV = {
     "MAILERLITE_API_KEY": "configured",

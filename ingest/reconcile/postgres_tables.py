@@ -38,7 +38,7 @@ from ingest.reconcile.replica import Reader, ReaderUnavailable
 from ingest.reconcile.repository import RECORD_TABLES
 from ingest.store.database import available_migrations, migrate
 from ingest.store.postgres import describe
-from ingest.store.transfer import CHANGE_COLUMN, first_line, scrubbed
+from ingest.store.transfer import CHANGE_COLUMN, first_line, postgres_columns, scrubbed
 
 STATE_TABLE = "warehouse_state"
 CHUNK_BYTES = 64 * 1024 * 1024
@@ -135,13 +135,7 @@ def take_snapshot(pg: psycopg.Connection[Any], url: str) -> Snapshot:
 
 def _postgres_catalog(pg: psycopg.Connection[Any]) -> tuple[dict[str, set[str]], dict[str, tuple[str, ...]]]:
     """Columns of each table of the public schema, and the primary key of those that have one."""
-    columns: dict[str, set[str]] = {}
-    for table, column in pg.execute(
-        "select c.relname, a.attname from pg_class c join pg_namespace n on n.oid = c.relnamespace "
-        "join pg_attribute a on a.attrelid = c.oid "
-        "where n.nspname = 'public' and c.relkind in ('r', 'p') and a.attnum > 0 and not a.attisdropped"
-    ).fetchall():
-        columns.setdefault(str(table), set()).add(str(column))
+    columns = postgres_columns(pg)
     keys: dict[str, list[tuple[int, str]]] = {}
     for table, position, column in pg.execute(
         "select c.relname, k.ordinality, a.attname from pg_index i join pg_class c on c.oid = i.indrelid "

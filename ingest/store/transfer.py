@@ -86,7 +86,8 @@ def _source_columns(source: duckdb.DuckDBPyConnection, table: str) -> list[str]:
     return [str(name) for (name,) in rows if str(name) != CHANGE_COLUMN]
 
 
-def _target_columns(raw: psycopg.Connection[Any]) -> dict[str, set[str]]:
+def postgres_columns(raw: psycopg.Connection[Any]) -> dict[str, set[str]]:
+    """The columns of each table of the PostgreSQL database's public schema."""
     columns: dict[str, set[str]] = {}
     for table, column in raw.execute(
         "select c.relname, a.attname from pg_class c join pg_namespace n on n.oid = c.relnamespace "
@@ -135,13 +136,13 @@ def copy_to_postgres(
     counts = source_counts(source)
     try:
         with _connect(url) as raw:  # refuse before migrating a database that holds anything
-            occupied = _occupied(raw, set(_target_columns(raw)))
+            occupied = _occupied(raw, set(postgres_columns(raw)))
         if occupied:
             raise _refuse_occupied(url, occupied)
         postgres.migrate(url)
         with _connect(url) as raw:
             raw.execute("select pg_advisory_xact_lock(%s)", [COPY_LOCK_KEY])
-            targets = _target_columns(raw)
+            targets = postgres_columns(raw)
             missing = sorted(set(counts) - set(targets))
             if missing:
                 raise CopyRefused(

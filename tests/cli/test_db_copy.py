@@ -20,7 +20,7 @@ from ingest.store.database import available_migrations
 from ingest.store.transfer import CopyRefused, copy_to_postgres, source_counts
 from sandbox.bulk import BulkSpec, generate_bulk
 from sandbox.scenario import GroundTruth
-from tests.conftest import BULK_DESTINATIONS_ENV, ApiProcess, copy_bulk_to, free_port
+from tests.conftest import BULK_DESTINATIONS_ENV, TRICKY_TEXTS, ApiProcess, copy_bulk_to, free_port
 
 runner = CliRunner()
 
@@ -256,21 +256,6 @@ def test_bad_input_is_refused_in_one_line(tmp_path: Path, embedded: Path) -> Non
     assert not (tmp_path / "none.duckdb").exists()
 
 
-TRICKY = [
-    "",
-    'a"b',
-    "two\nlines",
-    "comma, here",
-    "back\\slash",
-    "tab\there",
-    "ünïcødé ☕",
-    "\\N",
-    " ",
-    "\r\n",
-    '"',
-]
-
-
 def test_text_arrives_exactly_whatever_it_holds(embedded: Path, postgres_url: str) -> None:
     conn = duckdb.connect(str(embedded))
     try:
@@ -279,7 +264,7 @@ def test_text_arrives_exactly_whatever_it_holds(embedded: Path, postgres_url: st
             for row in conn.execute("select event_id from leads order by event_id limit 40").fetchall()
         ]
         for index, event_id in enumerate(ids):
-            text = TRICKY[index % len(TRICKY)]
+            text = TRICKY_TEXTS[index % len(TRICKY_TEXTS)]
             conn.execute(
                 "update leads set full_name = ?, referrer = ?, utm_term = null where event_id = ?",
                 [text, text * 2, event_id],

@@ -25,7 +25,7 @@ from ingest.reconcile.replica import file_identity, reading
 from ingest.reconcile.warehouse import Warehouse, WarehouseError, WarehouseStopped, base_path_for
 from sandbox.bulk import BulkSpec, generate_bulk
 from sandbox.scenario import GroundTruth
-from tests.conftest import copy_bulk_to, lead_body, make_settings, serve, wait_until
+from tests.conftest import TRICKY_TEXTS, copy_bulk_to, lead_body, make_settings, serve, wait_until
 
 LONG_AGO = datetime(2000, 1, 1)  # an app stamp older than anything a round has read
 
@@ -398,28 +398,13 @@ def test_the_base_keeps_the_snapshot_and_pulls_it_read(keeper: Warehouse, settin
     assert keeper.last is not None and keeper.last.taken_at <= utcnow() + timedelta(seconds=1)
 
 
-TRICKY = [
-    "",
-    'a"b',
-    "two\nlines",
-    "comma, here",
-    "back\\slash",
-    "tab\there",
-    "ünïcødé ☕",
-    "\\N",
-    " ",
-    "\r\n",
-    '"',
-]
-
-
 def test_text_survives_the_trip_exactly_whatever_it_holds_and_wherever_a_chunk_is_cut(
     settings: Settings, seeded: str, bulk: tuple[Path, GroundTruth]
 ) -> None:
     with psycopg.connect(seeded) as conn:
         for index in range(400):
             event_id = _insert_lead(conn, utcnow())
-            text = TRICKY[index % len(TRICKY)] * (1 + index % 3)
+            text = TRICKY_TEXTS[index % len(TRICKY_TEXTS)] * (1 + index % 3)
             conn.execute(
                 "update leads set full_name = %s, referrer = %s, utm_term = null where event_id = %s",
                 [text, text + "\n" + str(index), event_id],
